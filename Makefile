@@ -1,0 +1,63 @@
+# distilld - build, run, test.
+#
+#   make run     install what is missing, build, run the built-in default job
+#   make test    install what is missing, build, run every test
+#   make bench   speed against PyTorch on the same CPU
+#   make SANITIZER=address test   (or undefined, thread) sanitized build and tests
+
+CC      ?= gcc
+SANITIZER ?=
+BUILD   := build$(if $(SANITIZER),-$(SANITIZER))
+# Built on the machine it runs on, for that CPU; ARCH=x86-64-v2 (say) for a portable build.
+ARCH    ?= native
+CFLAGS  := -std=c11 -O3 -march=$(ARCH) -g -Wall -Wextra -Werror -Wno-format-truncation -D_GNU_SOURCE -Icore -pthread -fopenmp \
+           $(if $(SANITIZER),-fsanitize=$(SANITIZER) -fno-omit-frame-pointer)
+LDLIBS  := -lopenblas -ljansson -lz -lm -pthread -fopenmp $(if $(SANITIZER),-fsanitize=$(SANITIZER))
+
+# Debian packages: to build, to test (PyTorch is the numeric reference), to benchmark.
+BUILD_PACKAGES := gcc make libopenblas-dev libjansson-dev zlib1g-dev dataset-fashion-mnist
+TEST_PACKAGES  := python3 python3-numpy python3-torch
+BENCH_PACKAGES := libjemalloc2
+
+CORE_SRC := $(wildcard core/*.c)
+CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o)
+C_TESTS  := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
+
+.PHONY: all deps test-deps run test bench clean
+all: $(BUILD)/distilld $(C_TESTS) $(BUILD)/tests/model_check
+
+deps:
+	@tools/install-packages $(BUILD_PACKAGES)
+test-deps:
+	@tools/install-packages $(BUILD_PACKAGES) $(TEST_PACKAGES)
+
+$(BUILD)/%.o: %.c $(wildcard core/*.h) | $(BUILD)/core $(BUILD)/server $(BUILD)/tests
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/core $(BUILD)/server $(BUILD)/tests:
+	mkdir -p $@
+
+$(BUILD)/libdistilld.a: $(CORE_OBJ)
+	ar rcs $@ $^
+
+$(BUILD)/distilld: $(BUILD)/server/main.o $(BUILD)/libdistilld.a
+	$(CC) $^ $(LDLIBS) -o $@
+
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/libdistilld.a
+	$(CC) $^ $(LDLIBS) -o $@
+
+run: deps
+	@$(MAKE) --no-print-directory $(BUILD)/distilld
+	./$(BUILD)/distilld run recipes/demo.json --run-dir var/runs/demo
+
+test: test-deps
+	@$(MAKE) --no-print-directory all
+	@BUILD=$(BUILD) tests/run-all
+
+bench: test-deps
+	@tools/install-packages $(BENCH_PACKAGES)
+	@$(MAKE) --no-print-directory all $(BUILD)/tests/bench
+	@BUILD=$(BUILD) tests/bench.sh
+
+clean:
+	rm -rf build build-*

@@ -1,0 +1,223 @@
+/* data.c - datasets, splits and per-step batches. See data.h. */
+#include "data.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "augment.h"
+#include "util.h"
+
+enum { RNG_VAL_SPLIT = 1, RNG_SUBSET = 2, RNG_EPOCH = 3, RNG_AUGMENT = 4, RNG_MIXUP = 5 };
+
+static void shuffle(int32_t *a, int n, Rng *rng) {
+    for (int i = n - 1; i > 0; i--) {
+        int j = (int)rng_below(rng, (uint32_t)i + 1);
+        int32_t t = a[i];
+        a[i] = a[j];
+        a[j] = t;
+    }
+}
+
+static int load_idx_folder(const char *dir, const char *split, Dataset *out, char *err) {
+    const char *prefix = strcmp(split, "train") == 0 ? "train" : "t10k";
+    char images[SPEC_PATH_MAX + 64], labels[SPEC_PATH_MAX + 64];
+    struct stat st;
+    snprintf(images, sizeof images, "%s/%s-images-idx3-ubyte.gz", dir, prefix);
+    if (stat(images, &st) != 0) snprintf(images, sizeof images, "%s/%s-images-idx3-ubyte", dir, prefix);
+    snprintf(labels, sizeof labels, "%s/%s-labels-idx1-ubyte.gz", dir, prefix);
+    if (stat(labels, &st) != 0) snprintf(labels, sizeof labels, "%s/%s-labels-idx1-ubyte", dir, prefix);
+    return dataset_load_idx(images, labels, out, err);
+}
+
+int data_open(const DatasetSpec *spec, JobData *d, char *err) {
+    memset(d, 0, sizeof *d);
+    d->perm_epoch = -1;
+    int rc;
+    if (spec->name[0]) {
+        rc = dataset_load_builtin(spec->name, "train", &d->train, err);
+        if (!rc) rc = dataset_load_builtin(spec->name, "test", &d->test, err);
+    } else {
+        rc = load_idx_folder(spec->path, "train", &d->train, err);
+        if (!rc) rc = load_idx_folder(spec->path, "test", &d->test, err);
+    }
+    if (rc) {
+        data_close(d);
+        return -1;
+    }
+    const Dataset *tr = &d->train, *te = &d->test;
+    if (tr->c != te->c || tr->h != te->h || tr->w != te->w) {
+        data_close(d);
+        return set_error(err, "dataset: training images are %dx%dx%d but test images are %dx%dx%d", tr->c, tr->h, tr->w,
+                         te->c, te->h, te->w);
+    }
+    if (te->num_classes > tr->num_classes) d->train.num_classes = te->num_classes;
+    if (spec->val_size >= tr->n) {
+        data_close(d);
+        return set_error(err, "dataset.val_size: %d leaves no training images (the split has %d)", spec->val_size, tr->n);
+    }
+
+    /* validation: a fixed seeded holdout, the same for every job on this dataset */
+    int32_t *all = xcalloc(tr->n, sizeof *all);
+    for (int i = 0; i < tr->n; i++) all[i] = i;
+    if (spec->val_size > 0) {
+        Rng rng = rng_derive(0, RNG_VAL_SPLIT, 0);
+        shuffle(all, tr->n, &rng);
+    }
+    int pool = tr->n - spec->val_size;
+    d->val_count = spec->val_size;
+    d->val_index = xcalloc(d->val_count, sizeof *d->val_index);
+    memcpy(d->val_index, all + pool, sizeof(int32_t) * d->val_count);
+
+    if (spec->subset_size == 0) {
+        d->train_count = pool;
+        d->train_index = xcalloc(pool, sizeof *d->train_index);
+        memcpy(d->train_index, all, sizeof(int32_t) * pool);
+        free(all);
+        return 0;
+    }
+    /* class-balanced subset: size/K of each class (the remainder to the first classes) */
+    const int k = tr->num_classes, size = spec->subset_size;
+    if (size > pool) {
+        free(all);
+        data_close(d);
+        return set_error(err, "dataset.subset_size: %d is larger than the %d training images", size, pool);
+    }
+    Rng rng = rng_derive(spec->subset_seed, RNG_SUBSET, 0);
+    int32_t *order = xcalloc(pool, sizeof *order);
+    memcpy(order, all, sizeof(int32_t) * pool);
+    shuffle(order, pool, &rng);
+    int *taken = xcalloc(k, sizeof *taken);
+    d->train_index = xcalloc(size, sizeof *d->train_index);
+    for (int i = 0; i < pool && d->train_count < size; i++) {
+        int label = tr->labels[order[i]];
+        int want = size / k + (label < size % k ? 1 : 0);
+        if (taken[label] < want) {
+            taken[label]++;
+            d->train_index[d->train_count++] = order[i];
+        }
+    }
+    free(order);
+    free(taken);
+    free(all);
+    if (d->train_count < size) {
+        data_close(d);
+        return set_error(err, "dataset.subset_size: %d cannot be class-balanced: some class has fewer than %d images",
+                         size, size / k + 1);
+    }
+    return 0;
+}
+
+void data_close(JobData *d) {
+    dataset_free(&d->train);
+    dataset_free(&d->test);
+    free(d->train_index);
+    free(d->val_index);
+    free(d->perm);
+    memset(d, 0, sizeof *d);
+}
+
+int data_split_size(const JobData *d, int split) { return split == SPLIT_VAL ? d->val_count : d->test.n; }
+
+size_t data_scratch_size(const JobData *d, const JobSpec *spec) {
+    size_t src = (size_t)d->train.c * d->train.h * d->train.w;
+    size_t resized = (size_t)d->train.c * spec->eval_resize * spec->eval_resize;
+    size_t pad = (size_t)d->train.c * (d->train.h + 2 * (spec->model.image_size / 8)) * (d->train.w + 2 * (spec->model.image_size / 8));
+    size_t out = (size_t)spec->model.in_channels * spec->model.image_size * spec->model.image_size;
+    size_t n = src + (resized > pad ? resized : pad) + (out > (size_t)spec->model.num_classes ? out : (size_t)spec->model.num_classes);
+    return n;
+}
+
+static void to_unit_float(float *dst, const uint8_t *src, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] = src[i] * (1.0f / 255.0f);
+}
+
+static void normalize(float *img, const ModelConfig *m) {
+    const size_t plane = (size_t)m->image_size * m->image_size;
+    for (int c = 0; c < m->in_channels; c++) {
+        const float mean = m->norm_mean[c], inv = 1.0f / m->norm_std[c];
+        for (size_t i = 0; i < plane; i++) img[c * plane + i] = (img[c * plane + i] - mean) * inv;
+    }
+}
+
+static int32_t train_image_at(JobData *d, const JobSpec *spec, long position) {
+    long epoch = position / d->train_count;
+    if (epoch != d->perm_epoch) {
+        if (!d->perm) d->perm = xcalloc(d->train_count, sizeof *d->perm);
+        memcpy(d->perm, d->train_index, sizeof(int32_t) * d->train_count);
+        Rng rng = rng_derive(spec->seed, RNG_EPOCH, (uint64_t)epoch);
+        shuffle(d->perm, d->train_count, &rng);
+        d->perm_epoch = epoch;
+    }
+    return d->perm[position % d->train_count];
+}
+
+void data_train_batch(JobData *d, const JobSpec *spec, long step, float *images, float *targets, int32_t *labels,
+                      float *scratch) {
+    const Dataset *tr = &d->train;
+    const ModelConfig *m = &spec->model;
+    const int b_size = spec->batch_size, k = m->num_classes, s = m->image_size;
+    const size_t src_floats = (size_t)tr->c * tr->h * tr->w, out_floats = (size_t)m->in_channels * s * s;
+    float *src = scratch, *work = scratch + src_floats;
+    for (int j = 0; j < b_size; j++) {
+        int32_t idx = train_image_at(d, spec, step * b_size + j);
+        Rng rng = rng_derive(spec->seed, RNG_AUGMENT, (uint64_t)step * 65536u + (uint64_t)j);
+        float *out = images + (size_t)j * out_floats;
+        to_unit_float(src, tr->pixels + (size_t)idx * src_floats, src_floats);
+        if (spec->crop == CROP_INCEPTION) {
+            CropBox box = inception_crop_box(&rng, tr->h, tr->w, spec->crop_area_min, spec->crop_area_max);
+            resize_bilinear(out, s, s, src, tr->c, tr->h, tr->w, box);
+        } else if (spec->crop == CROP_RANDOM) {
+            /* zero-pad by S/8 on every side, then a random S x S window */
+            int pad = s / 8, ph = tr->h + 2 * pad, pw = tr->w + 2 * pad;
+            memset(work, 0, sizeof(float) * tr->c * ph * pw);
+            for (int c = 0; c < tr->c; c++)
+                for (int y = 0; y < tr->h; y++)
+                    memcpy(work + ((size_t)c * ph + y + pad) * pw + pad, src + ((size_t)c * tr->h + y) * tr->w,
+                           sizeof(float) * tr->w);
+            int ch = s < ph ? s : ph, cw = s < pw ? s : pw;
+            CropBox box = {(int)rng_below(&rng, (uint32_t)(ph - ch + 1)), (int)rng_below(&rng, (uint32_t)(pw - cw + 1)), ch, cw};
+            resize_bilinear(out, s, s, work, tr->c, ph, pw, box);
+        } else {
+            resize_bilinear(out, s, s, src, tr->c, tr->h, tr->w, (CropBox){0, 0, tr->h, tr->w});
+        }
+        if (spec->flip && (rng_next(&rng) & 1)) flip_horizontal(out, m->in_channels, s, s);
+        normalize(out, m);
+        labels[j] = tr->labels[idx];
+        for (int c = 0; c < k; c++) targets[(size_t)j * k + c] = c == labels[j] ? 1.0f : 0.0f;
+    }
+    if (spec->mixup) {
+        Rng rng = rng_derive(spec->seed, RNG_MIXUP, (uint64_t)step);
+        float a = mixup_coefficient(&rng);
+        mixup_batch(images, out_floats, targets, k, b_size, a, work);
+    }
+}
+
+int data_eval_batch(const JobData *d, const JobSpec *spec, int split, int start, int count, float *images,
+                    int32_t *labels, float *scratch) {
+    const Dataset *ds = split == SPLIT_VAL ? &d->train : &d->test;
+    const int total = data_split_size(d, split);
+    const ModelConfig *m = &spec->model;
+    const int s = m->image_size;
+    const size_t src_floats = (size_t)ds->c * ds->h * ds->w, out_floats = (size_t)m->in_channels * s * s;
+    float *src = scratch, *resized = scratch + src_floats;
+    /* resize the short side to eval_resize, then take the central eval_crop */
+    int rh = ds->h <= ds->w ? spec->eval_resize : (int)((long)spec->eval_resize * ds->h / ds->w);
+    int rw = ds->h <= ds->w ? (int)((long)spec->eval_resize * ds->w / ds->h) : spec->eval_resize;
+    int n = 0;
+    for (int i = start; i < total && n < count; i++, n++) {
+        int32_t idx = split == SPLIT_VAL ? d->val_index[i] : i;
+        float *out = images + (size_t)n * out_floats;
+        to_unit_float(src, ds->pixels + (size_t)idx * src_floats, src_floats);
+        if (rh == ds->h && rw == ds->w) {
+            resize_bilinear(out, s, s, src, ds->c, ds->h, ds->w, central_crop_box(ds->h, ds->w, s, s));
+        } else {
+            resize_bilinear(resized, rh, rw, src, ds->c, ds->h, ds->w, (CropBox){0, 0, ds->h, ds->w});
+            resize_bilinear(out, s, s, resized, ds->c, rh, rw, central_crop_box(rh, rw, s, s));
+        }
+        normalize(out, m);
+        labels[n] = ds->labels[idx];
+    }
+    return n;
+}

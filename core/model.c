@@ -1,0 +1,708 @@
+/* model.c - BiT ResNetV2: layout, initialisation, forward, backward, weights I/O.
+ *
+ * model_create walks the architecture once and hands out offsets: parameters
+ * into one block (the order of the table is the order of the weight file),
+ * activations into another. Forward and backward then walk the same units.
+ * Each unit keeps what its backward needs: its input x, p = relu(gn_a(x)),
+ * a, q, b, r and the shortcut; a ReLU's backward uses its own output as the
+ * mask, so GroupNorm outputs are never stored separately. */
+#include "model.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats.h"
+#include "util.h"
+
+/* ---------------------------------------------------------- configuration */
+
+void model_config_defaults(ModelConfig *c) {
+    memset(c, 0, sizeof *c);
+    c->num_stages = 4;
+    c->depth[0] = 3, c->depth[1] = 4, c->depth[2] = 6, c->depth[3] = 3;
+    c->base_width = 64;
+    c->width = 1;
+    c->gn_groups = 32;
+    c->stem = STEM_BIT;
+    c->in_channels = 3;
+    c->num_classes = 1000;
+    c->image_size = 224;
+    for (int i = 0; i < MODEL_MAX_CHANNELS; i++) c->norm_mean[i] = 0.5f, c->norm_std[i] = 0.5f;
+}
+
+static int spatial_after_stem(const ModelConfig *c) {
+    if (c->stem == STEM_SMALL) return c->image_size;
+    int s = (c->image_size + 2 * 3 - 7) / 2 + 1; /* 7x7 s2 pad 3 */
+    return (s + 2 * 1 - 3) / 2 + 1;              /* 3x3 s2 pool, pad 1 */
+}
+
+int model_config_validate(const ModelConfig *c, char *err) {
+    if (c->num_stages < 1 || c->num_stages > MODEL_MAX_STAGES)
+        return set_error(err, "model.depth: need 1 to %d stages, got %d", MODEL_MAX_STAGES, c->num_stages);
+    for (int s = 0; s < c->num_stages; s++)
+        if (c->depth[s] < 1 || c->depth[s] > 99)
+            return set_error(err, "model.depth: stage %d has %d units (1 to 99 allowed)", s + 1, c->depth[s]);
+    if (c->base_width < 1 || c->base_width > 4096)
+        return set_error(err, "model.base_width must be 1..4096, got %d", c->base_width);
+    if (c->width < 1 || c->width > 64) return set_error(err, "model.width must be 1..64, got %d", c->width);
+    if (c->stem != STEM_BIT && c->stem != STEM_SMALL) return set_error(err, "model.stem must be \"bit\" or \"small\"");
+    if (c->in_channels < 1 || c->in_channels > MODEL_MAX_CHANNELS)
+        return set_error(err, "model.in_channels must be 1..%d, got %d", MODEL_MAX_CHANNELS, c->in_channels);
+    if (c->num_classes < 2 || c->num_classes > 100000)
+        return set_error(err, "model.num_classes must be 2..100000, got %d", c->num_classes);
+    if (c->image_size < 1 || c->image_size > 4096)
+        return set_error(err, "model.image_size must be 1..4096, got %d", c->image_size);
+    int stem_channels = c->base_width * c->width;
+    if (c->gn_groups < 1 || stem_channels % c->gn_groups != 0)
+        return set_error(err, "model.gn_groups (%d) must divide the stem width base_width*width = %d",
+                         c->gn_groups, stem_channels);
+    int spatial = spatial_after_stem(c);
+    for (int s = 1; s < c->num_stages; s++) spatial = (spatial + 2 - 3) / 2 + 1;
+    if (c->image_size < (c->stem == STEM_BIT ? 7 : 3) || spatial < 1)
+        return set_error(err, "model.image_size %d is too small for a %s stem and %d stages", c->image_size,
+                         c->stem == STEM_BIT ? "bit" : "small", c->num_stages);
+    for (int i = 0; i < c->in_channels; i++)
+        if (!(c->norm_std[i] > 0.0f) || !isfinite(c->norm_mean[i]))
+            return set_error(err, "normalization: std must be > 0 and mean finite (channel %d)", i);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ layout */
+
+typedef struct {
+    Model *m;
+    size_t params, acts, rstd, scratch;
+    int capacity;
+} Layout;
+
+static size_t add_param(Layout *l, ParamKind kind, const char *name, int d0, int d1, int d2, int d3) {
+    Model *m = l->m;
+    ParamInfo *p = &m->params[m->num_params++];
+    snprintf(p->name, sizeof p->name, "%s", name);
+    p->kind = kind;
+    p->dims[0] = d0, p->dims[1] = d1, p->dims[2] = d2, p->dims[3] = d3;
+    p->size = (size_t)d0 * d1 * d2 * d3;
+    p->offset = l->params;
+    l->params += p->size;
+    return p->offset;
+}
+
+static size_t add_act(Layout *l, size_t per_image) {
+    size_t off = l->acts;
+    l->acts += per_image * l->capacity;
+    return off;
+}
+
+static Conv make_conv(Layout *l, const char *prefix, int cin, int cout, int k, int stride, int pad, int h, int w) {
+    char name[96];
+    snprintf(name, sizeof name, "%s/standardized_conv2d/kernel", prefix);
+    Conv c = {0};
+    c.shape = (ConvShape){.batch = l->capacity, .in_channels = cin, .in_h = h, .in_w = w, .out_channels = cout,
+                          .kernel_h = k, .kernel_w = k, .stride = stride, .pad = pad};
+    conv_shape_init(&c.shape);
+    c.weight = add_param(l, PARAM_KERNEL, name, cout, cin, k, k);
+    c.rstd = l->rstd;
+    l->rstd += cout;
+    size_t s = conv_scratch_size(&c.shape);
+    if (s > l->scratch) l->scratch = s;
+    return c;
+}
+
+static Norm make_norm(Layout *l, const char *prefix, int channels, int hw) {
+    char name[96];
+    Norm n = {.channels = channels, .hw = hw};
+    snprintf(name, sizeof name, "%s/gamma", prefix);
+    n.gamma = add_param(l, PARAM_GAMMA, name, channels, 1, 1, 1);
+    snprintf(name, sizeof name, "%s/beta", prefix);
+    n.beta = add_param(l, PARAM_BETA, name, channels, 1, 1, 1);
+    n.mean = add_act(l, l->m->cfg.gn_groups);
+    n.rstd = add_act(l, l->m->cfg.gn_groups);
+    return n;
+}
+
+static int count_params(const ModelConfig *c) {
+    int n = 1 + 4; /* stem kernel; head gn gamma/beta, head kernel/bias */
+    for (int s = 0; s < c->num_stages; s++) n += c->depth[s] * 9 + 1; /* 3 convs + 3 gns x2, + proj */
+    return n;
+}
+
+/* Lays out the whole model: parameter table, unit offsets and block sizes.
+ * Returns the sizes of the buffers that are not per-parameter or per-activation. */
+typedef struct { size_t rstd, scratch; } ScratchSizes;
+
+static ScratchSizes model_layout(Model *m, int capacity) {
+    const ModelConfig *c = &m->cfg;
+    Layout l = {.m = m, .capacity = capacity};
+    m->num_params = 0;
+    int size = c->image_size, channels = c->base_width * c->width;
+    char prefix[96];
+
+    m->act_input = add_act(&l, (size_t)c->in_channels * size * size);
+    if (c->stem == STEM_BIT)
+        m->stem = make_conv(&l, "resnet/root_block", c->in_channels, channels, 7, 2, 3, size, size);
+    else
+        m->stem = make_conv(&l, "resnet/root_block", c->in_channels, channels, 3, 1, 1, size, size);
+    size = m->stem.shape.out_h;
+    m->act_stem_conv = add_act(&l, (size_t)channels * size * size);
+    m->act_stem_out = m->act_stem_conv;
+    m->has_pool = c->stem == STEM_BIT;
+    if (m->has_pool) {
+        m->pool = (PoolShape){.batch = capacity, .channels = channels, .in_h = size, .in_w = size,
+                              .kernel = 3, .stride = 2, .pad = 1};
+        pool_shape_init(&m->pool);
+        size = m->pool.out_h;
+        m->act_stem_out = add_act(&l, (size_t)channels * size * size);
+    }
+
+    size_t x = m->act_stem_out;
+    int u = 0;
+    for (int s = 0; s < c->num_stages; s++) {
+        int mid = c->base_width * c->width << s, out = 4 * mid;
+        for (int b = 0; b < c->depth[s]; b++, u++) {
+            Unit *un = &m->units[u];
+            int stride = (b == 0 && s > 0) ? 2 : 1;
+            int hw = size * size;
+            un->x = x;
+            snprintf(prefix, sizeof prefix, "resnet/block%d/unit%02d/a/group_norm", s + 1, b + 1);
+            un->gn_a = make_norm(&l, prefix, channels, hw);
+            un->p = add_act(&l, (size_t)channels * hw);
+            un->has_proj = b == 0;
+            if (un->has_proj) {
+                snprintf(prefix, sizeof prefix, "resnet/block%d/unit%02d/a/proj", s + 1, b + 1);
+                un->proj = make_conv(&l, prefix, channels, out, 1, stride, 0, size, size);
+            }
+            snprintf(prefix, sizeof prefix, "resnet/block%d/unit%02d/a", s + 1, b + 1);
+            un->conv_a = make_conv(&l, prefix, channels, mid, 1, 1, 0, size, size);
+            un->a = add_act(&l, (size_t)mid * hw);
+            snprintf(prefix, sizeof prefix, "resnet/block%d/unit%02d/b/group_norm", s + 1, b + 1);
+            un->gn_b = make_norm(&l, prefix, mid, hw);
+            un->q = add_act(&l, (size_t)mid * hw);
+            snprintf(prefix, sizeof prefix, "resnet/block%d/unit%02d/b", s + 1, b + 1);
+            un->conv_b = make_conv(&l, prefix, mid, mid, 3, stride, 1, size, size);
+            size = un->conv_b.shape.out_h;
+            hw = size * size;
+            un->b = add_act(&l, (size_t)mid * hw);
+            snprintf(prefix, sizeof prefix, "resnet/block%d/unit%02d/c/group_norm", s + 1, b + 1);
+            un->gn_c = make_norm(&l, prefix, mid, hw);
+            un->r = add_act(&l, (size_t)mid * hw);
+            snprintf(prefix, sizeof prefix, "resnet/block%d/unit%02d/c", s + 1, b + 1);
+            un->conv_c = make_conv(&l, prefix, mid, out, 1, 1, 0, size, size);
+            if (un->has_proj) un->sc = add_act(&l, (size_t)out * hw);
+            un->out = add_act(&l, (size_t)out * hw);
+            x = un->out;
+            channels = out;
+        }
+    }
+    m->head_channels = channels;
+    m->head_norm = make_norm(&l, "resnet/group_norm", channels, size * size);
+    m->act_head = add_act(&l, (size_t)channels * size * size);
+    m->act_pooled = add_act(&l, channels);
+    m->head_kernel = add_param(&l, PARAM_KERNEL, "resnet/head/conv2d/kernel", c->num_classes, channels, 1, 1);
+    m->head_bias = add_param(&l, PARAM_BIAS, "resnet/head/conv2d/bias", c->num_classes, 1, 1, 1);
+    m->act_logits = add_act(&l, c->num_classes);
+
+    m->num_floats = l.params;
+    m->num_acts = l.acts;
+    m->batch_capacity = capacity;
+    return (ScratchSizes){.rstd = l.rstd, .scratch = l.scratch};
+}
+
+size_t model_config_param_count(const ModelConfig *c) {
+    if (model_config_validate(c, NULL) != 0) return 0;
+    Model m = {.cfg = *c};
+    m.num_units = 0;
+    for (int s = 0; s < c->num_stages; s++) m.num_units += c->depth[s];
+    m.units = xcalloc(m.num_units, sizeof *m.units);
+    m.params = xcalloc(count_params(c), sizeof *m.params);
+    model_layout(&m, 1);
+    free(m.units);
+    free(m.params);
+    return m.num_floats;
+}
+
+int model_create(Model **out, const ModelConfig *c, int batch_capacity, char *err) {
+    *out = NULL;
+    if (model_config_validate(c, err) != 0) return -1;
+    if (batch_capacity < 1) return set_error(err, "batch size must be at least 1");
+    Model *m = xcalloc(1, sizeof *m);
+    m->cfg = *c;
+    for (int s = 0; s < c->num_stages; s++) m->num_units += c->depth[s];
+    m->units = xcalloc(m->num_units, sizeof *m->units);
+    m->params = xcalloc(count_params(c), sizeof *m->params);
+    ScratchSizes sizes = model_layout(m, batch_capacity);
+    m->convs = xcalloc((size_t)m->num_units * 4 + 1, sizeof *m->convs);
+    m->convs[m->num_convs++] = &m->stem;
+    for (int i = 0; i < m->num_units; i++) {
+        Unit *u = &m->units[i];
+        if (u->has_proj) m->convs[m->num_convs++] = &u->proj;
+        m->convs[m->num_convs++] = &u->conv_a;
+        m->convs[m->num_convs++] = &u->conv_b;
+        m->convs[m->num_convs++] = &u->conv_c;
+    }
+    m->weights = xcalloc(m->num_floats, sizeof(float));
+    m->grads = xcalloc(m->num_floats, sizeof(float));
+    m->adam_m = xcalloc(m->num_floats, sizeof(float));
+    m->adam_v = xcalloc(m->num_floats, sizeof(float));
+    m->w_hat = xcalloc(m->num_floats, sizeof(float));
+    m->dw_hat = xcalloc(m->num_floats, sizeof(float));
+    m->ws_rstd = xcalloc(sizes.rstd, sizeof(float));
+    m->scratch = xcalloc(sizes.scratch, sizeof(float));
+    m->acts = xcalloc(m->num_acts, sizeof(float));
+    m->grad_acts = xcalloc(m->num_acts, sizeof(float));
+    if (m->has_pool) m->pool_argmax = xcalloc((size_t)batch_capacity * m->pool.channels * m->pool.out_h * m->pool.out_w,
+                                               sizeof(int32_t));
+    *out = m;
+    return 0;
+}
+
+void model_free(Model *m) {
+    if (!m) return;
+    free(m->units);
+    free(m->convs);
+    free(m->params);
+    free(m->weights);
+    free(m->grads);
+    free(m->adam_m);
+    free(m->adam_v);
+    free(m->w_hat);
+    free(m->dw_hat);
+    free(m->ws_rstd);
+    free(m->scratch);
+    free(m->acts);
+    free(m->grad_acts);
+    free(m->pool_argmax);
+    free(m);
+}
+
+void model_init_bit(Model *m, uint64_t seed) {
+    for (int i = 0; i < m->num_params; i++) {
+        const ParamInfo *p = &m->params[i];
+        float *w = m->weights + p->offset;
+        Rng rng = rng_derive(seed, 0x1417, (uint64_t)i);
+        int is_head = p->offset == m->head_kernel || p->offset == m->head_bias;
+        if (p->kind == PARAM_KERNEL && !is_head) {
+            double std = sqrt(2.0 / ((double)p->dims[1] * p->dims[2] * p->dims[3]));
+            for (size_t k = 0; k < p->size; k++) w[k] = (float)(rng_normal(&rng) * std);
+        } else {
+            float v = p->kind == PARAM_GAMMA ? 1.0f : 0.0f;
+            for (size_t k = 0; k < p->size; k++) w[k] = v;
+        }
+    }
+    memset(m->adam_m, 0, m->num_floats * sizeof(float));
+    memset(m->adam_v, 0, m->num_floats * sizeof(float));
+    m->w_hat_valid = 0;
+}
+
+/* ----------------------------------------------------------------- forward */
+
+static ConvShape at_batch(const Conv *c, int batch) {
+    ConvShape s = c->shape;
+    s.batch = batch;
+    return s;
+}
+
+static void conv_forward(Model *m, const Conv *c, float *out, const float *in, int batch) {
+    ConvShape s = at_batch(c, batch);
+    conv2d_forward(out, in, m->w_hat + c->weight, &s, m->scratch);
+}
+
+static void conv_backward(Model *m, const Conv *c, float *din, const float *dout, const float *in, int batch) {
+    ConvShape s = at_batch(c, batch);
+    conv2d_backward(din, m->dw_hat + c->weight, dout, in, m->w_hat + c->weight, &s, m->scratch);
+}
+
+/* out = relu(gn(in)), fused */
+static void norm_relu_forward(Model *m, const Norm *n, float *out, const float *in, int batch) {
+    float *a = m->acts;
+    groupnorm_forward(out, a + n->mean, a + n->rstd, in, m->weights + n->gamma, m->weights + n->beta, batch,
+                      n->channels, n->hw, m->cfg.gn_groups, 1);
+}
+
+static void norm_relu_backward(Model *m, const Norm *n, float *din, const float *dout, const float *out,
+                               const float *in, int batch) {
+    groupnorm_backward(din, m->grads + n->gamma, m->grads + n->beta, dout, in, m->acts + n->mean, m->acts + n->rstd,
+                       m->weights + n->gamma, batch, n->channels, n->hw, m->cfg.gn_groups, out);
+}
+
+static void standardize_all(Model *m) {
+    if (m->w_hat_valid) return;
+    for (int i = 0; i < m->num_convs; i++) {
+        const Conv *cv = m->convs[i];
+        const ConvShape *s = &cv->shape;
+        weight_standardize_forward(m->w_hat + cv->weight, m->ws_rstd + cv->rstd, m->weights + cv->weight,
+                                   s->out_channels, s->in_channels * s->kernel_h * s->kernel_w);
+    }
+    m->w_hat_valid = 1;
+}
+
+float *model_forward(Model *m, const float *images, int batch) {
+    float *a = m->acts;
+    const ModelConfig *c = &m->cfg;
+    standardize_all(m);
+    memcpy(a + m->act_input, images, (size_t)batch * c->in_channels * c->image_size * c->image_size * sizeof(float));
+    conv_forward(m, &m->stem, a + m->act_stem_conv, a + m->act_input, batch);
+    if (m->has_pool) {
+        PoolShape ps = m->pool;
+        ps.batch = batch;
+        maxpool_forward(a + m->act_stem_out, m->pool_argmax, a + m->act_stem_conv, &ps);
+    }
+    for (int i = 0; i < m->num_units; i++) {
+        const Unit *u = &m->units[i];
+        size_t out_size = (size_t)batch * u->conv_c.shape.out_channels * u->conv_c.shape.out_h * u->conv_c.shape.out_w;
+        norm_relu_forward(m, &u->gn_a, a + u->p, a + u->x, batch);
+        if (u->has_proj) conv_forward(m, &u->proj, a + u->sc, a + u->p, batch);
+        conv_forward(m, &u->conv_a, a + u->a, a + u->p, batch);
+        norm_relu_forward(m, &u->gn_b, a + u->q, a + u->a, batch);
+        conv_forward(m, &u->conv_b, a + u->b, a + u->q, batch);
+        norm_relu_forward(m, &u->gn_c, a + u->r, a + u->b, batch);
+        conv_forward(m, &u->conv_c, a + u->out, a + u->r, batch);
+        add_forward(a + u->out, a + u->out, a + (u->has_proj ? u->sc : u->x), out_size);
+    }
+    size_t last = m->num_units ? m->units[m->num_units - 1].out : m->act_stem_out;
+    norm_relu_forward(m, &m->head_norm, a + m->act_head, a + last, batch);
+    avgpool_forward(a + m->act_pooled, a + m->act_head, batch, m->head_channels, m->head_norm.hw);
+    dense_forward(a + m->act_logits, a + m->act_pooled, m->weights + m->head_kernel, m->weights + m->head_bias, batch,
+                  m->head_channels, c->num_classes);
+    return a + m->act_logits;
+}
+
+/* ---------------------------------------------------------------- backward */
+
+void model_zero_grad(Model *m) { memset(m->grads, 0, m->num_floats * sizeof(float)); }
+
+void model_backward(Model *m, const float *dlogits, int batch) {
+    float *a = m->acts, *d = m->grad_acts;
+    const ModelConfig *c = &m->cfg;
+    memset(d, 0, m->num_acts * sizeof(float));
+    memset(m->dw_hat, 0, m->num_floats * sizeof(float));
+
+    size_t last = m->num_units ? m->units[m->num_units - 1].out : m->act_stem_out;
+    dense_backward(d + m->act_pooled, m->grads + m->head_kernel, m->grads + m->head_bias, dlogits, a + m->act_pooled,
+                   m->weights + m->head_kernel, batch, m->head_channels, c->num_classes);
+    avgpool_backward(d + m->act_head, d + m->act_pooled, batch, m->head_channels, m->head_norm.hw);
+    norm_relu_backward(m, &m->head_norm, d + last, d + m->act_head, a + m->act_head, a + last, batch);
+
+    for (int i = m->num_units - 1; i >= 0; i--) {
+        const Unit *u = &m->units[i];
+        size_t out_size = (size_t)batch * u->conv_c.shape.out_channels * u->conv_c.shape.out_h * u->conv_c.shape.out_w;
+        if (u->has_proj)
+            conv_backward(m, &u->proj, d + u->p, d + u->out, a + u->p, batch);
+        else /* identity shortcut: the residual add passes dout to x unchanged */
+            for (size_t k = 0; k < out_size; k++) d[u->x + k] += d[u->out + k];
+        conv_backward(m, &u->conv_c, d + u->r, d + u->out, a + u->r, batch);
+        norm_relu_backward(m, &u->gn_c, d + u->b, d + u->r, a + u->r, a + u->b, batch);
+        conv_backward(m, &u->conv_b, d + u->q, d + u->b, a + u->q, batch);
+        norm_relu_backward(m, &u->gn_b, d + u->a, d + u->q, a + u->q, a + u->a, batch);
+        conv_backward(m, &u->conv_a, d + u->p, d + u->a, a + u->p, batch);
+        norm_relu_backward(m, &u->gn_a, d + u->x, d + u->p, a + u->p, a + u->x, batch);
+    }
+    if (m->has_pool) {
+        PoolShape ps = m->pool;
+        ps.batch = batch;
+        maxpool_backward(d + m->act_stem_conv, d + m->act_stem_out, m->pool_argmax, &ps);
+    }
+    conv_backward(m, &m->stem, NULL, d + m->act_stem_conv, a + m->act_input, batch);
+
+    /* chain the kernels' gradients through weight standardization */
+    for (int i = 0; i < m->num_convs; i++) {
+        const Conv *cv = m->convs[i];
+        const ConvShape *s = &cv->shape;
+        weight_standardize_backward(m->grads + cv->weight, m->dw_hat + cv->weight, m->w_hat + cv->weight,
+                                    m->ws_rstd + cv->rstd, s->out_channels, s->in_channels * s->kernel_h * s->kernel_w);
+    }
+}
+
+/* ------------------------------------------------------------- weights I/O */
+
+#define WEIGHTS_FORMAT "distilld-bit-v1"
+
+/* In-memory (Cout, Cin, KH, KW) <-> file HWIO (KH, KW, Cin, Cout); vectors as they are. */
+static void file_shape(const ParamInfo *p, int *ndim, int64_t shape[4]) {
+    if (p->kind == PARAM_KERNEL) {
+        *ndim = 4;
+        shape[0] = p->dims[2], shape[1] = p->dims[3], shape[2] = p->dims[1], shape[3] = p->dims[0];
+    } else {
+        *ndim = 1;
+        shape[0] = p->dims[0];
+    }
+}
+
+static void to_file_layout(float *dst, const float *src, const ParamInfo *p) {
+    if (p->kind != PARAM_KERNEL) {
+        memcpy(dst, src, p->size * sizeof(float));
+        return;
+    }
+    const int co_n = p->dims[0], ci_n = p->dims[1], kh_n = p->dims[2], kw_n = p->dims[3];
+    for (int co = 0; co < co_n; co++)
+        for (int ci = 0; ci < ci_n; ci++)
+            for (int kh = 0; kh < kh_n; kh++)
+                for (int kw = 0; kw < kw_n; kw++)
+                    dst[(((size_t)kh * kw_n + kw) * ci_n + ci) * co_n + co] =
+                        src[(((size_t)co * ci_n + ci) * kh_n + kh) * kw_n + kw];
+}
+
+static void from_file_layout(float *dst, const float *src, const ParamInfo *p) {
+    if (p->kind != PARAM_KERNEL) {
+        memcpy(dst, src, p->size * sizeof(float));
+        return;
+    }
+    const int co_n = p->dims[0], ci_n = p->dims[1], kh_n = p->dims[2], kw_n = p->dims[3];
+    for (int co = 0; co < co_n; co++)
+        for (int ci = 0; ci < ci_n; ci++)
+            for (int kh = 0; kh < kh_n; kh++)
+                for (int kw = 0; kw < kw_n; kw++)
+                    dst[(((size_t)co * ci_n + ci) * kh_n + kh) * kw_n + kw] =
+                        src[(((size_t)kh * kw_n + kw) * ci_n + ci) * co_n + co];
+}
+
+static char *config_depth_json(const ModelConfig *c) {
+    json_t *a = json_array();
+    for (int s = 0; s < c->num_stages; s++) json_array_append_new(a, json_integer(c->depth[s]));
+    char *out = json_dumps(a, JSON_COMPACT);
+    json_decref(a);
+    return out;
+}
+
+static char *config_normalization_json(const ModelConfig *c) {
+    json_t *o = json_object(), *mean = json_array(), *std = json_array();
+    for (int i = 0; i < c->in_channels; i++) {
+        json_array_append_new(mean, json_real(c->norm_mean[i]));
+        json_array_append_new(std, json_real(c->norm_std[i]));
+    }
+    json_object_set_new(o, "mean", mean);
+    json_object_set_new(o, "std", std);
+    char *out = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
+    json_decref(o);
+    return out;
+}
+
+/* Writes blocks (weights, or weights + Adam moments for a checkpoint) as one
+ * safetensors file; block b's tensors are named prefixes[b] + the BiT name. */
+static int save_blocks(const Model *m, const float *const *blocks, const char *const *prefixes, int num_blocks,
+                       const char *const *extra_keys, const char *const *extra_values, int num_extra, const char *path,
+                       char *err) {
+    const ModelConfig *c = &m->cfg;
+    StFile f = {0};
+    f.count = m->num_params * num_blocks;
+    f.tensors = xcalloc(f.count, sizeof *f.tensors);
+    for (int b = 0; b < num_blocks; b++)
+        for (int i = 0; i < m->num_params; i++) {
+            const ParamInfo *p = &m->params[i];
+            StTensor *t = &f.tensors[b * m->num_params + i];
+            size_t len = strlen(prefixes[b]) + strlen(p->name) + 1;
+            t->name = xcalloc(len, 1);
+            snprintf(t->name, len, "%s%s", prefixes[b], p->name);
+            file_shape(p, &t->ndim, t->shape);
+            t->data = xcalloc(p->size, sizeof(float));
+            to_file_layout(t->data, blocks[b] + p->offset, p);
+        }
+    char ints[6][16];
+    int vals[6] = {c->base_width, c->width, c->gn_groups, c->in_channels, c->num_classes, c->image_size};
+    for (int i = 0; i < 6; i++) snprintf(ints[i], sizeof ints[i], "%d", vals[i]);
+    char *depth = config_depth_json(c), *norm = config_normalization_json(c);
+    const char *keys[16] = {"format", "depth", "base_width", "width", "gn_groups", "stem",
+                            "in_channels", "num_classes", "image_size", "normalization"};
+    const char *values[16] = {WEIGHTS_FORMAT, depth, ints[0], ints[1], ints[2], c->stem == STEM_BIT ? "bit" : "small",
+                              ints[3], ints[4], ints[5], norm};
+    f.meta_count = 10;
+    for (int i = 0; i < num_extra && f.meta_count < 16; i++, f.meta_count++)
+        keys[f.meta_count] = extra_keys[i], values[f.meta_count] = extra_values[i];
+    f.meta_keys = (char **)keys;
+    f.meta_values = (char **)values;
+    int rc = safetensors_write(path, &f, err);
+    for (int i = 0; i < f.count; i++) {
+        free(f.tensors[i].name);
+        free(f.tensors[i].data);
+    }
+    free(f.tensors);
+    free(depth);
+    free(norm);
+    return rc;
+}
+
+int model_save_block(const Model *m, const float *block, const char *path, char *err) {
+    const float *blocks[] = {block};
+    const char *prefixes[] = {""};
+    return save_blocks(m, blocks, prefixes, 1, NULL, NULL, 0, path, err);
+}
+
+int model_save(const Model *m, const char *path, char *err) { return model_save_block(m, m->weights, path, err); }
+
+static int meta_int(const StFile *f, const char *key, int *out, const char *path, char *err) {
+    const char *v = safetensors_meta(f, key);
+    if (!v) return set_error(err, "%s: __metadata__ has no \"%s\" (not a distilld weights file?)", path, key);
+    char *end;
+    long x = strtol(v, &end, 10);
+    if (end == v || *end || x < -1000000 || x > 1000000)
+        return set_error(err, "%s: __metadata__ \"%s\" is not an integer: \"%s\"", path, key, v);
+    *out = (int)x;
+    return 0;
+}
+
+static int meta_float_list(json_t *arr, float *out, int n, const char *what, const char *path, char *err) {
+    if (!json_is_array(arr) || (int)json_array_size(arr) != n)
+        return set_error(err, "%s: normalization.%s must be a list of %d numbers", path, what, n);
+    for (int i = 0; i < n; i++) {
+        json_t *v = json_array_get(arr, i);
+        if (!json_is_number(v)) return set_error(err, "%s: normalization.%s[%d] is not a number", path, what, i);
+        out[i] = (float)json_number_value(v);
+    }
+    return 0;
+}
+
+static int config_from_file(ModelConfig *c, const StFile *f, const char *path, char *err) {
+    model_config_defaults(c);
+    const char *format = safetensors_meta(f, "format");
+    if (!format || strcmp(format, WEIGHTS_FORMAT) != 0)
+        return set_error(err, "%s: __metadata__ \"format\" is %s%s%s, expected \"%s\"", path, format ? "\"" : "",
+                         format ? format : "missing", format ? "\"" : "", WEIGHTS_FORMAT);
+    if (meta_int(f, "base_width", &c->base_width, path, err) || meta_int(f, "width", &c->width, path, err) ||
+        meta_int(f, "gn_groups", &c->gn_groups, path, err) || meta_int(f, "in_channels", &c->in_channels, path, err) ||
+        meta_int(f, "num_classes", &c->num_classes, path, err) || meta_int(f, "image_size", &c->image_size, path, err))
+        return -1;
+    const char *stem = safetensors_meta(f, "stem");
+    if (!stem || (strcmp(stem, "bit") && strcmp(stem, "small")))
+        return set_error(err, "%s: __metadata__ \"stem\" must be \"bit\" or \"small\"", path);
+    c->stem = strcmp(stem, "bit") == 0 ? STEM_BIT : STEM_SMALL;
+    const char *depth = safetensors_meta(f, "depth");
+    json_t *d = depth ? json_loads(depth, 0, NULL) : NULL;
+    if (!json_is_array(d) || json_array_size(d) < 1 || json_array_size(d) > MODEL_MAX_STAGES) {
+        json_decref(d);
+        return set_error(err, "%s: __metadata__ \"depth\" must be a JSON list of 1..%d integers", path,
+                         MODEL_MAX_STAGES);
+    }
+    c->num_stages = (int)json_array_size(d);
+    for (int s = 0; s < c->num_stages; s++) {
+        json_t *v = json_array_get(d, s);
+        c->depth[s] = json_is_integer(v) ? (int)json_integer_value(v) : -1;
+    }
+    json_decref(d);
+    const char *norm = safetensors_meta(f, "normalization");
+    if (norm && c->in_channels >= 1 && c->in_channels <= MODEL_MAX_CHANNELS) {
+        json_t *o = json_loads(norm, 0, NULL);
+        int rc = json_is_object(o) ? 0 : set_error(err, "%s: __metadata__ \"normalization\" is not a JSON object", path);
+        if (!rc) rc = meta_float_list(json_object_get(o, "mean"), c->norm_mean, c->in_channels, "mean", path, err);
+        if (!rc) rc = meta_float_list(json_object_get(o, "std"), c->norm_std, c->in_channels, "std", path, err);
+        json_decref(o);
+        if (rc) return rc;
+    }
+    char why[ERR_LEN];
+    if (model_config_validate(c, why) != 0) return set_error(err, "%s: architecture in __metadata__: %s", path, why);
+    return 0;
+}
+
+/* Copies every tensor of f into block with the model's layout; refuses missing,
+ * extra and mis-shaped tensors, naming them. */
+static int block_from_file(const Model *m, float *block, const char *prefix, const StFile *f, const char *path,
+                           char *err) {
+    for (int i = 0; i < m->num_params; i++) {
+        const ParamInfo *p = &m->params[i];
+        char name[160];
+        snprintf(name, sizeof name, "%s%s", prefix, p->name);
+        const StTensor *t = safetensors_find(f, name);
+        if (!t) return set_error(err, "%s: missing tensor %s", path, name);
+        int ndim;
+        int64_t shape[4];
+        file_shape(p, &ndim, shape);
+        int same = t->ndim == ndim;
+        for (int k = 0; same && k < ndim; k++) same = t->shape[k] == shape[k];
+        if (!same) {
+            char want[64], got[96];
+            int n = 0;
+            for (int k = 0; k < ndim; k++) n += snprintf(want + n, sizeof want - n, "%s%lld", k ? "," : "", (long long)shape[k]);
+            n = 0;
+            got[0] = 0;
+            for (int k = 0; k < t->ndim && n < (int)sizeof got - 24; k++)
+                n += snprintf(got + n, sizeof got - n, "%s%lld", k ? "," : "", (long long)t->shape[k]);
+            return set_error(err, "%s: tensor %s has shape [%s] but the architecture in __metadata__ needs [%s]", path,
+                             name, got, want);
+        }
+        from_file_layout(block + p->offset, t->data, p);
+    }
+    return 0;
+}
+
+/* Every tensor in f must be one of the model's under one of the prefixes. */
+static int refuse_extra_tensors(const Model *m, const StFile *f, const char *const *prefixes, int num_prefixes,
+                                const char *path, char *err) {
+    for (int i = 0; i < f->count; i++) {
+        const char *name = f->tensors[i].name;
+        int known = 0;
+        for (int b = 0; b < num_prefixes && !known; b++) {
+            size_t len = strlen(prefixes[b]);
+            if (strncmp(name, prefixes[b], len) != 0) continue;
+            for (int k = 0; k < m->num_params && !known; k++) known = strcmp(name + len, m->params[k].name) == 0;
+        }
+        if (!known) return set_error(err, "%s: unexpected tensor %s (not part of this architecture)", path, name);
+    }
+    return 0;
+}
+
+int model_load(Model **out, const char *path, int batch_capacity, char *err) {
+    *out = NULL;
+    StFile f = {0};
+    if (safetensors_read(path, &f, err) != 0) return -1;
+    ModelConfig c;
+    Model *m = NULL;
+    int rc = config_from_file(&c, &f, path, err);
+    if (!rc) rc = model_create(&m, &c, batch_capacity, err);
+    const char *prefixes[] = {""};
+    if (!rc) rc = block_from_file(m, m->weights, "", &f, path, err);
+    if (!rc) rc = refuse_extra_tensors(m, &f, prefixes, 1, path, err);
+    safetensors_free(&f);
+    if (rc) {
+        model_free(m);
+        return -1;
+    }
+    m->w_hat_valid = 0;
+    *out = m;
+    return 0;
+}
+
+/* ------------------------------------------------------------- checkpoints */
+
+#define OPT_M_PREFIX "optimizer/adam_m/"
+#define OPT_V_PREFIX "optimizer/adam_v/"
+
+int model_save_checkpoint(const Model *m, long step, const char *spec_json, const char *path, char *err) {
+    char step_text[32];
+    snprintf(step_text, sizeof step_text, "%ld", step);
+    const float *blocks[] = {m->weights, m->adam_m, m->adam_v};
+    const char *prefixes[] = {"", OPT_M_PREFIX, OPT_V_PREFIX};
+    const char *keys[] = {"step", "spec"}, *values[] = {step_text, spec_json ? spec_json : "{}"};
+    return save_blocks(m, blocks, prefixes, 3, keys, values, 2, path, err);
+}
+
+int model_load_checkpoint(Model *m, const char *path, long *step, char **spec_json, char *err) {
+    StFile f = {0};
+    if (safetensors_read(path, &f, err) != 0) return -1;
+    ModelConfig c;
+    int rc = config_from_file(&c, &f, path, err);
+    if (!rc && (c.num_stages != m->cfg.num_stages || memcmp(c.depth, m->cfg.depth, sizeof c.depth) ||
+                c.base_width != m->cfg.base_width || c.width != m->cfg.width || c.gn_groups != m->cfg.gn_groups ||
+                c.stem != m->cfg.stem || c.in_channels != m->cfg.in_channels || c.num_classes != m->cfg.num_classes ||
+                c.image_size != m->cfg.image_size))
+        rc = set_error(err, "%s: checkpoint is of a different architecture than the job's model", path);
+    const char *prefixes[] = {"", OPT_M_PREFIX, OPT_V_PREFIX};
+    if (!rc) rc = block_from_file(m, m->weights, "", &f, path, err);
+    if (!rc) rc = block_from_file(m, m->adam_m, OPT_M_PREFIX, &f, path, err);
+    if (!rc) rc = block_from_file(m, m->adam_v, OPT_V_PREFIX, &f, path, err);
+    if (!rc) rc = refuse_extra_tensors(m, &f, prefixes, 3, path, err);
+    const char *step_text = safetensors_meta(&f, "step");
+    char *end = NULL;
+    long s = step_text ? strtol(step_text, &end, 10) : -1;
+    if (!rc && (!step_text || *end || s < 0)) rc = set_error(err, "%s: checkpoint has no valid \"step\" in __metadata__", path);
+    if (!rc) {
+        *step = s;
+        if (spec_json) {
+            const char *sj = safetensors_meta(&f, "spec");
+            *spec_json = sj ? strdup(sj) : NULL;
+        }
+    }
+    safetensors_free(&f);
+    m->w_hat_valid = 0;
+    return rc;
+}

@@ -1,0 +1,134 @@
+/* model.h - BiT ResNetV2 (pre-activation bottleneck units, GroupNorm,
+ * weight-standardized convolutions) for any depth list and width.
+ *
+ * Parameters, gradients, Adam moments and activations each live in one
+ * allocation, laid out by a table built from the configuration. In memory a
+ * conv kernel is (Cout, Cin, KH, KW) and the head is (K, C); weight files
+ * use BiT's HWIO layout and names (see model_save / model_load). */
+#ifndef DISTILLD_MODEL_H
+#define DISTILLD_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ops.h"
+
+#define MODEL_MAX_STAGES 8
+#define MODEL_MAX_CHANNELS 8
+
+enum { STEM_BIT = 0, STEM_SMALL = 1 };
+
+typedef struct {
+    int depth[MODEL_MAX_STAGES]; /* units per stage */
+    int num_stages;
+    int base_width, width, gn_groups, stem;
+    int in_channels, num_classes, image_size;
+    /* pixels in [0,1] are normalized as (x - mean) / std per channel */
+    float norm_mean[MODEL_MAX_CHANNELS], norm_std[MODEL_MAX_CHANNELS];
+} ModelConfig;
+
+typedef enum { PARAM_KERNEL, PARAM_GAMMA, PARAM_BETA, PARAM_BIAS } ParamKind;
+
+typedef struct {
+    char name[96];   /* BiT name, e.g. resnet/block1/unit01/a/standardized_conv2d/kernel */
+    ParamKind kind;
+    int dims[4];     /* in-memory shape; kernels (Cout, Cin, KH, KW), head (K, C, 1, 1), vectors (C, 1, 1, 1) */
+    size_t offset, size;
+} ParamInfo;
+
+typedef struct {
+    ConvShape shape;   /* batch = capacity */
+    size_t weight;     /* offset of the kernel in the parameter block (and w_hat block) */
+    size_t rstd;       /* offset of its per-channel 1/std in the standardization cache */
+} Conv;
+
+typedef struct {
+    int channels, hw;
+    size_t gamma, beta; /* parameter offsets */
+    size_t mean, rstd;  /* activation offsets, (B, G) each */
+} Norm;
+
+typedef struct {
+    int has_proj;
+    Norm gn_a, gn_b, gn_c;
+    Conv conv_a, conv_b, conv_c, proj;
+    /* activation offsets */
+    size_t x;  /* input (the previous unit's out) */
+    size_t p;  /* relu(gn_a(x))       (B, Cin, H, W) */
+    size_t a;  /* conv_a(p)           (B, mid, H, W) */
+    size_t q;  /* relu(gn_b(a))       (B, mid, H, W) */
+    size_t b;  /* conv_b(q)           (B, mid, Ho, Wo) */
+    size_t r;  /* relu(gn_c(b))       (B, mid, Ho, Wo) */
+    size_t sc; /* proj(p) if has_proj (B, Cout, Ho, Wo) */
+    size_t out;/* conv_c(r) + shortcut */
+} Unit;
+
+typedef struct {
+    ModelConfig cfg;
+    ParamInfo *params;
+    int num_params;
+    size_t num_floats;      /* total parameters */
+    float *weights;         /* (num_floats) */
+    float *grads;           /* (num_floats) */
+    float *adam_m, *adam_v; /* (num_floats) */
+    float *w_hat;           /* standardized kernels, same offsets as weights */
+    float *dw_hat;          /* their gradients */
+    float *ws_rstd;         /* (sum of Cout over standardized convs) */
+    int w_hat_valid;        /* 0 after the weights change */
+
+    Conv stem;
+    int has_pool;
+    PoolShape pool;
+    Unit *units;
+    int num_units;
+    Conv **convs;          /* every standardized conv: stem, then each unit's */
+    int num_convs;
+    Norm head_norm;
+    size_t head_kernel, head_bias;
+    int head_channels;
+
+    /* activations for up to batch_capacity images */
+    int batch_capacity;
+    size_t num_acts;
+    float *acts, *grad_acts;
+    float *scratch;        /* convolution scratch (see conv_scratch_size) */
+    int32_t *pool_argmax;
+    size_t act_input, act_stem_conv, act_stem_out, act_head, act_pooled, act_logits;
+} Model;
+
+/* The default configuration values (BiT normalization: mean 0.5, std 0.5). */
+void model_config_defaults(ModelConfig *c);
+/* Checks a configuration, naming the first problem. */
+int model_config_validate(const ModelConfig *c, char *err);
+/* Number of parameters a configuration has (0 if invalid). */
+size_t model_config_param_count(const ModelConfig *c);
+
+/* Builds the model; batch_capacity is the largest batch forward() will see. */
+int model_create(Model **out, const ModelConfig *c, int batch_capacity, char *err);
+void model_free(Model *m);
+
+/* BiT initialisation: He-normal kernels, GroupNorm gamma 1 / beta 0, zero head. */
+void model_init_bit(Model *m, uint64_t seed);
+
+/* Forward pass of `batch` normalized images (B, C, S, S); returns the logits (B, K). */
+float *model_forward(Model *m, const float *images, int batch);
+void model_zero_grad(Model *m);
+/* Backward pass after model_forward with the same batch; accumulates into m->grads. */
+void model_backward(Model *m, const float *dlogits, int batch);
+
+/* Weights I/O: safetensors with BiT names, HWIO kernels, architecture in __metadata__. */
+int model_save(const Model *m, const char *path, char *err);
+/* Reads a weights file's architecture and builds a model with its weights. */
+int model_load(Model **out, const char *path, int batch_capacity, char *err);
+/* Saves any block (gradients, say) under the model's names and layouts. */
+int model_save_block(const Model *m, const float *block, const char *path, char *err);
+
+/* A checkpoint: weights, Adam moments (as optimizer/adam_m/... and
+ * optimizer/adam_v/...), the step and the job spec in __metadata__. The
+ * batch order and augmentation are functions of (seed, step), so this is the
+ * whole state of a run. */
+int model_save_checkpoint(const Model *m, long step, const char *spec_json, const char *path, char *err);
+/* Loads into a model of the same architecture; *spec_json is malloc'd (may be NULL). */
+int model_load_checkpoint(Model *m, const char *path, long *step, char **spec_json, char *err);
+
+#endif

@@ -1,0 +1,487 @@
+/* ops.c - forward/backward pairs of every layer in a BiT ResNetV2.
+ *
+ * Convolution is im2col + one cblas_sgemm per image: the per-image GEMMs
+ * (N = Ho*Wo) stay in cache, which on this hardware beats one whole-batch
+ * GEMM. A 1x1 stride-1 convolution needs no im2col: the image is already the
+ * column matrix. Statistics (GroupNorm, weight standardization) accumulate
+ * in double so that large groups do not lose precision. */
+#include "ops.h"
+
+#include <cblas.h>
+#include <float.h>
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ conv */
+
+int conv_shape_init(ConvShape *s) {
+    s->out_h = (s->in_h + 2 * s->pad - s->kernel_h) / s->stride + 1;
+    s->out_w = (s->in_w + 2 * s->pad - s->kernel_w) / s->stride + 1;
+    if (s->in_h + 2 * s->pad < s->kernel_h || s->in_w + 2 * s->pad < s->kernel_w) return -1;
+    return s->out_h > 0 && s->out_w > 0 ? 0 : -1;
+}
+
+static int conv_is_pointwise(const ConvShape *s) {
+    return s->kernel_h == 1 && s->kernel_w == 1 && s->stride == 1 && s->pad == 0;
+}
+
+/* Per thread: im2col of one image and its gradient, and a private dW
+ * accumulator when several threads share the batch. */
+static size_t conv_thread_scratch(const ConvShape *s, int threads) {
+    size_t col = conv_is_pointwise(s) ? 0 : 2 * (size_t)s->in_channels * s->kernel_h * s->kernel_w * s->out_h * s->out_w;
+    size_t dw = threads > 1 ? (size_t)s->out_channels * s->in_channels * s->kernel_h * s->kernel_w : 0;
+    return col + dw;
+}
+
+size_t conv_scratch_size(const ConvShape *s) {
+    int threads = omp_get_max_threads();
+    return (size_t)threads * conv_thread_scratch(s, threads);
+}
+
+/* Output columns [lo, hi) whose input column ow*stride - pad + kw is inside the image. */
+static void conv_valid_columns(const ConvShape *s, int kw, int *lo, int *hi) {
+    int a = s->pad - kw, b = s->in_w + s->pad - kw;
+    *lo = a <= 0 ? 0 : (a + s->stride - 1) / s->stride;
+    *hi = b <= 0 ? 0 : (b + s->stride - 1) / s->stride;
+    if (*hi > s->out_w) *hi = s->out_w;
+    if (*lo > *hi) *lo = *hi;
+}
+
+/* col: (Cin*KH*KW, Ho*Wo) from one image (Cin, H, W) */
+static void im2col(float *col, const float *img, const ConvShape *s) {
+    const int ho = s->out_h, wo = s->out_w, stride = s->stride;
+    for (int c = 0; c < s->in_channels; c++) {
+        const float *plane = img + (size_t)c * s->in_h * s->in_w;
+        for (int kh = 0; kh < s->kernel_h; kh++) {
+            for (int kw = 0; kw < s->kernel_w; kw++) {
+                float *row = col + (((size_t)c * s->kernel_h + kh) * s->kernel_w + kw) * ho * wo;
+                int lo, hi;
+                conv_valid_columns(s, kw, &lo, &hi);
+                for (int oh = 0; oh < ho; oh++) {
+                    int ih = oh * stride - s->pad + kh;
+                    float *dst = row + (size_t)oh * wo;
+                    if (ih < 0 || ih >= s->in_h) {
+                        memset(dst, 0, sizeof(float) * wo);
+                        continue;
+                    }
+                    const float *src = plane + (size_t)ih * s->in_w - s->pad + kw;
+                    for (int ow = 0; ow < lo; ow++) dst[ow] = 0.0f;
+                    if (stride == 1)
+                        memcpy(dst + lo, src + lo, sizeof(float) * (hi - lo));
+                    else
+                        for (int ow = lo; ow < hi; ow++) dst[ow] = src[ow * stride];
+                    for (int ow = hi; ow < wo; ow++) dst[ow] = 0.0f;
+                }
+            }
+        }
+    }
+}
+
+/* img += col2im(col) */
+static void col2im_add(float *img, const float *col, const ConvShape *s) {
+    const int ho = s->out_h, wo = s->out_w, stride = s->stride;
+    for (int c = 0; c < s->in_channels; c++) {
+        float *plane = img + (size_t)c * s->in_h * s->in_w;
+        for (int kh = 0; kh < s->kernel_h; kh++) {
+            for (int kw = 0; kw < s->kernel_w; kw++) {
+                const float *row = col + (((size_t)c * s->kernel_h + kh) * s->kernel_w + kw) * ho * wo;
+                int lo, hi;
+                conv_valid_columns(s, kw, &lo, &hi);
+                for (int oh = 0; oh < ho; oh++) {
+                    int ih = oh * stride - s->pad + kh;
+                    if (ih < 0 || ih >= s->in_h) continue;
+                    const float *src = row + (size_t)oh * wo;
+                    float *dst = plane + (size_t)ih * s->in_w - s->pad + kw;
+                    for (int ow = lo; ow < hi; ow++) dst[ow * stride] += src[ow];
+                }
+            }
+        }
+    }
+}
+
+void conv2d_forward(float *out, const float *in, const float *w, const ConvShape *s, float *scratch) {
+    const int m = s->out_channels, n = s->out_h * s->out_w;
+    const int k = s->in_channels * s->kernel_h * s->kernel_w;
+    const size_t in_size = (size_t)s->in_channels * s->in_h * s->in_w;
+    const int threads = omp_get_max_threads();
+    const size_t per_thread = conv_thread_scratch(s, threads);
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < s->batch; b++) {
+        const float *col = in + b * in_size;
+        if (!conv_is_pointwise(s)) {
+            float *mine = scratch + (size_t)omp_get_thread_num() * per_thread;
+            im2col(mine, col, s);
+            col = mine;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, w, k, col, n, 0.0f,
+                    out + (size_t)b * m * n, n);
+    }
+}
+
+/* Images are split into one contiguous chunk per thread; each thread sums its
+ * chunk's dW privately and the partial sums are added in thread order, so the
+ * result depends only on the thread count. */
+void conv2d_backward(float *din, float *dw, const float *dout, const float *in, const float *w,
+                     const ConvShape *s, float *scratch) {
+    const int m = s->out_channels, n = s->out_h * s->out_w;
+    const int k = s->in_channels * s->kernel_h * s->kernel_w;
+    const size_t in_size = (size_t)s->in_channels * s->in_h * s->in_w, w_size = (size_t)m * k;
+    const int pointwise = conv_is_pointwise(s);
+    const int threads = omp_get_max_threads() < s->batch ? omp_get_max_threads() : s->batch;
+    const size_t per_thread = conv_thread_scratch(s, omp_get_max_threads());
+#pragma omp parallel num_threads(threads)
+    {
+        const int t = omp_get_thread_num();
+        float *mine = scratch + (size_t)t * per_thread;
+        float *col = mine, *dcol = pointwise ? NULL : mine + (size_t)k * n;
+        float *dw_mine = dw;
+        if (threads > 1) {
+            dw_mine = mine + (pointwise ? 0 : 2 * (size_t)k * n);
+            memset(dw_mine, 0, w_size * sizeof(float));
+        }
+        const int b0 = (int)((long)s->batch * t / threads), b1 = (int)((long)s->batch * (t + 1) / threads);
+        for (int b = b0; b < b1; b++) {
+            const float *dout_b = dout + (size_t)b * m * n;
+            const float *col_b = in + b * in_size;
+            if (!pointwise) {
+                im2col(col, col_b, s);
+                col_b = col;
+            }
+            /* dW (m, k) += dout_b (m, n) . col_b^T (n, k) */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, k, n, 1.0f, dout_b, n, col_b, n, 1.0f,
+                        dw_mine, k);
+            if (!din) continue;
+            /* dcol (k, n) = W^T (k, m) . dout_b (m, n) */
+            if (pointwise) {
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, n, m, 1.0f, w, k, dout_b, n, 1.0f,
+                            din + b * in_size, n);
+            } else {
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, n, m, 1.0f, w, k, dout_b, n, 0.0f,
+                            dcol, n);
+                col2im_add(din + b * in_size, dcol, s);
+            }
+        }
+        if (threads > 1) {
+#pragma omp barrier
+            /* reduce: thread t adds slice t of every partial, in thread order */
+            const size_t lo = w_size * t / threads, hi = w_size * (t + 1) / threads;
+            for (int u = 0; u < threads; u++) {
+                const float *part = scratch + (size_t)u * per_thread + (pointwise ? 0 : 2 * (size_t)k * n);
+                for (size_t i = lo; i < hi; i++) dw[i] += part[i];
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------- weight standardization */
+
+void weight_standardize_forward(float *w_hat, float *rstd, const float *w, int out_channels, int fan_in) {
+    for (int o = 0; o < out_channels; o++) {
+        const float *row = w + (size_t)o * fan_in;
+        double sum = 0.0, sumsq = 0.0;
+        for (int i = 0; i < fan_in; i++) sum += row[i];
+        double mean = sum / fan_in;
+        for (int i = 0; i < fan_in; i++) sumsq += (row[i] - mean) * (row[i] - mean);
+        double r = 1.0 / sqrt(sumsq / fan_in + WS_EPS);
+        rstd[o] = (float)r;
+        float *out = w_hat + (size_t)o * fan_in;
+        for (int i = 0; i < fan_in; i++) out[i] = (float)((row[i] - mean) * r);
+    }
+}
+
+void weight_standardize_backward(float *dw, const float *dw_hat, const float *w_hat, const float *rstd,
+                                 int out_channels, int fan_in) {
+    for (int o = 0; o < out_channels; o++) {
+        const float *g = dw_hat + (size_t)o * fan_in, *wh = w_hat + (size_t)o * fan_in;
+        double sum_g = 0.0, sum_gw = 0.0;
+        for (int i = 0; i < fan_in; i++) {
+            sum_g += g[i];
+            sum_gw += (double)g[i] * wh[i];
+        }
+        double mean_g = sum_g / fan_in, mean_gw = sum_gw / fan_in;
+        float *d = dw + (size_t)o * fan_in;
+        for (int i = 0; i < fan_in; i++) d[i] += (float)(rstd[o] * (g[i] - mean_g - wh[i] * mean_gw));
+    }
+}
+
+/* ------------------------------------------------------------- GroupNorm */
+
+void groupnorm_forward(float *out, float *mean, float *rstd, const float *in, const float *gamma,
+                       const float *beta, int batch, int channels, int hw, int groups, int relu) {
+    const int cpg = channels / groups;
+    const size_t group_size = (size_t)cpg * hw;
+#pragma omp parallel for schedule(static)
+    for (int bg = 0; bg < batch * groups; bg++) {
+        const int b = bg / groups, g = bg % groups;
+        const size_t base = ((size_t)b * channels + (size_t)g * cpg) * hw;
+        const float *x = in + base;
+        /* two passes; float sums per channel, double across channels */
+        double sum = 0.0;
+        for (int c = 0; c < cpg; c++) {
+            float part = 0.0f;
+#pragma omp simd reduction(+ : part)
+            for (int i = 0; i < hw; i++) part += x[(size_t)c * hw + i];
+            sum += part;
+        }
+        const float mu = (float)(sum / group_size);
+        double sumsq = 0.0;
+        for (int c = 0; c < cpg; c++) {
+            float part = 0.0f;
+#pragma omp simd reduction(+ : part)
+            for (int i = 0; i < hw; i++) {
+                float d = x[(size_t)c * hw + i] - mu;
+                part += d * d;
+            }
+            sumsq += part;
+        }
+        const float r = (float)(1.0 / sqrt(sumsq / group_size + GN_EPS));
+        mean[bg] = mu;
+        rstd[bg] = r;
+        for (int c = 0; c < cpg; c++) {
+            const float scale = r * gamma[g * cpg + c];
+            const float shift = beta[g * cpg + c] - mu * scale;
+            const float *xc = x + (size_t)c * hw;
+            float *yc = out + base + (size_t)c * hw;
+            if (relu)
+                for (int i = 0; i < hw; i++) {
+                    float y = xc[i] * scale + shift;
+                    yc[i] = y > 0.0f ? y : 0.0f;
+                }
+            else
+                for (int i = 0; i < hw; i++) yc[i] = xc[i] * scale + shift;
+        }
+    }
+}
+
+/* Parallel over groups: a group's gamma/beta entries are touched by one thread only. */
+void groupnorm_backward(float *din, float *dgamma, float *dbeta, const float *dout, const float *in,
+                        const float *mean, const float *rstd, const float *gamma, int batch, int channels, int hw,
+                        int groups, const float *relu_out) {
+    const int cpg = channels / groups;
+    const size_t group_size = (size_t)cpg * hw;
+#pragma omp parallel for schedule(static)
+    for (int g = 0; g < groups; g++) {
+        for (int b = 0; b < batch; b++) {
+            const size_t base = ((size_t)b * channels + (size_t)g * cpg) * hw;
+            const float mu = mean[b * groups + g], r = rstd[b * groups + g];
+            double sum_dxhat = 0.0, sum_dxhat_xhat = 0.0;
+            for (int c = 0; c < cpg; c++) {
+                const size_t off = base + (size_t)c * hw;
+                const float *xc = in + off, *dy = dout + off, *y = relu_out ? relu_out + off : NULL;
+                float sum_dy = 0.0f, sum_dy_xhat = 0.0f;
+                if (y) {
+#pragma omp simd reduction(+ : sum_dy, sum_dy_xhat)
+                    for (int i = 0; i < hw; i++) {
+                        float d = y[i] > 0.0f ? dy[i] : 0.0f;
+                        sum_dy += d;
+                        sum_dy_xhat += d * (xc[i] - mu) * r;
+                    }
+                } else {
+#pragma omp simd reduction(+ : sum_dy, sum_dy_xhat)
+                    for (int i = 0; i < hw; i++) {
+                        sum_dy += dy[i];
+                        sum_dy_xhat += dy[i] * (xc[i] - mu) * r;
+                    }
+                }
+                const int ch = g * cpg + c;
+                dgamma[ch] += sum_dy_xhat;
+                dbeta[ch] += sum_dy;
+                sum_dxhat += (double)sum_dy * gamma[ch];
+                sum_dxhat_xhat += (double)sum_dy_xhat * gamma[ch];
+            }
+            if (!din) continue;
+            const float mean_dxhat = (float)(sum_dxhat / group_size);
+            const float mean_dxhat_xhat = (float)(sum_dxhat_xhat / group_size);
+            for (int c = 0; c < cpg; c++) {
+                const int ch = g * cpg + c;
+                const size_t off = base + (size_t)c * hw;
+                const float *xc = in + off, *dy = dout + off, *y = relu_out ? relu_out + off : NULL;
+                float *dx = din + off;
+                const float gm = gamma[ch];
+                for (int i = 0; i < hw; i++) {
+                    float d = (!y || y[i] > 0.0f) ? dy[i] : 0.0f;
+                    float xhat = (xc[i] - mu) * r;
+                    dx[i] += r * (d * gm - mean_dxhat - xhat * mean_dxhat_xhat);
+                }
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ ReLU */
+
+void relu_forward(float *out, const float *in, size_t n) {
+    for (size_t i = 0; i < n; i++) out[i] = in[i] > 0.0f ? in[i] : 0.0f;
+}
+
+void relu_backward(float *din, const float *dout, const float *out, size_t n) {
+    for (size_t i = 0; i < n; i++) din[i] += out[i] > 0.0f ? dout[i] : 0.0f;
+}
+
+/* -------------------------------------------------------------- max-pool */
+
+int pool_shape_init(PoolShape *s) {
+    s->out_h = (s->in_h + 2 * s->pad - s->kernel) / s->stride + 1;
+    s->out_w = (s->in_w + 2 * s->pad - s->kernel) / s->stride + 1;
+    if (s->in_h + 2 * s->pad < s->kernel || s->in_w + 2 * s->pad < s->kernel) return -1;
+    return s->out_h > 0 && s->out_w > 0 ? 0 : -1;
+}
+
+void maxpool_forward(float *out, int32_t *argmax, const float *in, const PoolShape *s) {
+    const size_t planes = (size_t)s->batch * s->channels;
+    for (size_t p = 0; p < planes; p++) {
+        const float *x = in + p * s->in_h * s->in_w;
+        for (int oh = 0; oh < s->out_h; oh++) {
+            for (int ow = 0; ow < s->out_w; ow++) {
+                float best = -FLT_MAX;
+                int32_t where = -1;
+                for (int kh = 0; kh < s->kernel; kh++) {
+                    int ih = oh * s->stride - s->pad + kh;
+                    for (int kw = 0; kw < s->kernel; kw++) {
+                        int iw = ow * s->stride - s->pad + kw;
+                        int inside = ih >= 0 && ih < s->in_h && iw >= 0 && iw < s->in_w;
+                        float v = inside ? x[ih * s->in_w + iw] : 0.0f; /* zero padding */
+                        if (v > best) {
+                            best = v;
+                            where = inside ? ih * s->in_w + iw : -1;
+                        }
+                    }
+                }
+                size_t o = (p * s->out_h + oh) * s->out_w + ow;
+                out[o] = best;
+                argmax[o] = where;
+            }
+        }
+    }
+}
+
+void maxpool_backward(float *din, const float *dout, const int32_t *argmax, const PoolShape *s) {
+    const size_t planes = (size_t)s->batch * s->channels;
+    const size_t out_plane = (size_t)s->out_h * s->out_w, in_plane = (size_t)s->in_h * s->in_w;
+    for (size_t p = 0; p < planes; p++)
+        for (size_t o = 0; o < out_plane; o++) {
+            int32_t a = argmax[p * out_plane + o];
+            if (a >= 0) din[p * in_plane + a] += dout[p * out_plane + o];
+        }
+}
+
+/* ------------------------------------------------------ global avg pool */
+
+void avgpool_forward(float *out, const float *in, int batch, int channels, int hw) {
+    for (size_t p = 0; p < (size_t)batch * channels; p++) {
+        double sum = 0.0;
+        for (int i = 0; i < hw; i++) sum += in[p * hw + i];
+        out[p] = (float)(sum / hw);
+    }
+}
+
+void avgpool_backward(float *din, const float *dout, int batch, int channels, int hw) {
+    for (size_t p = 0; p < (size_t)batch * channels; p++) {
+        float g = dout[p] / hw;
+        for (int i = 0; i < hw; i++) din[p * hw + i] += g;
+    }
+}
+
+/* ------------------------------------------------------------ residual */
+
+void add_forward(float *out, const float *a, const float *b, size_t n) {
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+void add_backward(float *da, float *db, const float *dout, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        da[i] += dout[i];
+        db[i] += dout[i];
+    }
+}
+
+/* --------------------------------------------------------------- dense */
+
+void dense_forward(float *out, const float *in, const float *w, const float *bias, int batch,
+                   int in_features, int out_features) {
+    for (int b = 0; b < batch; b++) memcpy(out + (size_t)b * out_features, bias, sizeof(float) * out_features);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, batch, out_features, in_features, 1.0f, in,
+                in_features, w, in_features, 1.0f, out, out_features);
+}
+
+void dense_backward(float *din, float *dw, float *dbias, const float *dout, const float *in, const float *w,
+                    int batch, int in_features, int out_features) {
+    if (din)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, batch, in_features, out_features, 1.0f, dout,
+                    out_features, w, in_features, 1.0f, din, in_features);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out_features, in_features, batch, 1.0f, dout,
+                out_features, in, in_features, 1.0f, dw, in_features);
+    for (int b = 0; b < batch; b++)
+        for (int k = 0; k < out_features; k++) dbias[k] += dout[(size_t)b * out_features + k];
+}
+
+/* -------------------------------------------------------------- losses */
+
+void softmax_rows(float *out, const float *logits, int rows, int cols, float temperature) {
+    for (int r = 0; r < rows; r++) {
+        const float *x = logits + (size_t)r * cols;
+        float *y = out + (size_t)r * cols;
+        float mx = -FLT_MAX;
+        for (int c = 0; c < cols; c++) mx = fmaxf(mx, x[c]);
+        double sum = 0.0;
+        for (int c = 0; c < cols; c++) {
+            y[c] = expf((x[c] - mx) / temperature);
+            sum += y[c];
+        }
+        for (int c = 0; c < cols; c++) y[c] = (float)(y[c] / sum);
+    }
+}
+
+/* log-sum-exp of x/T over one row, stable */
+static double row_logsumexp(const float *x, int cols, float temperature) {
+    float mx = -FLT_MAX;
+    for (int j = 0; j < cols; j++) mx = fmaxf(mx, x[j]);
+    double sum = 0.0;
+    for (int j = 0; j < cols; j++) sum += exp(((double)x[j] - mx) / temperature);
+    return (double)mx / temperature + log(sum);
+}
+
+float cross_entropy_forward(float *probs, const float *logits, const float *targets, int batch, int classes) {
+    softmax_rows(probs, logits, batch, classes, 1.0f);
+    double loss = 0.0;
+    for (int b = 0; b < batch; b++) {
+        const float *x = logits + (size_t)b * classes;
+        double lse = row_logsumexp(x, classes, 1.0f);
+        for (int c = 0; c < classes; c++) {
+            float t = targets[(size_t)b * classes + c];
+            if (t != 0.0f) loss -= t * ((double)x[c] - lse);
+        }
+    }
+    return (float)(loss / batch);
+}
+
+void cross_entropy_backward(float *dlogits, const float *probs, const float *targets, int batch, int classes) {
+    const float scale = 1.0f / batch;
+    for (size_t i = 0; i < (size_t)batch * classes; i++) dlogits[i] += (probs[i] - targets[i]) * scale;
+}
+
+float distill_loss_forward(float *student_probs, float *teacher_probs, const float *student_logits,
+                           const float *teacher_logits, int batch, int classes, float temperature) {
+    softmax_rows(student_probs, student_logits, batch, classes, temperature);
+    softmax_rows(teacher_probs, teacher_logits, batch, classes, temperature);
+    double loss = 0.0;
+    for (int b = 0; b < batch; b++) {
+        const float *s = student_logits + (size_t)b * classes, *t = teacher_logits + (size_t)b * classes;
+        double lse_s = row_logsumexp(s, classes, temperature), lse_t = row_logsumexp(t, classes, temperature);
+        for (int c = 0; c < classes; c++) {
+            float p = teacher_probs[(size_t)b * classes + c];
+            /* log p - log q, each as x/T - lse */
+            if (p > 0.0f) loss += p * (((double)t[c] - s[c]) / temperature - lse_t + lse_s);
+        }
+    }
+    return (float)(temperature * temperature * loss / batch);
+}
+
+void distill_loss_backward(float *dlogits, const float *student_probs, const float *teacher_probs, int batch,
+                           int classes, float temperature) {
+    /* d/ds of T^2 KL = T^2 * (q - p) / T, averaged over the batch */
+    const float scale = temperature / batch;
+    for (size_t i = 0; i < (size_t)batch * classes; i++)
+        dlogits[i] += (student_probs[i] - teacher_probs[i]) * scale;
+}

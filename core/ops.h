@@ -1,0 +1,121 @@
+/* ops.h - the layers of a BiT ResNetV2, each a forward/backward pair.
+ *
+ * Tensors are float arrays in NCHW order (batch, channels, height, width).
+ * Outputs come first, then caches, inputs, weights and dimensions. No op
+ * allocates: scratch buffers are passed in. Every backward ACCUMULATES (+=)
+ * into the input gradient and the parameter gradients, so a tensor used twice
+ * (the residual shortcut) simply receives both contributions; callers zero
+ * gradients first. A NULL input gradient means "not needed" (the image).
+ * Heavy work goes through cblas_sgemm. */
+#ifndef DISTILLD_OPS_H
+#define DISTILLD_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- 2-D convolution (cross-correlation), square stride, symmetric zero pad ---- */
+typedef struct {
+    int batch, in_channels, in_h, in_w;
+    int out_channels, kernel_h, kernel_w, stride, pad;
+    int out_h, out_w; /* filled by conv_shape_init */
+} ConvShape;
+
+/* Fills out_h/out_w; returns -1 if the output would be empty. */
+int conv_shape_init(ConvShape *s);
+/* Floats of scratch the conv needs with omp_get_max_threads() threads: per
+ * thread an im2col of one image and its gradient (none for a 1x1 stride-1
+ * unpadded conv), plus a private dW when there is more than one thread.
+ * Convolutions split the batch across OpenMP threads; each GEMM is
+ * single-threaded and sized to stay in cache. */
+size_t conv_scratch_size(const ConvShape *s);
+
+void conv2d_forward(float *out,        /* (B, Cout, Ho, Wo) */
+                    const float *in,   /* (B, Cin, H, W) */
+                    const float *w,    /* (Cout, Cin, KH, KW) */
+                    const ConvShape *s, float *scratch);
+void conv2d_backward(float *din,       /* (B, Cin, H, W) += ; may be NULL */
+                     float *dw,        /* (Cout, Cin, KH, KW) += */
+                     const float *dout,/* (B, Cout, Ho, Wo) */
+                     const float *in, const float *w, const ConvShape *s, float *scratch);
+
+/* ---- weight standardization: per output channel over (Cin, KH, KW) ---- */
+#define WS_EPS 1e-10f
+void weight_standardize_forward(float *w_hat,   /* (Cout, fan_in) */
+                                float *rstd,    /* (Cout) cache */
+                                const float *w, /* (Cout, fan_in) */
+                                int out_channels, int fan_in);
+void weight_standardize_backward(float *dw,           /* (Cout, fan_in) += */
+                                 const float *dw_hat, /* (Cout, fan_in) */
+                                 const float *w_hat, const float *rstd,
+                                 int out_channels, int fan_in);
+
+/* ---- GroupNorm over (C/G channels x HW) per image and group ----
+ * Optionally fused with the ReLU that follows it everywhere in ResNetV2:
+ * forward with relu = 1 writes relu(gn(x)); backward with relu_out (that
+ * output) masks dout first. With relu = 0 / relu_out = NULL it is plain GN. */
+#define GN_EPS 1e-5f
+void groupnorm_forward(float *out,        /* (B, C, HW) */
+                       float *mean, float *rstd, /* (B, G) cache */
+                       const float *in,   /* (B, C, HW) */
+                       const float *gamma, const float *beta, /* (C) */
+                       int batch, int channels, int hw, int groups, int relu);
+void groupnorm_backward(float *din, float *dgamma, float *dbeta, /* += */
+                        const float *dout, const float *in,
+                        const float *mean, const float *rstd, const float *gamma,
+                        int batch, int channels, int hw, int groups,
+                        const float *relu_out /* NULL: no ReLU */);
+
+/* ---- ReLU ---- */
+void relu_forward(float *out, const float *in, size_t n);
+void relu_backward(float *din /* += */, const float *dout, const float *out, size_t n);
+
+/* ---- max-pool, zero padding (BiT pads the stem with zeros, not -inf) ---- */
+typedef struct {
+    int batch, channels, in_h, in_w, kernel, stride, pad;
+    int out_h, out_w; /* filled by pool_shape_init */
+} PoolShape;
+int pool_shape_init(PoolShape *s);
+void maxpool_forward(float *out,      /* (B, C, Ho, Wo) */
+                     int32_t *argmax, /* (B, C, Ho, Wo) cache: index in the image plane, -1 = padding */
+                     const float *in, const PoolShape *s);
+void maxpool_backward(float *din /* += */, const float *dout, const int32_t *argmax, const PoolShape *s);
+
+/* ---- global average pool ---- */
+void avgpool_forward(float *out /* (B, C) */, const float *in /* (B, C, HW) */, int batch, int channels, int hw);
+void avgpool_backward(float *din /* += */, const float *dout, int batch, int channels, int hw);
+
+/* ---- residual add ---- */
+void add_forward(float *out, const float *a, const float *b, size_t n);
+void add_backward(float *da, float *db /* += */, const float *dout, size_t n);
+
+/* ---- dense head: out = in . w^T + bias ---- */
+void dense_forward(float *out,      /* (B, K) */
+                   const float *in, /* (B, C) */
+                   const float *w,  /* (K, C) */
+                   const float *bias, /* (K) */
+                   int batch, int in_features, int out_features);
+void dense_backward(float *din, float *dw, float *dbias, /* += */
+                    const float *dout, const float *in, const float *w,
+                    int batch, int in_features, int out_features);
+
+/* ---- losses (batch means); probs are caches for the backward ---- */
+/* Softmax cross-entropy against target distributions (one-hot for plain
+ * labels, mixed for mixup). Returns the mean loss. */
+float cross_entropy_forward(float *probs,         /* (B, K) */
+                            const float *logits,  /* (B, K) */
+                            const float *targets, /* (B, K) rows sum to 1 */
+                            int batch, int classes);
+void cross_entropy_backward(float *dlogits /* += */, const float *probs, const float *targets,
+                            int batch, int classes);
+
+/* Distillation: T^2 * KL(softmax(t/T) || softmax(s/T)). Returns the mean loss. */
+float distill_loss_forward(float *student_probs, float *teacher_probs, /* (B, K) softmax(x/T) */
+                           const float *student_logits, const float *teacher_logits,
+                           int batch, int classes, float temperature);
+void distill_loss_backward(float *dlogits /* += */, const float *student_probs,
+                           const float *teacher_probs, int batch, int classes, float temperature);
+
+/* Row-wise softmax of x/T in place of out (numerically stable). */
+void softmax_rows(float *out, const float *logits, int rows, int cols, float temperature);
+
+#endif

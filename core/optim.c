@@ -1,0 +1,43 @@
+/* optim.c - global-norm clipping, Adam with decoupled weight decay, and the
+ * warmup + cosine schedule. See optim.h for the exact update. */
+#include "optim.h"
+
+#include <math.h>
+
+float schedule_multiplier(long step, long warmup_steps, long total_steps) {
+    if (step < warmup_steps) return (float)step / (float)warmup_steps;
+    if (total_steps <= warmup_steps) return 0.0f;
+    double progress = (double)(step - warmup_steps) / (double)(total_steps - warmup_steps);
+    if (progress > 1.0) progress = 1.0;
+    return (float)(0.5 * (1.0 + cos(M_PI * progress)));
+}
+
+float grad_global_norm(const Model *m) {
+    double sum = 0.0;
+    for (size_t i = 0; i < m->num_floats; i++) sum += (double)m->grads[i] * m->grads[i];
+    return (float)sqrt(sum);
+}
+
+float optimizer_step(Model *m, const OptimConfig *o, long step) {
+    float norm = grad_global_norm(m);
+    float clip = (o->clip_norm > 0.0f && norm > o->clip_norm) ? o->clip_norm / norm : 1.0f;
+    const float sched = schedule_multiplier(step, o->warmup_steps, o->total_steps);
+    const float bias1 = 1.0f - powf(ADAM_BETA1, (float)(step + 1));
+    const float bias2 = 1.0f - powf(ADAM_BETA2, (float)(step + 1));
+    for (int i = 0; i < m->num_params; i++) {
+        const ParamInfo *p = &m->params[i];
+        const float wd = p->kind == PARAM_KERNEL ? o->weight_decay : 0.0f;
+        float *w = m->weights + p->offset, *g = m->grads + p->offset;
+        float *mom = m->adam_m + p->offset, *vel = m->adam_v + p->offset;
+        for (size_t k = 0; k < p->size; k++) {
+            float gk = g[k] * clip;
+            g[k] = gk;
+            mom[k] = ADAM_BETA1 * mom[k] + (1.0f - ADAM_BETA1) * gk;
+            vel[k] = ADAM_BETA2 * vel[k] + (1.0f - ADAM_BETA2) * gk * gk;
+            float update = (mom[k] / bias1) / (sqrtf(vel[k] / bias2) + ADAM_EPS);
+            w[k] -= sched * (o->lr * update + wd * w[k]);
+        }
+    }
+    m->w_hat_valid = 0;
+    return norm;
+}

@@ -1,0 +1,286 @@
+/* train.c - the training loop. See train.h.
+ *
+ * One step: build the batch of this step (a function of seed and step),
+ * [teacher forward on the same mixed batch], student forward, loss, backward,
+ * clip + Adam + schedule. Evaluation every eval_every steps and at the end,
+ * an atomic checkpoint every checkpoint_every steps, at the end and when the
+ * caller asks to stop. The final weights go to run_dir/weights.safetensors. */
+#include "train.h"
+
+#include <cblas.h>
+#include <errno.h>
+#include <math.h>
+#include <omp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "data.h"
+#include "model.h"
+#include "optim.h"
+#include "util.h"
+
+void openblas_set_num_threads(int num_threads);
+
+int train_threads(int requested) {
+    int n = requested;
+    if (n <= 0) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        n = cores > 0 ? (int)cores : 1;
+    }
+    /* the batch is split across OpenMP threads; each GEMM runs on one */
+    openblas_set_num_threads(1);
+    omp_set_num_threads(n);
+    return n;
+}
+
+static void logf_cb(const TrainCallbacks *cb, const char *fmt, ...) {
+    if (!cb || !cb->on_log) return;
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    cb->on_log(cb->ctx, msg);
+}
+
+static int argmax_row(const float *x, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+typedef struct {
+    JobSpec spec;
+    JobData data;
+    Model *student, *teacher;
+    float *images, *targets, *dlogits, *probs, *teacher_probs, *teacher_logits, *scratch;
+    int32_t *labels;
+    int teacher_evaluated;
+    float teacher_val_top1, teacher_test_top1;
+} Run;
+
+/* Student (and teacher) top-1 on a split; agreement and distillation loss
+ * when there is a teacher. */
+static void evaluate_split(Run *r, int split, float *top1, float *teacher_top1, float *agreement, float *distill_loss) {
+    const JobSpec *s = &r->spec;
+    const int k = s->model.num_classes, total = data_split_size(&r->data, split);
+    long correct = 0, teacher_correct = 0, agree = 0;
+    double loss = 0.0;
+    for (int start = 0; start < total; start += s->batch_size) {
+        int n = data_eval_batch(&r->data, s, split, start, s->batch_size, r->images, r->labels, r->scratch);
+        float *logits = model_forward(r->student, r->images, n);
+        float *tlogits = r->teacher ? model_forward(r->teacher, r->images, n) : NULL;
+        for (int i = 0; i < n; i++) {
+            int p = argmax_row(logits + (size_t)i * k, k);
+            correct += p == r->labels[i];
+            if (tlogits) {
+                int t = argmax_row(tlogits + (size_t)i * k, k);
+                teacher_correct += t == r->labels[i];
+                agree += t == p;
+            }
+        }
+        if (tlogits)
+            loss += (double)n * distill_loss_forward(r->probs, r->teacher_probs, logits, tlogits, n, k, s->temperature);
+    }
+    *top1 = total ? (float)correct / total : 0.0f;
+    if (teacher_top1) *teacher_top1 = total ? (float)teacher_correct / total : 0.0f;
+    if (agreement) *agreement = total ? (float)agree / total : 0.0f;
+    if (distill_loss) *distill_loss = total ? (float)(loss / total) : 0.0f;
+}
+
+static EvalMetrics evaluate(Run *r, long step) {
+    EvalMetrics e = {.step = step, .has_val = r->data.val_count > 0, .has_teacher = r->teacher != NULL};
+    float t_val = 0, t_test = 0, agree_val = 0;
+    if (e.has_val) evaluate_split(r, SPLIT_VAL, &e.val_top1, &t_val, &agree_val, &e.val_distill_loss);
+    evaluate_split(r, SPLIT_TEST, &e.test_top1, &t_test, &e.test_agreement, NULL);
+    if (r->teacher && !r->teacher_evaluated) {
+        r->teacher_val_top1 = t_val, r->teacher_test_top1 = t_test;
+        r->teacher_evaluated = 1;
+    }
+    e.teacher_val_top1 = r->teacher_val_top1, e.teacher_test_top1 = r->teacher_test_top1;
+    return e;
+}
+
+static int load_teacher(Run *r, char *err) {
+    const JobSpec *s = &r->spec;
+    if (s->kind != JOB_DISTILL) return 0;
+    if (!s->teacher[0]) return set_error(err, "teacher: job %s must be resolved to a weights file first", s->teacher_job);
+    char why[ERR_LEN];
+    if (model_load(&r->teacher, s->teacher, s->batch_size, why) != 0) return set_error(err, "teacher: %s", why);
+    const ModelConfig *t = &r->teacher->cfg, *m = &s->model;
+    if (t->num_classes != m->num_classes)
+        return set_error(err, "teacher: it predicts %d classes but the student (and dataset) have %d", t->num_classes,
+                         m->num_classes);
+    if (t->in_channels != m->in_channels || t->image_size != m->image_size)
+        return set_error(err, "teacher: it takes %dx%dx%d images but the student takes %dx%dx%d", t->in_channels,
+                         t->image_size, t->image_size, m->in_channels, m->image_size, m->image_size);
+    for (int c = 0; c < m->in_channels; c++)
+        if (t->norm_mean[c] != m->norm_mean[c] || t->norm_std[c] != m->norm_std[c])
+            return set_error(err, "teacher: its input normalization differs from the student's");
+    return 0;
+}
+
+/* mkdir -p */
+static int make_dir(const char *path, char *err) {
+    char buf[SPEC_PATH_MAX];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) return set_error(err, "path too long: %s", path);
+    for (char *p = buf + 1;; p++) {
+        if (*p == '/' || *p == 0) {
+            char c = *p;
+            *p = 0;
+            if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+                return set_error(err, "cannot create %s: %s", buf, strerror(errno));
+            *p = c;
+            if (!c) break;
+        }
+    }
+    return 0;
+}
+
+static void run_free(Run *r) {
+    data_close(&r->data);
+    model_free(r->student);
+    model_free(r->teacher);
+    free(r->images);
+    free(r->targets);
+    free(r->dlogits);
+    free(r->probs);
+    free(r->teacher_probs);
+    free(r->teacher_logits);
+    free(r->scratch);
+    free(r->labels);
+}
+
+int train_run(const JobSpec *spec_in, const char *run_dir, int resume, const TrainCallbacks *cb, TrainResult *result,
+              char *err) {
+    Run r = {.spec = *spec_in};
+    JobSpec *s = &r.spec;
+    memset(result, 0, sizeof *result);
+    int threads = train_threads(s->threads);
+    if (make_dir(run_dir, err)) return -1;
+    if (data_open(&s->dataset, &r.data, err)) return -1;
+    const Dataset *tr = &r.data.train;
+    if (jobspec_resolve(s, r.data.train_count, tr->num_classes, tr->c, tr->h, err)) {
+        run_free(&r);
+        return -1;
+    }
+    int rc = model_create(&r.student, &s->model, s->batch_size, err);
+    if (!rc) rc = load_teacher(&r, err);
+    if (rc) {
+        run_free(&r);
+        return -1;
+    }
+    model_init_bit(r.student, s->seed);
+
+    const int b = s->batch_size, k = s->model.num_classes;
+    const size_t image_floats = (size_t)s->model.in_channels * s->model.image_size * s->model.image_size;
+    r.images = xcalloc((size_t)b * image_floats, sizeof(float));
+    r.targets = xcalloc((size_t)b * k, sizeof(float));
+    r.dlogits = xcalloc((size_t)b * k, sizeof(float));
+    r.probs = xcalloc((size_t)b * k, sizeof(float));
+    r.teacher_probs = xcalloc((size_t)b * k, sizeof(float));
+    r.teacher_logits = xcalloc((size_t)b * k, sizeof(float));
+    r.labels = xcalloc(b, sizeof(int32_t));
+    r.scratch = xcalloc(data_scratch_size(&r.data, s), sizeof(float));
+
+    char ckpt[SPEC_PATH_MAX + 64];
+    snprintf(ckpt, sizeof ckpt, "%s/checkpoint.safetensors", run_dir);
+    snprintf(result->weights_path, sizeof result->weights_path, "%s/weights.safetensors", run_dir);
+    char *spec_json = jobspec_to_json(s);
+    long start = 0;
+    if (resume && access(ckpt, F_OK) == 0) {
+        char *saved = NULL;
+        rc = model_load_checkpoint(r.student, ckpt, &start, &saved, err);
+        if (!rc && (!saved || strcmp(saved, spec_json) != 0))
+            rc = set_error(err, "%s was written for a different spec; refusing to resume (start a new run directory)", ckpt);
+        free(saved);
+        if (rc) {
+            free(spec_json);
+            run_free(&r);
+            return -1;
+        }
+        logf_cb(cb, "resuming from %s at step %ld", ckpt, start);
+    }
+    logf_cb(cb, "%s job: %ld steps of %d images (%d training images, %d validation, %d test), %zu parameters, "
+                "%d BLAS thread%s",
+            s->kind == JOB_DISTILL ? "distill" : "train", s->steps, b, r.data.train_count, r.data.val_count,
+            r.data.test.n, r.student->num_floats, threads, threads == 1 ? "" : "s");
+
+    OptimConfig opt = {.lr = s->lr, .weight_decay = s->weight_decay, .clip_norm = s->clip_norm,
+                       .warmup_steps = s->warmup_steps, .total_steps = s->steps};
+    const double t0 = now_seconds();
+    double last = t0, step_time = 0.0;
+    int status = TRAIN_DONE;
+    long step = start;
+    for (; step < s->steps; step++) {
+        data_train_batch(&r.data, s, step, r.images, r.targets, r.labels, r.scratch);
+        float loss;
+        memset(r.dlogits, 0, sizeof(float) * b * k);
+        if (r.teacher) {
+            memcpy(r.teacher_logits, model_forward(r.teacher, r.images, b), sizeof(float) * b * k);
+            const float *logits = model_forward(r.student, r.images, b);
+            loss = distill_loss_forward(r.probs, r.teacher_probs, logits, r.teacher_logits, b, k, s->temperature);
+            distill_loss_backward(r.dlogits, r.probs, r.teacher_probs, b, k, s->temperature);
+        } else {
+            const float *logits = model_forward(r.student, r.images, b);
+            loss = cross_entropy_forward(r.probs, logits, r.targets, b, k);
+            cross_entropy_backward(r.dlogits, r.probs, r.targets, b, k);
+        }
+        model_zero_grad(r.student);
+        model_backward(r.student, r.dlogits, b);
+        float norm = optimizer_step(r.student, &opt, step);
+        if (!isfinite(loss) || !isfinite(norm)) {
+            status = -1;
+            set_error(err, "training diverged at step %ld (loss %g, gradient norm %g): lower lr or check the data",
+                      step + 1, loss, norm);
+            break;
+        }
+
+        double now = now_seconds(), dt = now - last;
+        last = now;
+        step_time = step == start ? dt : 0.9 * step_time + 0.1 * dt;
+        const long done = step + 1;
+        if (cb && cb->on_step) {
+            StepMetrics m = {.step = done, .total_steps = s->steps, .loss = loss, .grad_norm = norm,
+                             .lr = s->lr * schedule_multiplier(step, s->warmup_steps, s->steps),
+                             .images_per_second = (float)(b / step_time), .elapsed_seconds = now - t0,
+                             .eta_seconds = step_time * (s->steps - done)};
+            cb->on_step(cb->ctx, &m);
+        }
+        if (done % s->eval_every == 0 || done == s->steps) {
+            EvalMetrics e = evaluate(&r, done);
+            result->final_test_top1 = e.test_top1;
+            if (cb && cb->on_eval) cb->on_eval(cb->ctx, &e);
+            last = now_seconds(); /* keep evaluation out of the throughput */
+        }
+        int stop = done < s->steps && cb && cb->should_stop && cb->should_stop(cb->ctx);
+        if (done % s->checkpoint_every == 0 || done == s->steps || stop) {
+            if (model_save_checkpoint(r.student, done, spec_json, ckpt, err) != 0) {
+                status = -1;
+                break;
+            }
+            if (cb && cb->on_checkpoint) cb->on_checkpoint(cb->ctx, done, ckpt);
+            last = now_seconds();
+        }
+        if (stop) {
+            step++;
+            status = TRAIN_STOPPED;
+            break;
+        }
+    }
+    result->steps_done = step;
+    if (status == TRAIN_DONE && start >= s->steps) {
+        EvalMetrics e = evaluate(&r, s->steps); /* resumed a finished run: report it again */
+        result->final_test_top1 = e.test_top1;
+        if (cb && cb->on_eval) cb->on_eval(cb->ctx, &e);
+    }
+    if (status == TRAIN_DONE && model_save(r.student, result->weights_path, err) != 0) status = -1;
+    free(spec_json);
+    run_free(&r);
+    return status;
+}

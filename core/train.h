@@ -1,0 +1,55 @@
+/* train.h - the training loop: supervised (`train`) or function-matching
+ * distillation (`distill`), the same under `distilld run`, the daemon and the
+ * tests. Everything a caller sees goes through TrainCallbacks. */
+#ifndef DISTILLD_TRAIN_H
+#define DISTILLD_TRAIN_H
+
+#include "jobspec.h"
+
+typedef struct {
+    long step, total_steps;      /* step just finished (1-based count of updates) */
+    float loss, lr, grad_norm;   /* loss: cross-entropy (train) or T^2 KL (distill) */
+    float images_per_second;     /* over the last steps */
+    double elapsed_seconds, eta_seconds;
+} StepMetrics;
+
+typedef struct {
+    long step;
+    int has_val, has_teacher;
+    float val_top1, test_top1;             /* student */
+    float teacher_val_top1, teacher_test_top1; /* distill only; computed once */
+    float test_agreement;                  /* student vs teacher top-1 agreement on test */
+    float val_distill_loss;                /* T^2 KL on validation images */
+} EvalMetrics;
+
+typedef struct {
+    void *ctx;
+    void (*on_log)(void *ctx, const char *message);
+    void (*on_step)(void *ctx, const StepMetrics *m);
+    void (*on_eval)(void *ctx, const EvalMetrics *m);
+    void (*on_checkpoint)(void *ctx, long step, const char *path);
+    /* polled after every step; non-zero stops the run after a checkpoint */
+    int (*should_stop)(void *ctx);
+} TrainCallbacks;
+
+typedef struct {
+    long steps_done;
+    float final_test_top1;
+    char weights_path[SPEC_PATH_MAX + 64];
+} TrainResult;
+
+enum { TRAIN_DONE = 0, TRAIN_STOPPED = 1 };
+
+/* Runs the job in run_dir (created if missing): checkpoints go to
+ * run_dir/checkpoint.safetensors, the final weights to run_dir/weights.safetensors.
+ * With resume, continues from the checkpoint if there is one. Returns
+ * TRAIN_DONE, TRAIN_STOPPED (should_stop asked; checkpoint written), or -1. */
+int train_run(const JobSpec *spec, const char *run_dir, int resume, const TrainCallbacks *cb, TrainResult *result,
+              char *err);
+
+/* Sets the threads compute runs on (`requested`, or every core when 0) for
+ * the calling thread: OpenMP threads over the batch, one-thread GEMMs.
+ * Returns the number. */
+int train_threads(int requested);
+
+#endif

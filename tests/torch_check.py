@@ -1,0 +1,750 @@
+#!/usr/bin/python3
+"""torch_check.py - PyTorch reference for the C BiT ResNetV2 (DESIGN.md sections 3 and 4).
+
+Usage:  /usr/bin/python3 tests/torch_check.py [-v] OUTDIR [OUTDIR...]
+
+Each OUTDIR is written by the C numeric-dump program and must hold:
+  config.json          {"depth":[..], "base_width", "width", "gn_groups", "stem": "small"|"bit",
+                        "in_channels", "num_classes", "image_size", "batch", "lr", "weight_decay",
+                        "clip_norm", "warmup_steps", "total_steps", "opt_steps"}
+  weights.safetensors  initial parameters: F32, BiT names, HWIO kernels, __metadata__ = architecture
+  x.npy                float32 [B,C,H,W]        labels.npy   int32 [B]
+  logits.npy           float32 [B,K]            loss.npy     float32 [1]  (mean softmax CE)
+  grads.safetensors    d loss / d parameter, same names, shapes and F32 dtype as the weights
+  after.safetensors    parameters after opt_steps optimizer steps on the same (x, labels),
+                       schedule evaluated at t = 0 .. opt_steps-1
+
+What it checks, per OUTDIR (one "ok   NAME" / "FAIL NAME: ..." line each):
+  config, metadata (weights' __metadata__ agrees with config.json), inputs (dtypes/shapes),
+  names:{weights,grads,after} (exactly the tensors the model needs, right shapes, F32),
+  logits, loss, grads (all tensors, one summary line), after (all tensors, one summary line).
+The reference runs in float64 (the loaded float32 data is cast to double) so that it is the
+more accurate side. Ends with "N passed, N failed"; exit 0 if all passed, 1 if any check
+failed, 2 if a file is missing or unreadable.
+"""
+
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# Elementwise tolerance:  |got - want| <= ATOL + RTOL * |want|,  RTOL = 1e-4 and
+# ATOL = 1e-4 * max|want| over the tensor being compared.  The atol term is scaled to the
+# tensor because float32 arithmetic in C leaves absolute noise of about (float eps * the
+# tensor's scale) on every entry, so entries much smaller than the tensor's largest would
+# fail a pure relative test on rounding noise alone.  The "rel err" printed is
+# |got - want| / (max|want| + |want|), which is <= 1e-4 exactly when the element passes.
+RTOL = 1e-4
+ATOL_FRAC = 1e-4
+
+WS_EPS = 1e-10   # weight standardization: (w - mean) / sqrt(var + 1e-10), population var
+GN_EPS = 1e-5    # GroupNorm
+ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
+
+FILES = ["config.json", "weights.safetensors", "x.npy", "labels.npy", "logits.npy",
+         "loss.npy", "grads.safetensors", "after.safetensors"]
+CONFIG_INT_KEYS = ["base_width", "width", "gn_groups", "in_channels", "num_classes",
+                   "image_size", "batch", "warmup_steps", "total_steps", "opt_steps"]
+CONFIG_FLOAT_KEYS = ["lr", "weight_decay", "clip_norm"]
+ARCH_INT_KEYS = ["base_width", "width", "gn_groups", "in_channels", "num_classes", "image_size"]
+METADATA_FORMAT = "distilld-bit-v1"
+
+# A ReLU input or max-pool window within KINK_TOL (relative to the tensor's max) of switching
+# branch may legitimately be decided the other way by float32 C code; see absorb_kinks().
+KINK_TOL = 1e-5
+MAX_KINKS = 64
+# Noise envelope for after.safetensors: REPLICAS reference trajectories with float32-sized
+# noise; the C result may deviate from the reference by ENVELOPE_FACTOR x their spread.
+REPLICAS = 4
+ENVELOPE_FACTOR = 3.0
+
+VERBOSE = False
+
+
+class InputError(Exception):
+    """A file is missing or unreadable: exit status 2."""
+
+
+# ----------------------------------------------------------------------------------------
+# results
+
+class Results:
+    def __init__(self):
+        self.passed = 0
+        self.failed = 0
+
+    def ok(self, name, note=""):
+        self.passed += 1
+        print("ok   %s%s" % (name, ("  (" + note + ")") if note else ""), flush=True)
+
+    def fail(self, name, msg, details=()):
+        self.failed += 1
+        print("FAIL %s: %s" % (name, msg), flush=True)
+        for d in details:
+            print("       " + d, flush=True)
+
+    def check(self, name, problems, note=""):
+        if problems:
+            self.fail(name, problems[0], problems[1:])
+        else:
+            self.ok(name, note)
+
+
+# ----------------------------------------------------------------------------------------
+# file readers
+
+def read_safetensors(path):
+    """Returns (tensors, metadata, problems). tensors: name -> float32 ndarray (only F32
+    entries); metadata: dict or None; problems: list of contract violations that do not
+    stop reading (wrong dtype, overlapping ranges, ...). Raises InputError if unparseable."""
+    try:
+        with open(path, "rb") as f:
+            buf = f.read()
+    except OSError as e:
+        raise InputError("%s: %s" % (path, e))
+    if len(buf) < 8:
+        raise InputError("%s: shorter than the 8-byte header length" % path)
+    n = int.from_bytes(buf[:8], "little")
+    if n > len(buf) - 8:
+        raise InputError("%s: header length %d exceeds file size %d" % (path, n, len(buf)))
+    try:
+        header = json.loads(buf[8:8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise InputError("%s: header is not JSON: %s" % (path, e))
+    if not isinstance(header, dict):
+        raise InputError("%s: header is not a JSON object" % path)
+    data_start = 8 + n
+    data_len = len(buf) - data_start
+    metadata = header.pop("__metadata__", None)
+    problems = []
+    if metadata is not None:
+        if not isinstance(metadata, dict):
+            problems.append("__metadata__ is not an object")
+            metadata = None
+        else:
+            bad = [k for k, v in metadata.items() if not isinstance(v, str)]
+            if bad:
+                problems.append("__metadata__ values must be strings: %s" % ", ".join(bad))
+    tensors = {}
+    ranges = []
+    for name, ent in header.items():
+        try:
+            dtype, shape, (b, e) = ent["dtype"], ent["shape"], ent["data_offsets"]
+            shape = [int(s) for s in shape]
+            b, e = int(b), int(e)
+        except (KeyError, TypeError, ValueError):
+            raise InputError("%s: malformed header entry for %r: %r" % (path, name, ent))
+        if dtype != "F32":
+            problems.append("%s: dtype %s, expected F32" % (name, dtype))
+            continue
+        count = int(np.prod(shape)) if shape else 1
+        if b < 0 or e < b or e > data_len:
+            raise InputError("%s: %s: data_offsets [%d,%d] outside the %d data bytes"
+                             % (path, name, b, e, data_len))
+        if e - b != 4 * count:
+            raise InputError("%s: %s: data_offsets [%d,%d] hold %d bytes, shape %s needs %d"
+                             % (path, name, b, e, e - b, shape, 4 * count))
+        ranges.append((b, e, name))
+        tensors[name] = np.frombuffer(buf, dtype="<f4", count=count,
+                                      offset=data_start + b).reshape(shape).copy()
+    ranges.sort()
+    for (b0, e0, n0), (b1, e1, n1) in zip(ranges, ranges[1:]):
+        if b1 < e0:
+            problems.append("data of %s and %s overlap" % (n0, n1))
+    return tensors, metadata, problems
+
+
+def read_npy(path):
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise InputError("%s: %s" % (path, e))
+
+
+def read_config(path):
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError) as e:
+        raise InputError("%s: %s" % (path, e))
+    if not isinstance(cfg, dict):
+        raise InputError("%s: not a JSON object" % path)
+    missing = [k for k in ["depth", "stem"] + CONFIG_INT_KEYS + CONFIG_FLOAT_KEYS if k not in cfg]
+    if missing:
+        raise InputError("%s: missing keys: %s" % (path, ", ".join(missing)))
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    bad = []
+    d = cfg["depth"]
+    if not (isinstance(d, list) and d and all(is_int(u) and u > 0 for u in d)):
+        bad.append("depth must be a non-empty list of positive integers, got %r" % (d,))
+    if cfg["stem"] not in ("small", "bit"):
+        bad.append("stem must be \"small\" or \"bit\", got %r" % (cfg["stem"],))
+    for k in CONFIG_INT_KEYS:
+        lo = 0 if k in ("warmup_steps", "opt_steps") else 1
+        if not is_int(cfg[k]) or cfg[k] < lo:
+            bad.append("%s must be an integer >= %d, got %r" % (k, lo, cfg[k]))
+    for k in CONFIG_FLOAT_KEYS:
+        if not isinstance(cfg[k], (int, float)) or isinstance(cfg[k], bool) or cfg[k] < 0:
+            bad.append("%s must be a number >= 0, got %r" % (k, cfg[k]))
+    if not bad:
+        c0 = cfg["base_width"] * cfg["width"]
+        if c0 % cfg["gn_groups"]:
+            bad.append("base_width*width = %d is not divisible by gn_groups = %d"
+                       % (c0, cfg["gn_groups"]))
+    if bad:
+        raise InputError("%s: %s" % (path, "; ".join(bad)))
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------
+# the model: names, shapes, forward
+
+def unit_plan(cfg):
+    """Yields (prefix, cin, mid, cout, stride, has_proj) for every unit in order."""
+    c0 = cfg["base_width"] * cfg["width"]
+    cin = c0
+    for s, n_units in enumerate(cfg["depth"], start=1):
+        mid = c0 * 2 ** (s - 1)
+        cout = 4 * mid
+        for b in range(1, n_units + 1):
+            first = b == 1
+            stride = 2 if (first and s >= 2) else 1
+            yield ("resnet/block%d/unit%02d" % (s, b), cin, mid, cout, stride, first)
+            cin = cout
+
+
+def final_channels(cfg):
+    return 4 * cfg["base_width"] * cfg["width"] * 2 ** (len(cfg["depth"]) - 1)
+
+
+def param_spec(cfg):
+    """name -> shape (file layout: HWIO kernels), in a fixed order."""
+    spec = {}
+    c0 = cfg["base_width"] * cfg["width"]
+    k = 7 if cfg["stem"] == "bit" else 3
+    spec["resnet/root_block/standardized_conv2d/kernel"] = (k, k, cfg["in_channels"], c0)
+    for pre, cin, mid, cout, _stride, proj in unit_plan(cfg):
+        spec[pre + "/a/group_norm/gamma"] = (cin,)
+        spec[pre + "/a/group_norm/beta"] = (cin,)
+        if proj:
+            spec[pre + "/a/proj/standardized_conv2d/kernel"] = (1, 1, cin, cout)
+        spec[pre + "/a/standardized_conv2d/kernel"] = (1, 1, cin, mid)
+        spec[pre + "/b/group_norm/gamma"] = (mid,)
+        spec[pre + "/b/group_norm/beta"] = (mid,)
+        spec[pre + "/b/standardized_conv2d/kernel"] = (3, 3, mid, mid)
+        spec[pre + "/c/group_norm/gamma"] = (mid,)
+        spec[pre + "/c/group_norm/beta"] = (mid,)
+        spec[pre + "/c/standardized_conv2d/kernel"] = (1, 1, mid, cout)
+    cf = final_channels(cfg)
+    spec["resnet/group_norm/gamma"] = (cf,)
+    spec["resnet/group_norm/beta"] = (cf,)
+    spec["resnet/head/conv2d/kernel"] = (1, 1, cf, cfg["num_classes"])
+    spec["resnet/head/conv2d/bias"] = (cfg["num_classes"],)
+    return spec
+
+
+class Kinks:
+    """Steers the non-smooth points of one forward pass: ReLU at 0 and the max-pool argmax.
+    Forward values never change, only the branch the backward pass takes:
+      record_tol: list every site whose branch is within record_tol (relative to that
+                  tensor's max |value|) of switching, in self.found as (margin, site, pos);
+      flip:       iterable of (site, flat position) whose branch is switched;
+      noise:      branch chosen from value + N(0, (noise * max|value|)^2), which emulates
+                  float32 rounding on the C side deciding a near-tie the other way."""
+
+    def __init__(self, record_tol=None, flip=(), noise=0.0, generator=None):
+        self.record_tol = record_tol
+        self.flip = {}
+        for site, pos in flip:
+            self.flip.setdefault(site, []).append(pos)
+        self.noise = noise
+        self.gen = generator
+        self.site = -1
+        self.found = []
+
+    def next_site(self):
+        self.site += 1
+        return self.site
+
+    def record(self, site, margin):
+        if self.record_tol is None:
+            return
+        near = (margin <= self.record_tol).reshape(-1).nonzero().flatten().tolist()
+        flat = margin.reshape(-1)
+        self.found.extend((float(flat[p]), site, p) for p in near)
+
+    def randn(self, like):
+        return torch.randn(like.shape, generator=self.gen, dtype=like.dtype)
+
+
+def relu(z, K=None):
+    if K is None:
+        return F.relu(z)
+    site = K.next_site()
+    zd = z.detach()
+    scale = float(zd.abs().max()) or 1.0
+    K.record(site, zd.abs() / scale)
+    if not K.noise and site not in K.flip:
+        return F.relu(z)
+    mask = (zd + K.noise * scale * K.randn(zd)) > 0 if K.noise else zd > 0
+    if site in K.flip:
+        flat = mask.reshape(-1)
+        idx = torch.tensor(K.flip[site], dtype=torch.long)
+        flat[idx] = ~flat[idx]
+    zm = z * mask
+    return F.relu(zd) + (zm - zm.detach())
+
+
+def max_pool_3x3_s2(h, K=None):
+    if K is None:
+        return F.max_pool2d(h, kernel_size=3, stride=2, padding=0)
+    site = K.next_site()
+    B, C, H, W = h.shape
+    Ho, Wo = (H - 3) // 2 + 1, (W - 3) // 2 + 1
+    cols = F.unfold(h.reshape(B * C, 1, H, W), 3, stride=2)  # [B*C, 9, Ho*Wo]
+    cd = cols.detach()
+    scale = float(cd.abs().max()) or 1.0
+    top, idx = cd.topk(2, dim=1)
+    K.record(site, (top[:, 0] - top[:, 1]) / scale)
+    if not K.noise and site not in K.flip:
+        return F.max_pool2d(h, kernel_size=3, stride=2, padding=0)
+    sel = (cd + K.noise * scale * K.randn(cd)).argmax(dim=1) if K.noise else idx[:, 0].clone()
+    if site in K.flip:
+        pos = torch.tensor(K.flip[site], dtype=torch.long)
+        sel.reshape(-1)[pos] = idx[:, 1].reshape(-1)[pos]
+    g = cols.gather(1, sel.unsqueeze(1)).squeeze(1)
+    return (top[:, 0] + (g - g.detach())).reshape(B, C, Ho, Wo)
+
+
+def std_conv(x, kernel_hwio, stride, padding):
+    """Weight-standardized conv, standardization inside the graph so grads reach the raw kernel."""
+    w = kernel_hwio.permute(3, 2, 0, 1)  # HWIO -> OIHW
+    mean = w.mean(dim=(1, 2, 3), keepdim=True)
+    var = ((w - mean) ** 2).mean(dim=(1, 2, 3), keepdim=True)  # population variance
+    w = (w - mean) / torch.sqrt(var + WS_EPS)
+    return F.conv2d(x, w, stride=stride, padding=padding)
+
+
+def gn_relu(x, P, prefix, groups, K):
+    return relu(F.group_norm(x, groups, P[prefix + "/gamma"], P[prefix + "/beta"], GN_EPS), K)
+
+
+def forward(P, x, cfg, K=None):
+    g = cfg["gn_groups"]
+    stem = P["resnet/root_block/standardized_conv2d/kernel"]
+    if cfg["stem"] == "bit":
+        h = std_conv(x, stem, 2, 3)
+        h = F.pad(h, (1, 1, 1, 1), mode="constant", value=0.0)  # zero pad, not -inf
+        h = max_pool_3x3_s2(h, K)
+    else:
+        h = std_conv(x, stem, 1, 1)
+    for pre, _cin, _mid, _cout, stride, proj in unit_plan(cfg):
+        p = gn_relu(h, P, pre + "/a/group_norm", g, K)
+        shortcut = std_conv(p, P[pre + "/a/proj/standardized_conv2d/kernel"], stride, 0) \
+            if proj else h
+        a = std_conv(p, P[pre + "/a/standardized_conv2d/kernel"], 1, 0)
+        b = std_conv(gn_relu(a, P, pre + "/b/group_norm", g, K),
+                     P[pre + "/b/standardized_conv2d/kernel"], stride, 1)
+        c = std_conv(gn_relu(b, P, pre + "/c/group_norm", g, K),
+                     P[pre + "/c/standardized_conv2d/kernel"], 1, 0)
+        h = c + shortcut
+    h = gn_relu(h, P, "resnet/group_norm", g, K)
+    feat = h.mean(dim=(2, 3))
+    kernel = P["resnet/head/conv2d/kernel"]  # plain dense, NOT standardized
+    return feat @ kernel[0, 0] + P["resnet/head/conv2d/bias"]
+
+
+def loss_and_grads(P, x, y, cfg, K=None):
+    names = list(P)
+    leaves = [P[n].detach().requires_grad_(True) for n in names]
+    Q = dict(zip(names, leaves))
+    logits = forward(Q, x, cfg, K)
+    loss = F.cross_entropy(logits, y, reduction="mean")
+    grads = torch.autograd.grad(loss, leaves)
+    return logits.detach(), loss.detach(), dict(zip(names, grads))
+
+
+def schedule(t, cfg):
+    """Linear warmup from 0, then cosine to 0 (progress clipped to [0,1], as big_vision)."""
+    w, total = cfg["warmup_steps"], cfg["total_steps"]
+    if t < w:
+        return t / w
+    progress = (t - w) / (total - w) if total > w else 1.0
+    progress = min(max(progress, 0.0), 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def reference_after(P0, x, y, cfg, g0, act_noise=0.0, grad_noise=None, generator=None):
+    """opt_steps steps of clip -> Adam -> w -= s(t) * (lr*u + wd*w), float64, by hand.
+    While the weights are still P0 (every earlier s(t) was 0) the gradient is g0, the one the
+    C side dumped (it is what C used, and it was checked against torch already); later steps
+    use torch's gradient at the reference's own weights. act_noise / grad_noise (name -> std)
+    perturb those later steps the way float32 rounding would (for the noise envelope)."""
+    W = {n: p.clone() for n, p in P0.items()}
+    m = {n: torch.zeros_like(p) for n, p in W.items()}
+    v = {n: torch.zeros_like(p) for n, p in W.items()}
+    lr, wd, clip = cfg["lr"], cfg["weight_decay"], cfg["clip_norm"]
+    info = []
+    moved = False
+    for t in range(cfg["opt_steps"]):
+        if not moved:
+            G, loss = g0, None
+        else:
+            K = Kinks(noise=act_noise, generator=generator) if act_noise else None
+            _logits, loss, G = loss_and_grads(W, x, y, cfg, K)
+            if grad_noise:
+                G = {n: g + grad_noise[n] * torch.randn(g.shape, generator=generator, dtype=g.dtype)
+                     for n, g in G.items()}
+        norm = math.sqrt(sum(float((g * g).sum()) for g in G.values()))
+        scale = clip / norm if (clip > 0 and norm > clip) else 1.0
+        s = schedule(t, cfg)
+        bc1 = 1.0 - ADAM_B1 ** (t + 1)
+        bc2 = 1.0 - ADAM_B2 ** (t + 1)
+        for n in W:
+            g = G[n] * scale
+            m[n] = ADAM_B1 * m[n] + (1.0 - ADAM_B1) * g
+            v[n] = ADAM_B2 * v[n] + (1.0 - ADAM_B2) * g * g
+            u = (m[n] / bc1) / (torch.sqrt(v[n] / bc2) + ADAM_EPS)
+            decay = wd if n.endswith("/kernel") else 0.0
+            W[n] = W[n] - s * (lr * u + decay * W[n])
+        info.append("t=%d %s grad_norm=%.6g clip_scale=%.6g s=%.6g"
+                    % (t, "(C's gradient)" if loss is None else "loss=%.6g" % float(loss),
+                       norm, scale, s))
+        moved = moved or s != 0
+    return W, info
+
+
+# ----------------------------------------------------------------------------------------
+# comparison
+
+def compare(got, want, extra_tol=None):
+    """got: float32 ndarray from C; want: float64 ndarray reference; extra_tol: optional
+    per-element widening (noise envelope). Reports the element furthest out of tolerance."""
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    if got.shape != want.shape:
+        return {"ok": False, "rel": float("inf"), "ratio": float("inf"),
+                "shape": (got.shape, want.shape)}
+    if want.size == 0:
+        return {"ok": True, "rel": 0.0, "ratio": 0.0, "n": 0, "nbad": 0}
+    scale = float(np.max(np.abs(want)))
+    diff = np.abs(got - want)
+    tol = ATOL_FRAC * scale + RTOL * np.abs(want)
+    if extra_tol is not None:
+        tol = tol + extra_tol
+    bad = ~(diff <= tol)  # NaN/inf in got counts as bad
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(tol > 0, diff / np.where(tol > 0, tol, 1.0), np.where(diff == 0, 0.0, np.inf))
+    ratio = np.where(np.isnan(ratio), np.inf, ratio).reshape(-1)
+    flat = int(np.argmax(ratio))
+    idx = np.unravel_index(flat, want.shape) if want.shape else ()
+    d, w = float(diff.reshape(-1)[flat]), float(want.reshape(-1)[flat])
+    rel = d / (scale + abs(w)) if scale + abs(w) > 0 else (0.0 if d == 0 else float("inf"))
+    if math.isnan(rel):
+        rel = float("inf")
+    return {"ok": not bad.any(), "rel": rel, "ratio": float(ratio[flat]),
+            "idx": tuple(int(i) for i in idx), "got": float(got.reshape(-1)[flat]), "want": w,
+            "nbad": int(bad.sum()), "n": int(want.size), "scale": scale,
+            "extra": None if extra_tol is None else float(np.asarray(extra_tol).reshape(-1)[flat])}
+
+
+def describe(name, r):
+    if "shape" in r:
+        return "%s: shape %s, expected %s" % (name, list(r["shape"][0]), list(r["shape"][1]))
+    s = ("%s: max rel err %.3g at %s: got %.9g want %.9g (max|want| %.4g, %d/%d elements out"
+         % (name, r["rel"], list(r["idx"]), r["got"], r["want"], r["scale"], r["nbad"], r["n"]))
+    if r.get("extra") is not None:
+        s += ", noise envelope there %.3g" % r["extra"]
+    return s + ")"
+
+
+def check_one(res, name, got, want):
+    r = compare(got, want)
+    if r["ok"]:
+        res.ok(name, "max rel err %.2g" % r["rel"])
+    else:
+        res.fail(name, describe(name, r).split(": ", 1)[1])
+    return r
+
+
+def compare_set(spec, got, want, extra_tol=None):
+    """name -> compare() result for every name in spec present in got."""
+    return {n: compare(got[n], want[n], None if extra_tol is None else extra_tol[n])
+            for n in spec if n in got}
+
+
+def report_set(res, name, spec, results, note="", details=(), max_details=5):
+    """One summary line for all tensors of a safetensors file vs the reference."""
+    missing = [n for n in spec if n not in results]
+    bad = sorted((n for n, r in results.items() if not r["ok"]), key=lambda n: -results[n]["ratio"])
+    worst = max(results, key=lambda n: results[n]["rel"]) if results else None
+    if VERBOSE:
+        for n in spec:
+            if n in results:
+                print("       %s %s" % ("ok  " if results[n]["ok"] else "FAIL", describe(n, results[n])))
+    if not bad and not missing:
+        res.ok(name, "%d tensors, worst max rel err %.2g in %s%s"
+               % (len(results), results[worst]["rel"] if worst else 0.0, worst,
+                  ("; " + note) if note else ""))
+        return True
+    lines = [describe(n, results[n]) for n in bad[:max_details]]
+    if len(bad) > max_details:
+        lines.append("... and %d more tensors out of tolerance" % (len(bad) - max_details))
+    if missing:
+        lines.append("not compared (missing from the file): %s" % ", ".join(missing))
+    if note:
+        lines.append(note)
+    lines.extend(details)
+    head = ("%d/%d tensors out of tolerance, worst max rel err %.3g in %s"
+            % (len(bad), len(spec), results[bad[0]]["rel"], bad[0])) if bad else \
+        "%d tensors missing" % len(missing)
+    res.fail(name, head, lines)
+    return False
+
+
+def absorb_kinks(P, x, y, cfg, G_ref, Gc, found, kink_tol):
+    """C may take the other branch at a ReLU input or max-pool window that sits within float32
+    noise of its switching point; that moves some gradients by up to a few percent. For each
+    such site within kink_tol (at most MAX_KINKS, nearest first) compute the gradient change
+    D_j of taking the other branch, fit Gc - G_ref ~ sum c_j D_j (least squares, each tensor
+    scaled by its max|G_ref|, c clipped to [0,1]) and return G_ref + sum c_j D_j. A real bug
+    is dense and will not lie in the span of these few single-site changes."""
+    sites = sorted(f for f in found if f[0] <= kink_tol)[:MAX_KINKS]
+    names = list(G_ref)
+    w = {n: 1.0 / (float(G_ref[n].abs().max()) or 1.0) for n in names}
+    cols, deltas = [], []
+    for _margin, site, pos in sites:
+        _l, _L, Gf = loss_and_grads(P, x, y, cfg, Kinks(flip=[(site, pos)]))
+        D = {n: Gf[n] - G_ref[n] for n in names}
+        col = np.concatenate([(D[n] * w[n]).reshape(-1).numpy() for n in names])
+        if np.any(col):
+            cols.append(col)
+            deltas.append(D)
+    if not cols:
+        return G_ref, []
+    r = np.concatenate([((torch.from_numpy(Gc[n].astype(np.float64)) - G_ref[n]) * w[n])
+                        .reshape(-1).numpy() for n in names])
+    c = np.linalg.lstsq(np.stack(cols, axis=1), r, rcond=None)[0]
+    c = np.clip(c, 0.0, 1.0)
+    G_adj = {n: G_ref[n] + sum(float(cj) * D[n] for cj, D in zip(c, deltas)) for n in names}
+    return G_adj, [float(cj) for cj in c]
+
+
+def check_names(res, label, fname, tensors, problems, spec):
+    errs = list(problems)
+    missing = [n for n in spec if n not in tensors]
+    extra = sorted(n for n in tensors if n not in spec)
+    if missing:
+        errs.append("missing tensors: %s" % ", ".join(missing))
+    if extra:
+        errs.append("unexpected tensors: %s" % ", ".join(extra))
+    for n, shape in spec.items():
+        if n in tensors and tuple(tensors[n].shape) != tuple(shape):
+            errs.append("%s: shape %s, expected %s (HWIO for kernels)"
+                        % (n, list(tensors[n].shape), list(shape)))
+    res.check("%s:names:%s" % (label, fname), errs, "%d tensors" % len(spec))
+    return not missing and all(tuple(tensors[n].shape) == tuple(s)
+                               for n, s in spec.items() if n in tensors)
+
+
+def check_metadata(res, label, fname, metadata, cfg, required):
+    name = "%s:metadata:%s" % (label, fname)
+    if metadata is None:
+        if required:
+            res.fail(name, "no __metadata__ (the architecture must travel with the weights)")
+        return
+    errs = []
+    if required and metadata.get("format") != METADATA_FORMAT:
+        errs.append("format is %r, expected %r" % (metadata.get("format"), METADATA_FORMAT))
+    keys = ["depth", "stem"] + ARCH_INT_KEYS
+    for k in keys:
+        if k not in metadata:
+            if required:
+                errs.append("missing key %s" % k)
+            continue
+        raw = metadata[k]
+        try:
+            if k == "depth":
+                val = json.loads(raw)
+            elif k == "stem":
+                val = raw
+            else:
+                val = int(raw)
+        except (TypeError, ValueError):
+            errs.append("%s = %r is not parseable" % (k, raw))
+            continue
+        if val != cfg[k]:
+            errs.append("%s = %r in metadata but %r in config.json" % (k, raw, cfg[k]))
+    res.check(name, errs)
+
+
+# ----------------------------------------------------------------------------------------
+
+def check_outdir(res, outdir):
+    label = os.path.basename(os.path.normpath(outdir)) or outdir
+    path = lambda f: os.path.join(outdir, f)
+    cfg = read_config(path("config.json"))
+    print("== %s: stem %s, depth %s, width %dx%d, groups %d, %dx%dx%d -> %d, batch %d, %d opt steps"
+          % (outdir, cfg["stem"], cfg["depth"], cfg["base_width"], cfg["width"], cfg["gn_groups"],
+             cfg["in_channels"], cfg["image_size"], cfg["image_size"], cfg["num_classes"],
+             cfg["batch"], cfg["opt_steps"]), flush=True)
+    res.ok("%s:config" % label)
+    spec = param_spec(cfg)
+    W, wmeta, wprob = read_safetensors(path("weights.safetensors"))
+    Gc, gmeta, gprob = read_safetensors(path("grads.safetensors"))
+    Ac, ameta, aprob = read_safetensors(path("after.safetensors"))
+    x_np = read_npy(path("x.npy"))
+    y_np = read_npy(path("labels.npy"))
+    logits_np = read_npy(path("logits.npy"))
+    loss_np = read_npy(path("loss.npy"))
+
+    check_metadata(res, label, "weights", wmeta, cfg, required=True)
+    for fname, meta in (("grads", gmeta), ("after", ameta)):
+        if meta is not None:
+            check_metadata(res, label, fname, meta, cfg, required=False)
+
+    B, C, S, K = cfg["batch"], cfg["in_channels"], cfg["image_size"], cfg["num_classes"]
+    errs = []
+    for nm, arr, dt, shape in (("x.npy", x_np, "<f4", (B, C, S, S)), ("labels.npy", y_np, "<i4", (B,)),
+                               ("logits.npy", logits_np, "<f4", (B, K)), ("loss.npy", loss_np, "<f4", (1,))):
+        if arr.dtype.str != np.dtype(dt).str:
+            errs.append("%s: dtype %s, expected %s" % (nm, arr.dtype.str, dt))
+        if tuple(arr.shape) != shape:
+            errs.append("%s: shape %s, expected %s" % (nm, list(arr.shape), list(shape)))
+    labels_ok = np.issubdtype(y_np.dtype, np.integer) and y_np.ndim == 1 and y_np.shape[0] == x_np.shape[0]
+    if labels_ok and (y_np.min(initial=0) < 0 or y_np.max(initial=0) >= K):
+        errs.append("labels.npy: values outside [0, %d)" % K)
+        labels_ok = False
+    if not np.all(np.isfinite(x_np)):
+        errs.append("x.npy: non-finite values")
+    inputs_ok = labels_ok and x_np.ndim == 4 and tuple(x_np.shape[1:]) == (C, S, S) and np.all(np.isfinite(x_np))
+    res.check("%s:inputs" % label, errs)
+
+    w_ok = check_names(res, label, "weights", W, wprob, spec)
+    check_names(res, label, "grads", Gc, gprob, spec)
+    check_names(res, label, "after", Ac, aprob, spec)
+
+    if not (w_ok and inputs_ok):
+        for what in ("logits", "loss", "grads", "after"):
+            res.fail("%s:%s" % (label, what), "not computed: the weights or inputs are unusable")
+        return
+
+    P0 = {n: torch.from_numpy(W[n].astype(np.float64)) for n in spec}
+    x = torch.from_numpy(x_np.astype(np.float64))
+    y = torch.from_numpy(y_np.astype(np.int64))
+    K0 = Kinks(record_tol=1e-3)  # remember the near-kinks; filtered by kink_tol below
+    logits, loss, G = loss_and_grads(P0, x, y, cfg, K0)
+    rl = check_one(res, "%s:logits" % label, logits_np, logits.numpy())
+    check_one(res, "%s:loss" % label, np.asarray(loss_np).reshape(-1), loss.reshape(1).numpy())
+
+    # The C side's float32 noise relative to a tensor's max, estimated from its logits.
+    act_noise = rl["rel"] if (rl["ok"] and math.isfinite(rl["rel"])) else 1e-6
+    act_noise = min(max(act_noise, 1e-7), 1e-4)
+    kink_tol = max(KINK_TOL, 30.0 * act_noise)
+
+    # ---- gradients at the initial weights
+    gname = "%s:grads" % label
+    gres = compare_set(spec, Gc, G)
+    G_used, gnote, gdetails = G, "", []
+    if any(not r["ok"] for r in gres.values()) and all(r.get("shape") is None for r in gres.values()):
+        strict_worst = max(r["rel"] for r in gres.values())
+        G_adj, c = absorb_kinks(P0, x, y, cfg, G, Gc, K0.found, kink_tol)
+        flips = sum(1 for cj in c if cj > 0.5)
+        if c:
+            gres2 = compare_set(spec, Gc, G_adj)
+            if all(r["ok"] for r in gres2.values()):
+                gres, G_used = gres2, G_adj
+                gnote = ("C took the other branch at ~%d of the %d ReLU/max-pool sites within %.0e of "
+                         "their switching point; compared after absorbing that (strict worst max rel "
+                         "err %.3g)" % (flips, len(c), kink_tol, strict_worst))
+            else:
+                gdetails.append("absorbing branch flips at %d near-kink sites did not explain it "
+                                "(worst max rel err %.3g after absorbing)"
+                                % (len(c), max(r["rel"] for r in gres2.values())))
+    gnorm_ref = math.sqrt(sum(float((g * g).sum()) for g in G.values()))
+    gnorm_c = math.sqrt(sum(float((Gc[n].astype(np.float64) ** 2).sum()) for n in spec if n in Gc))
+    gdetails.append("global grad norm: got %.9g want %.9g" % (gnorm_c, gnorm_ref))
+    grads_ok = report_set(res, gname, spec, gres, note=gnote, details=gdetails)
+
+    # ---- parameters after opt_steps optimizer steps
+    aname = "%s:after" % label
+    if grads_ok:
+        g0 = {n: torch.from_numpy(Gc[n].astype(np.float64)) for n in spec}
+        grad_noise = {n: float(torch.sqrt(((g0[n] - G_used[n]) ** 2).mean())) for n in spec}
+    else:
+        g0 = G
+        grad_noise = {n: 1e-6 * float(G[n].abs().max()) for n in spec}
+    A, steps = reference_after(P0, x, y, cfg, g0)
+    Anp = {n: a.numpy() for n, a in A.items()}
+    ares = compare_set(spec, Ac, Anp)
+    anote = ""
+    if any(not r["ok"] for r in ares.values()) and all(r.get("shape") is None for r in ares.values()):
+        # After the first real step every later gradient is taken at weights C reached with
+        # float32 rounding; Adam divides by each element's own gradient size and ReLU kinks
+        # switch, so rounding can grow into visible differences. Measure how far float32-sized
+        # noise moves the reference and allow ENVELOPE_FACTOR x that, element by element.
+        strict_worst = max(r["rel"] for r in ares.values())
+        gen = torch.Generator().manual_seed(20240229)
+        env = {n: np.zeros(a.shape) for n, a in Anp.items()}
+        for _ in range(REPLICAS):
+            Ar, _info = reference_after(P0, x, y, cfg, g0, act_noise, grad_noise, gen)
+            for n in env:
+                env[n] = np.maximum(env[n], np.abs(Ar[n].numpy() - Anp[n]))
+        spread = max((float(env[n].max()) / (float(np.abs(Anp[n]).max()) or 1.0), n) for n in env)
+        ares = compare_set(spec, Ac, Anp, {n: ENVELOPE_FACTOR * e for n, e in env.items()})
+        anote = ("ill-conditioned trajectory: float32-sized noise moves the reference by up to %.2g "
+                 "of max|w| (in %s), so each element may differ by %gx that spread; strict worst "
+                 "max rel err %.3g" % (spread[0], spread[1], ENVELOPE_FACTOR, strict_worst))
+        if spread[0] > 1e-3:
+            anote += ". This check is weak here: use a smaller lr, fewer opt_steps or another seed"
+
+    def after_details():
+        out = []
+        bad = sorted((n for n, r in ares.items() if not r["ok"]), key=lambda n: -ares[n]["ratio"])
+        for n in bad[:1]:
+            r = ares[n]
+            if "idx" in r:
+                i = r["idx"]
+                w0 = float(W[n][i])
+                out.append("at %s%s: initial %.9g, C moved it by %.6g, reference by %.6g"
+                           % (n, list(i), w0, r["got"] - w0, r["want"] - w0))
+        out.append("reference steps: " + "; ".join(steps) if steps else "opt_steps = 0")
+        return out
+
+    report_set(res, aname, spec, ares, note=anote, details=after_details())
+
+
+def main(argv):
+    global VERBOSE
+    args = [a for a in argv[1:] if a not in ("-v", "--verbose")]
+    VERBOSE = len(args) != len(argv) - 1
+    if not args or any(a.startswith("-") for a in args):
+        sys.stderr.write("usage: %s [-v] OUTDIR [OUTDIR...]\n" % argv[0])
+        return 2
+    missing = [os.path.join(d, f) for d in args for f in FILES
+               if not os.path.isfile(os.path.join(d, f))]
+    if missing:
+        sys.stderr.write("torch_check: missing file(s):\n  %s\n" % "\n  ".join(missing))
+        return 2
+    torch.set_num_threads(2)
+    res = Results()
+    try:
+        for d in args:
+            check_outdir(res, d)
+    except InputError as e:
+        sys.stderr.write("torch_check: unreadable input: %s\n" % e)
+        print("%d passed, %d failed" % (res.passed, res.failed))
+        return 2
+    print("%d passed, %d failed" % (res.passed, res.failed))
+    return 1 if res.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
