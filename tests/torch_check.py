@@ -11,6 +11,7 @@ Each OUTDIR is written by the C numeric-dump program and must hold:
   x.npy                float32 [B,C,H,W]        labels.npy   int32 [B]
   logits.npy           float32 [B,K]            loss.npy     float32 [1]  (mean softmax CE)
   grads.safetensors    d loss / d parameter, same names, shapes and F32 dtype as the weights
+  predicted.npy        (optional) logits from `distilld predict` on weights.safetensors and x.npy
   after.safetensors    parameters after opt_steps optimizer steps on the same (x, labels),
                        schedule evaluated at t = 0 .. opt_steps-1
 
@@ -19,8 +20,12 @@ What it checks, per OUTDIR (one "ok   NAME" / "FAIL NAME: ..." line each):
   names:{weights,grads,after} (exactly the tensors the model needs, right shapes, F32),
   logits, loss, grads (all tensors, one summary line), after (all tensors, one summary line).
 The reference runs in float64 (the loaded float32 data is cast to double) so that it is the
-more accurate side. Ends with "N passed, N failed"; exit 0 if all passed, 1 if any check
-failed, 2 if a file is missing or unreadable.
+more accurate side, including the hand-written optimizer (no torch.optim). Ends with
+"N passed, N failed"; exit 0 if all passed, 1 if any check failed, 2 if a file is missing or
+unreadable. -v prints every tensor's comparison.
+
+The comparison is strict (tolerance below): the C side's dumps use fixed seeds whose ReLU and
+max-pool decisions are not within float32 rounding of switching, so there is nothing to excuse.
 """
 
 import json
@@ -52,15 +57,6 @@ CONFIG_INT_KEYS = ["base_width", "width", "gn_groups", "in_channels", "num_class
 CONFIG_FLOAT_KEYS = ["lr", "weight_decay", "clip_norm"]
 ARCH_INT_KEYS = ["base_width", "width", "gn_groups", "in_channels", "num_classes", "image_size"]
 METADATA_FORMAT = "distilld-bit-v1"
-
-# A ReLU input or max-pool window within KINK_TOL (relative to the tensor's max) of switching
-# branch may legitimately be decided the other way by float32 C code; see absorb_kinks().
-KINK_TOL = 1e-5
-MAX_KINKS = 64
-# Noise envelope for after.safetensors: REPLICAS reference trajectories with float32-sized
-# noise; the C result may deviate from the reference by ENVELOPE_FACTOR x their spread.
-REPLICAS = 4
-ENVELOPE_FACTOR = 3.0
 
 VERBOSE = False
 
@@ -250,77 +246,8 @@ def param_spec(cfg):
     return spec
 
 
-class Kinks:
-    """Steers the non-smooth points of one forward pass: ReLU at 0 and the max-pool argmax.
-    Forward values never change, only the branch the backward pass takes:
-      record_tol: list every site whose branch is within record_tol (relative to that
-                  tensor's max |value|) of switching, in self.found as (margin, site, pos);
-      flip:       iterable of (site, flat position) whose branch is switched;
-      noise:      branch chosen from value + N(0, (noise * max|value|)^2), which emulates
-                  float32 rounding on the C side deciding a near-tie the other way."""
-
-    def __init__(self, record_tol=None, flip=(), noise=0.0, generator=None):
-        self.record_tol = record_tol
-        self.flip = {}
-        for site, pos in flip:
-            self.flip.setdefault(site, []).append(pos)
-        self.noise = noise
-        self.gen = generator
-        self.site = -1
-        self.found = []
-
-    def next_site(self):
-        self.site += 1
-        return self.site
-
-    def record(self, site, margin):
-        if self.record_tol is None:
-            return
-        near = (margin <= self.record_tol).reshape(-1).nonzero().flatten().tolist()
-        flat = margin.reshape(-1)
-        self.found.extend((float(flat[p]), site, p) for p in near)
-
-    def randn(self, like):
-        return torch.randn(like.shape, generator=self.gen, dtype=like.dtype)
-
-
-def relu(z, K=None):
-    if K is None:
-        return F.relu(z)
-    site = K.next_site()
-    zd = z.detach()
-    scale = float(zd.abs().max()) or 1.0
-    K.record(site, zd.abs() / scale)
-    if not K.noise and site not in K.flip:
-        return F.relu(z)
-    mask = (zd + K.noise * scale * K.randn(zd)) > 0 if K.noise else zd > 0
-    if site in K.flip:
-        flat = mask.reshape(-1)
-        idx = torch.tensor(K.flip[site], dtype=torch.long)
-        flat[idx] = ~flat[idx]
-    zm = z * mask
-    return F.relu(zd) + (zm - zm.detach())
-
-
-def max_pool_3x3_s2(h, K=None):
-    if K is None:
-        return F.max_pool2d(h, kernel_size=3, stride=2, padding=0)
-    site = K.next_site()
-    B, C, H, W = h.shape
-    Ho, Wo = (H - 3) // 2 + 1, (W - 3) // 2 + 1
-    cols = F.unfold(h.reshape(B * C, 1, H, W), 3, stride=2)  # [B*C, 9, Ho*Wo]
-    cd = cols.detach()
-    scale = float(cd.abs().max()) or 1.0
-    top, idx = cd.topk(2, dim=1)
-    K.record(site, (top[:, 0] - top[:, 1]) / scale)
-    if not K.noise and site not in K.flip:
-        return F.max_pool2d(h, kernel_size=3, stride=2, padding=0)
-    sel = (cd + K.noise * scale * K.randn(cd)).argmax(dim=1) if K.noise else idx[:, 0].clone()
-    if site in K.flip:
-        pos = torch.tensor(K.flip[site], dtype=torch.long)
-        sel.reshape(-1)[pos] = idx[:, 1].reshape(-1)[pos]
-    g = cols.gather(1, sel.unsqueeze(1)).squeeze(1)
-    return (top[:, 0] + (g - g.detach())).reshape(B, C, Ho, Wo)
+def max_pool_3x3_s2(h):
+    return F.max_pool2d(h, kernel_size=3, stride=2, padding=0)
 
 
 def std_conv(x, kernel_hwio, stride, padding):
@@ -332,40 +259,40 @@ def std_conv(x, kernel_hwio, stride, padding):
     return F.conv2d(x, w, stride=stride, padding=padding)
 
 
-def gn_relu(x, P, prefix, groups, K):
-    return relu(F.group_norm(x, groups, P[prefix + "/gamma"], P[prefix + "/beta"], GN_EPS), K)
+def gn_relu(x, P, prefix, groups):
+    return F.relu(F.group_norm(x, groups, P[prefix + "/gamma"], P[prefix + "/beta"], GN_EPS))
 
 
-def forward(P, x, cfg, K=None):
+def forward(P, x, cfg):
     g = cfg["gn_groups"]
     stem = P["resnet/root_block/standardized_conv2d/kernel"]
     if cfg["stem"] == "bit":
         h = std_conv(x, stem, 2, 3)
         h = F.pad(h, (1, 1, 1, 1), mode="constant", value=0.0)  # zero pad, not -inf
-        h = max_pool_3x3_s2(h, K)
+        h = max_pool_3x3_s2(h)
     else:
         h = std_conv(x, stem, 1, 1)
     for pre, _cin, _mid, _cout, stride, proj in unit_plan(cfg):
-        p = gn_relu(h, P, pre + "/a/group_norm", g, K)
+        p = gn_relu(h, P, pre + "/a/group_norm", g)
         shortcut = std_conv(p, P[pre + "/a/proj/standardized_conv2d/kernel"], stride, 0) \
             if proj else h
         a = std_conv(p, P[pre + "/a/standardized_conv2d/kernel"], 1, 0)
-        b = std_conv(gn_relu(a, P, pre + "/b/group_norm", g, K),
+        b = std_conv(gn_relu(a, P, pre + "/b/group_norm", g),
                      P[pre + "/b/standardized_conv2d/kernel"], stride, 1)
-        c = std_conv(gn_relu(b, P, pre + "/c/group_norm", g, K),
+        c = std_conv(gn_relu(b, P, pre + "/c/group_norm", g),
                      P[pre + "/c/standardized_conv2d/kernel"], 1, 0)
         h = c + shortcut
-    h = gn_relu(h, P, "resnet/group_norm", g, K)
+    h = gn_relu(h, P, "resnet/group_norm", g)
     feat = h.mean(dim=(2, 3))
     kernel = P["resnet/head/conv2d/kernel"]  # plain dense, NOT standardized
     return feat @ kernel[0, 0] + P["resnet/head/conv2d/bias"]
 
 
-def loss_and_grads(P, x, y, cfg, K=None):
+def loss_and_grads(P, x, y, cfg):
     names = list(P)
     leaves = [P[n].detach().requires_grad_(True) for n in names]
     Q = dict(zip(names, leaves))
-    logits = forward(Q, x, cfg, K)
+    logits = forward(Q, x, cfg)
     loss = F.cross_entropy(logits, y, reduction="mean")
     grads = torch.autograd.grad(loss, leaves)
     return logits.detach(), loss.detach(), dict(zip(names, grads))
@@ -381,27 +308,16 @@ def schedule(t, cfg):
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def reference_after(P0, x, y, cfg, g0, act_noise=0.0, grad_noise=None, generator=None):
-    """opt_steps steps of clip -> Adam -> w -= s(t) * (lr*u + wd*w), float64, by hand.
-    While the weights are still P0 (every earlier s(t) was 0) the gradient is g0, the one the
-    C side dumped (it is what C used, and it was checked against torch already); later steps
-    use torch's gradient at the reference's own weights. act_noise / grad_noise (name -> std)
-    perturb those later steps the way float32 rounding would (for the noise envelope)."""
+def reference_after(P0, x, y, cfg):
+    """opt_steps steps of clip -> Adam -> w -= s(t) * (lr*u + wd*w), float64, by hand, each on
+    torch's gradient at the reference's own weights."""
     W = {n: p.clone() for n, p in P0.items()}
     m = {n: torch.zeros_like(p) for n, p in W.items()}
     v = {n: torch.zeros_like(p) for n, p in W.items()}
     lr, wd, clip = cfg["lr"], cfg["weight_decay"], cfg["clip_norm"]
     info = []
-    moved = False
     for t in range(cfg["opt_steps"]):
-        if not moved:
-            G, loss = g0, None
-        else:
-            K = Kinks(noise=act_noise, generator=generator) if act_noise else None
-            _logits, loss, G = loss_and_grads(W, x, y, cfg, K)
-            if grad_noise:
-                G = {n: g + grad_noise[n] * torch.randn(g.shape, generator=generator, dtype=g.dtype)
-                     for n, g in G.items()}
+        _logits, loss, G = loss_and_grads(W, x, y, cfg)
         norm = math.sqrt(sum(float((g * g).sum()) for g in G.values()))
         scale = clip / norm if (clip > 0 and norm > clip) else 1.0
         s = schedule(t, cfg)
@@ -414,19 +330,16 @@ def reference_after(P0, x, y, cfg, g0, act_noise=0.0, grad_noise=None, generator
             u = (m[n] / bc1) / (torch.sqrt(v[n] / bc2) + ADAM_EPS)
             decay = wd if n.endswith("/kernel") else 0.0
             W[n] = W[n] - s * (lr * u + decay * W[n])
-        info.append("t=%d %s grad_norm=%.6g clip_scale=%.6g s=%.6g"
-                    % (t, "(C's gradient)" if loss is None else "loss=%.6g" % float(loss),
-                       norm, scale, s))
-        moved = moved or s != 0
+        info.append("t=%d loss=%.6g grad_norm=%.6g clip_scale=%.6g s=%.6g" % (t, float(loss), norm, scale, s))
     return W, info
 
 
 # ----------------------------------------------------------------------------------------
 # comparison
 
-def compare(got, want, extra_tol=None):
-    """got: float32 ndarray from C; want: float64 ndarray reference; extra_tol: optional
-    per-element widening (noise envelope). Reports the element furthest out of tolerance."""
+def compare(got, want):
+    """got: float32 ndarray from C; want: float64 ndarray reference. Reports the element
+    furthest out of tolerance."""
     got = np.asarray(got, dtype=np.float64)
     want = np.asarray(want, dtype=np.float64)
     if got.shape != want.shape:
@@ -437,8 +350,6 @@ def compare(got, want, extra_tol=None):
     scale = float(np.max(np.abs(want)))
     diff = np.abs(got - want)
     tol = ATOL_FRAC * scale + RTOL * np.abs(want)
-    if extra_tol is not None:
-        tol = tol + extra_tol
     bad = ~(diff <= tol)  # NaN/inf in got counts as bad
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(tol > 0, diff / np.where(tol > 0, tol, 1.0), np.where(diff == 0, 0.0, np.inf))
@@ -451,8 +362,7 @@ def compare(got, want, extra_tol=None):
         rel = float("inf")
     return {"ok": not bad.any(), "rel": rel, "ratio": float(ratio[flat]),
             "idx": tuple(int(i) for i in idx), "got": float(got.reshape(-1)[flat]), "want": w,
-            "nbad": int(bad.sum()), "n": int(want.size), "scale": scale,
-            "extra": None if extra_tol is None else float(np.asarray(extra_tol).reshape(-1)[flat])}
+            "nbad": int(bad.sum()), "n": int(want.size), "scale": scale}
 
 
 def describe(name, r):
@@ -460,8 +370,6 @@ def describe(name, r):
         return "%s: shape %s, expected %s" % (name, list(r["shape"][0]), list(r["shape"][1]))
     s = ("%s: max rel err %.3g at %s: got %.9g want %.9g (max|want| %.4g, %d/%d elements out"
          % (name, r["rel"], list(r["idx"]), r["got"], r["want"], r["scale"], r["nbad"], r["n"]))
-    if r.get("extra") is not None:
-        s += ", noise envelope there %.3g" % r["extra"]
     return s + ")"
 
 
@@ -474,10 +382,9 @@ def check_one(res, name, got, want):
     return r
 
 
-def compare_set(spec, got, want, extra_tol=None):
+def compare_set(spec, got, want):
     """name -> compare() result for every name in spec present in got."""
-    return {n: compare(got[n], want[n], None if extra_tol is None else extra_tol[n])
-            for n in spec if n in got}
+    return {n: compare(got[n], want[n]) for n in spec if n in got}
 
 
 def report_set(res, name, spec, results, note="", details=(), max_details=5):
@@ -507,34 +414,6 @@ def report_set(res, name, spec, results, note="", details=(), max_details=5):
         "%d tensors missing" % len(missing)
     res.fail(name, head, lines)
     return False
-
-
-def absorb_kinks(P, x, y, cfg, G_ref, Gc, found, kink_tol):
-    """C may take the other branch at a ReLU input or max-pool window that sits within float32
-    noise of its switching point; that moves some gradients by up to a few percent. For each
-    such site within kink_tol (at most MAX_KINKS, nearest first) compute the gradient change
-    D_j of taking the other branch, fit Gc - G_ref ~ sum c_j D_j (least squares, each tensor
-    scaled by its max|G_ref|, c clipped to [0,1]) and return G_ref + sum c_j D_j. A real bug
-    is dense and will not lie in the span of these few single-site changes."""
-    sites = sorted(f for f in found if f[0] <= kink_tol)[:MAX_KINKS]
-    names = list(G_ref)
-    w = {n: 1.0 / (float(G_ref[n].abs().max()) or 1.0) for n in names}
-    cols, deltas = [], []
-    for _margin, site, pos in sites:
-        _l, _L, Gf = loss_and_grads(P, x, y, cfg, Kinks(flip=[(site, pos)]))
-        D = {n: Gf[n] - G_ref[n] for n in names}
-        col = np.concatenate([(D[n] * w[n]).reshape(-1).numpy() for n in names])
-        if np.any(col):
-            cols.append(col)
-            deltas.append(D)
-    if not cols:
-        return G_ref, []
-    r = np.concatenate([((torch.from_numpy(Gc[n].astype(np.float64)) - G_ref[n]) * w[n])
-                        .reshape(-1).numpy() for n in names])
-    c = np.linalg.lstsq(np.stack(cols, axis=1), r, rcond=None)[0]
-    c = np.clip(c, 0.0, 1.0)
-    G_adj = {n: G_ref[n] + sum(float(cj) * D[n] for cj, D in zip(c, deltas)) for n in names}
-    return G_adj, [float(cj) for cj in c]
 
 
 def check_names(res, label, fname, tensors, problems, spec):
@@ -639,86 +518,21 @@ def check_outdir(res, outdir):
     P0 = {n: torch.from_numpy(W[n].astype(np.float64)) for n in spec}
     x = torch.from_numpy(x_np.astype(np.float64))
     y = torch.from_numpy(y_np.astype(np.int64))
-    K0 = Kinks(record_tol=1e-3)  # remember the near-kinks; filtered by kink_tol below
-    logits, loss, G = loss_and_grads(P0, x, y, cfg, K0)
-    rl = check_one(res, "%s:logits" % label, logits_np, logits.numpy())
+    logits, loss, G = loss_and_grads(P0, x, y, cfg)
+    check_one(res, "%s:logits" % label, logits_np, logits.numpy())
     check_one(res, "%s:loss" % label, np.asarray(loss_np).reshape(-1), loss.reshape(1).numpy())
+    if os.path.isfile(path("predicted.npy")):  # `distilld predict` on the same weights and input
+        check_one(res, "%s:predict" % label, read_npy(path("predicted.npy")), logits.numpy())
 
-    # The C side's float32 noise relative to a tensor's max, estimated from its logits.
-    act_noise = rl["rel"] if (rl["ok"] and math.isfinite(rl["rel"])) else 1e-6
-    act_noise = min(max(act_noise, 1e-7), 1e-4)
-    kink_tol = max(KINK_TOL, 30.0 * act_noise)
-
-    # ---- gradients at the initial weights
-    gname = "%s:grads" % label
     gres = compare_set(spec, Gc, G)
-    G_used, gnote, gdetails = G, "", []
-    if any(not r["ok"] for r in gres.values()) and all(r.get("shape") is None for r in gres.values()):
-        strict_worst = max(r["rel"] for r in gres.values())
-        G_adj, c = absorb_kinks(P0, x, y, cfg, G, Gc, K0.found, kink_tol)
-        flips = sum(1 for cj in c if cj > 0.5)
-        if c:
-            gres2 = compare_set(spec, Gc, G_adj)
-            if all(r["ok"] for r in gres2.values()):
-                gres, G_used = gres2, G_adj
-                gnote = ("C took the other branch at ~%d of the %d ReLU/max-pool sites within %.0e of "
-                         "their switching point; compared after absorbing that (strict worst max rel "
-                         "err %.3g)" % (flips, len(c), kink_tol, strict_worst))
-            else:
-                gdetails.append("absorbing branch flips at %d near-kink sites did not explain it "
-                                "(worst max rel err %.3g after absorbing)"
-                                % (len(c), max(r["rel"] for r in gres2.values())))
     gnorm_ref = math.sqrt(sum(float((g * g).sum()) for g in G.values()))
     gnorm_c = math.sqrt(sum(float((Gc[n].astype(np.float64) ** 2).sum()) for n in spec if n in Gc))
-    gdetails.append("global grad norm: got %.9g want %.9g" % (gnorm_c, gnorm_ref))
-    grads_ok = report_set(res, gname, spec, gres, note=gnote, details=gdetails)
+    report_set(res, "%s:grads" % label, spec, gres,
+               details=["global grad norm: got %.9g want %.9g" % (gnorm_c, gnorm_ref)])
 
-    # ---- parameters after opt_steps optimizer steps
-    aname = "%s:after" % label
-    if grads_ok:
-        g0 = {n: torch.from_numpy(Gc[n].astype(np.float64)) for n in spec}
-        grad_noise = {n: float(torch.sqrt(((g0[n] - G_used[n]) ** 2).mean())) for n in spec}
-    else:
-        g0 = G
-        grad_noise = {n: 1e-6 * float(G[n].abs().max()) for n in spec}
-    A, steps = reference_after(P0, x, y, cfg, g0)
-    Anp = {n: a.numpy() for n, a in A.items()}
-    ares = compare_set(spec, Ac, Anp)
-    anote = ""
-    if any(not r["ok"] for r in ares.values()) and all(r.get("shape") is None for r in ares.values()):
-        # After the first real step every later gradient is taken at weights C reached with
-        # float32 rounding; Adam divides by each element's own gradient size and ReLU kinks
-        # switch, so rounding can grow into visible differences. Measure how far float32-sized
-        # noise moves the reference and allow ENVELOPE_FACTOR x that, element by element.
-        strict_worst = max(r["rel"] for r in ares.values())
-        gen = torch.Generator().manual_seed(20240229)
-        env = {n: np.zeros(a.shape) for n, a in Anp.items()}
-        for _ in range(REPLICAS):
-            Ar, _info = reference_after(P0, x, y, cfg, g0, act_noise, grad_noise, gen)
-            for n in env:
-                env[n] = np.maximum(env[n], np.abs(Ar[n].numpy() - Anp[n]))
-        spread = max((float(env[n].max()) / (float(np.abs(Anp[n]).max()) or 1.0), n) for n in env)
-        ares = compare_set(spec, Ac, Anp, {n: ENVELOPE_FACTOR * e for n, e in env.items()})
-        anote = ("ill-conditioned trajectory: float32-sized noise moves the reference by up to %.2g "
-                 "of max|w| (in %s), so each element may differ by %gx that spread; strict worst "
-                 "max rel err %.3g" % (spread[0], spread[1], ENVELOPE_FACTOR, strict_worst))
-        if spread[0] > 1e-3:
-            anote += ". This check is weak here: use a smaller lr, fewer opt_steps or another seed"
-
-    def after_details():
-        out = []
-        bad = sorted((n for n, r in ares.items() if not r["ok"]), key=lambda n: -ares[n]["ratio"])
-        for n in bad[:1]:
-            r = ares[n]
-            if "idx" in r:
-                i = r["idx"]
-                w0 = float(W[n][i])
-                out.append("at %s%s: initial %.9g, C moved it by %.6g, reference by %.6g"
-                           % (n, list(i), w0, r["got"] - w0, r["want"] - w0))
-        out.append("reference steps: " + "; ".join(steps) if steps else "opt_steps = 0")
-        return out
-
-    report_set(res, aname, spec, ares, note=anote, details=after_details())
+    A, steps = reference_after(P0, x, y, cfg)
+    ares = compare_set(spec, Ac, {n: a.numpy() for n, a in A.items()})
+    report_set(res, "%s:after" % label, spec, ares, details=["reference steps: " + "; ".join(steps)])
 
 
 def main(argv):

@@ -1,0 +1,147 @@
+/* bench.c - times one kind of step of distilld's engine, for make bench.
+ *
+ *   bench KIND MODEL_JSON [TEACHER_JSON] --batch B --threads N [--iters I] [--warmup W]
+ *
+ * KIND: train (supervised step: forward, cross-entropy, backward, Adam),
+ * distill (augmentation + mixup of the batch, teacher forward, student
+ * forward/backward on T^2 KL, Adam), infer (forward only). Random weights and
+ * images; the work per step does not depend on their values. Prints one JSON
+ * line: median images/s over the timed iterations, GFLOP/s achieved, and the
+ * peak resident memory of the process. */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "augment.h"
+#include "blas.h"
+#include "jobspec.h"
+#include "model.h"
+#include "ops.h"
+#include "optim.h"
+#include "train.h"
+#include "util.h"
+
+static int compare_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static Model *make_model(const char *json, int batch) {
+    char err[ERR_LEN];
+    json_error_t jerr;
+    json_t *o = json_loads(json, 0, &jerr);
+    ModelConfig c;
+    model_config_defaults(&c);
+    Model *m = NULL;
+    if (!o || jobspec_parse_model(o, &c, err) != 0 || model_create(&m, &c, batch, err) != 0) {
+        fprintf(stderr, "bench: model %s: %s\n", json, o ? err : jerr.text);
+        exit(2);
+    }
+    json_decref(o);
+    model_init_bit(m, 1);
+    Rng rng = rng_derive(7, 1, 0);
+    for (size_t i = m->head_kernel; i < m->head_kernel + (size_t)m->head_channels * c.num_classes; i++)
+        m->weights[i] = 0.01f * (float)rng_normal(&rng);
+    return m;
+}
+
+/* multiply-adds of one forward pass per image, x2 for FLOPs */
+static double forward_flops(const Model *m) {
+    double f = 0;
+    for (int i = 0; i < m->num_convs; i++) {
+        const ConvShape *s = &m->convs[i]->shape;
+        f += 2.0 * s->out_channels * s->out_h * s->out_w * s->in_channels * s->kernel_h * s->kernel_w;
+    }
+    return f + 2.0 * m->head_channels * m->cfg.num_classes;
+}
+
+int main(int argc, char **argv) {
+    blas_ensure_fast_core(argv);
+    if (argc < 3) {
+        fprintf(stderr, "usage: bench train|distill|infer MODEL_JSON [TEACHER_JSON] --batch B --threads N\n");
+        return 2;
+    }
+    const char *kind = argv[1], *student_json = argv[2], *teacher_json = NULL;
+    int batch = 128, threads = 1, iters = 10, warmup = 3;
+    for (int i = 3; i < argc; i++) {
+        if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc) batch = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) threads = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--iters") == 0 && i + 1 < argc) iters = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--warmup") == 0 && i + 1 < argc) warmup = atoi(argv[++i]);
+        else teacher_json = argv[i];
+    }
+    int is_train = strcmp(kind, "train") == 0, is_distill = strcmp(kind, "distill") == 0;
+    if (!is_train && !is_distill && strcmp(kind, "infer") != 0) {
+        fprintf(stderr, "bench: unknown kind %s\n", kind);
+        return 2;
+    }
+    if (is_distill && !teacher_json) {
+        fprintf(stderr, "bench: distill needs a teacher config\n");
+        return 2;
+    }
+    train_threads(threads);
+    Model *student = make_model(student_json, batch), *teacher = is_distill ? make_model(teacher_json, batch) : NULL;
+    const ModelConfig *c = &student->cfg;
+    const int k = c->num_classes;
+    const size_t image_floats = (size_t)c->in_channels * c->image_size * c->image_size;
+    float *raw = xcalloc(batch * image_floats, sizeof(float)), *images = xcalloc(batch * image_floats, sizeof(float));
+    float *targets = xcalloc((size_t)batch * k, sizeof(float)), *dlogits = xcalloc((size_t)batch * k, sizeof(float));
+    float *probs = xcalloc((size_t)batch * k, sizeof(float)), *tprobs = xcalloc((size_t)batch * k, sizeof(float));
+    float *tlogits = xcalloc((size_t)batch * k, sizeof(float));
+    float *tmp = xcalloc(image_floats > (size_t)k ? image_floats : (size_t)k, sizeof(float));
+    Rng rng = rng_derive(3, 2, 0);
+    for (size_t i = 0; i < batch * image_floats; i++) raw[i] = rng_uniform(&rng);
+    for (int b = 0; b < batch; b++) targets[(size_t)b * k + rng_below(&rng, k)] = 1.0f;
+    OptimConfig opt = {.lr = 1e-3f, .weight_decay = 1e-4f, .clip_norm = 1.0f, .warmup_steps = 0, .total_steps = 1000000};
+
+    double *times = xcalloc(iters, sizeof(double));
+    for (int it = -warmup; it < iters; it++) {
+        double t0 = now_seconds();
+        if (is_distill) {
+            /* the step's data work: inception crop + flip of every image, then mixup */
+            for (int b = 0; b < batch; b++) {
+                CropBox box = inception_crop_box(&rng, c->image_size, c->image_size, 0.05f, 1.0f);
+                float *out = images + b * image_floats;
+                resize_bilinear(out, c->image_size, c->image_size, raw + b * image_floats, c->in_channels,
+                                c->image_size, c->image_size, box);
+                if (rng_next(&rng) & 1) flip_horizontal(out, c->in_channels, c->image_size, c->image_size);
+            }
+            mixup_batch(images, image_floats, NULL, k, batch, mixup_coefficient(&rng), tmp);
+            memcpy(tlogits, model_forward(teacher, images, batch), sizeof(float) * batch * k);
+            const float *logits = model_forward(student, images, batch);
+            distill_loss_forward(probs, tprobs, logits, tlogits, batch, k, 1.0f);
+            memset(dlogits, 0, sizeof(float) * batch * k);
+            distill_loss_backward(dlogits, probs, tprobs, batch, k, 1.0f);
+            model_zero_grad(student);
+            model_backward(student, dlogits, batch);
+            optimizer_step(student, &opt, 100);
+        } else if (is_train) {
+            const float *logits = model_forward(student, raw, batch);
+            cross_entropy_forward(probs, logits, targets, batch, k);
+            memset(dlogits, 0, sizeof(float) * batch * k);
+            cross_entropy_backward(dlogits, probs, targets, batch, k);
+            model_zero_grad(student);
+            model_backward(student, dlogits, batch);
+            optimizer_step(student, &opt, 100);
+        } else {
+            student->w_hat_valid = 1; /* inference with fixed weights standardizes them once */
+            model_forward(student, raw, batch);
+        }
+        if (it >= 0) times[it] = now_seconds() - t0;
+    }
+    qsort(times, iters, sizeof(double), compare_double);
+    double median = iters % 2 ? times[iters / 2] : 0.5 * (times[iters / 2 - 1] + times[iters / 2]);
+    double flops = forward_flops(student) * (is_train || is_distill ? 3.0 : 1.0) * batch;
+    if (teacher) flops += forward_flops(teacher) * batch;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("{\"impl\": \"distilld\", \"kind\": \"%s\", \"batch\": %d, \"threads\": %d, \"images_per_second\": %.1f, "
+           "\"gflops\": %.1f, \"peak_rss_mb\": %.1f, \"params\": %zu, \"blas\": \"%s\"}\n",
+           kind, batch, threads, batch / median, flops / median * 1e-9, ru.ru_maxrss / 1024.0, student->num_floats,
+           blas_describe());
+    model_free(student);
+    model_free(teacher);
+    return 0;
+}

@@ -1,0 +1,44 @@
+#!/bin/sh
+# The whole model against PyTorch on the same weights: for a stem=bit config
+# on 3x64x64 and a stem=small config on 1x28x28 (two units in a stage, width
+# 2), model_check writes weights, input, logits, loss, gradients and the
+# weights after 5 optimizer steps; tests/torch_check.py recomputes all of it
+# in PyTorch (float64) and compares. `distilld predict` on the same files
+# must give the same logits.
+BUILD=${BUILD:-build}
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+passed=0
+failed=0
+check_run() {
+    name=$1
+    config=$2
+    mkdir -p "$dir/$name"
+    if ! "$BUILD/tests/model_check" "$dir/$name" "$config"; then
+        echo "FAIL $name: model_check failed"
+        failed=$((failed + 1))
+        return
+    fi
+    if "$BUILD/distilld" predict --weights "$dir/$name/weights.safetensors" --input "$dir/$name/x.npy" \
+        --output "$dir/$name/predicted.npy" > /dev/null; then
+        passed=$((passed + 1))
+        echo "ok   $name:predict runs"
+    else
+        failed=$((failed + 1))
+        echo "FAIL $name:predict runs"
+    fi
+}
+check_run bit '{"depth":[2,1],"base_width":8,"width":2,"gn_groups":4,"stem":"bit","in_channels":3,"num_classes":7,"image_size":64,"batch":3,"lr":0.01,"weight_decay":0.001,"clip_norm":1.0,"warmup_steps":2,"total_steps":10,"opt_steps":5,"seed":11}'
+check_run small '{"depth":[2],"base_width":8,"width":2,"gn_groups":4,"stem":"small","in_channels":1,"num_classes":10,"image_size":28,"batch":4,"lr":0.01,"weight_decay":0.001,"clip_norm":0.5,"warmup_steps":1,"total_steps":8,"opt_steps":5,"seed":12}'
+/usr/bin/python3 tests/torch_check.py "$dir/bit" "$dir/small" > "$dir/torch.out" 2>&1
+sed '$d' "$dir/torch.out"
+torch_status=$(tail -n 1 "$dir/torch.out")
+set -- $(echo "$torch_status" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p')
+if [ -z "$1" ]; then
+    echo "FAIL torch_check did not finish"
+    failed=$((failed + 1))
+else
+    passed=$((passed + $1))
+    failed=$((failed + $2))
+fi
+echo "$passed passed, $failed failed"
