@@ -53,6 +53,12 @@ int data_open(const DatasetSpec *spec, JobData *d, char *err) {
                          te->c, te->h, te->w);
     }
     if (te->num_classes > tr->num_classes) d->train.num_classes = te->num_classes;
+    if (spec->test_size > te->n) {
+        int n = te->n;
+        data_close(d);
+        return set_error(err, "dataset.test_size: %d is larger than the %d test images", spec->test_size, n);
+    }
+    d->test_count = spec->test_size ? spec->test_size : te->n;
     if (spec->val_size >= tr->n) {
         data_close(d);
         return set_error(err, "dataset.val_size: %d leaves no training images (the split has %d)", spec->val_size, tr->n);
@@ -118,15 +124,27 @@ void data_close(JobData *d) {
     memset(d, 0, sizeof *d);
 }
 
-int data_split_size(const JobData *d, int split) { return split == SPLIT_VAL ? d->val_count : d->test.n; }
+int data_split_size(const JobData *d, int split) { return split == SPLIT_VAL ? d->val_count : d->test_count; }
+
+/* Evaluation resizes the short side to eval_resize, keeping the aspect ratio. */
+static void eval_resized_dims(const Dataset *ds, const JobSpec *spec, int *rh, int *rw) {
+    *rh = ds->h <= ds->w ? spec->eval_resize : (int)((long)spec->eval_resize * ds->h / ds->w);
+    *rw = ds->h <= ds->w ? (int)((long)spec->eval_resize * ds->w / ds->h) : spec->eval_resize;
+}
 
 size_t data_scratch_size(const JobData *d, const JobSpec *spec) {
-    size_t src = (size_t)d->train.c * d->train.h * d->train.w;
-    size_t resized = (size_t)d->train.c * spec->eval_resize * spec->eval_resize;
-    size_t pad = (size_t)d->train.c * (d->train.h + 2 * (spec->model.image_size / 8)) * (d->train.w + 2 * (spec->model.image_size / 8));
+    const Dataset *ds = &d->train; /* train and test images have the same shape */
+    int rh, rw;
+    eval_resized_dims(ds, spec, &rh, &rw);
+    size_t src = (size_t)ds->c * ds->h * ds->w;
+    size_t resized = (size_t)ds->c * rh * rw;
+    int pad = spec->model.image_size / 8;
+    size_t padded = (size_t)ds->c * (ds->h + 2 * pad) * (ds->w + 2 * pad);
     size_t out = (size_t)spec->model.in_channels * spec->model.image_size * spec->model.image_size;
-    size_t n = src + (resized > pad ? resized : pad) + (out > (size_t)spec->model.num_classes ? out : (size_t)spec->model.num_classes);
-    return n;
+    size_t work = resized > padded ? resized : padded;
+    if (out > work) work = out; /* mixup's one-image temporary */
+    if ((size_t)spec->model.num_classes > work) work = spec->model.num_classes;
+    return src + work;
 }
 
 static void to_unit_float(float *dst, const uint8_t *src, size_t n) {
@@ -203,8 +221,8 @@ int data_eval_batch(const JobData *d, const JobSpec *spec, int split, int start,
     const size_t src_floats = (size_t)ds->c * ds->h * ds->w, out_floats = (size_t)m->in_channels * s * s;
     float *src = scratch, *resized = scratch + src_floats;
     /* resize the short side to eval_resize, then take the central eval_crop */
-    int rh = ds->h <= ds->w ? spec->eval_resize : (int)((long)spec->eval_resize * ds->h / ds->w);
-    int rw = ds->h <= ds->w ? (int)((long)spec->eval_resize * ds->w / ds->h) : spec->eval_resize;
+    int rh, rw;
+    eval_resized_dims(ds, spec, &rh, &rw);
     int n = 0;
     for (int i = start; i < total && n < count; i++, n++) {
         int32_t idx = split == SPLIT_VAL ? d->val_index[i] : i;

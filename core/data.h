@@ -23,6 +23,7 @@ typedef struct {
     int train_count;
     int32_t *val_index;   /* images of `train` held out for validation */
     int val_count;
+    int test_count;       /* the first test_count images of `test` are evaluated */
     /* memo of the current epoch's permutation */
     int32_t *perm;
     long perm_epoch;

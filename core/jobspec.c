@@ -6,6 +6,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "util.h"
@@ -108,6 +109,9 @@ static int parse_dataset(json_t *obj, DatasetSpec *d, char *err) {
         } else if (strcmp(key, "val_size") == 0) {
             if (get_int(v, "dataset.val_size", 0, 10000000, &x, err)) return -1;
             d->val_size = (int)x;
+        } else if (strcmp(key, "test_size") == 0) {
+            if (get_int(v, "dataset.test_size", 1, 100000000, &x, err)) return -1;
+            d->test_size = (int)x;
         } else if (strcmp(key, "subset_size") == 0) {
             if (get_int(v, "dataset.subset_size", 1, 100000000, &x, err)) return -1;
             d->subset_size = (int)x;
@@ -115,8 +119,8 @@ static int parse_dataset(json_t *obj, DatasetSpec *d, char *err) {
             if (get_int(v, "dataset.subset_seed", 0, 0x7fffffffL, &x, err)) return -1;
             d->subset_seed = (uint64_t)x;
         } else {
-            return set_error(err, "dataset.%s: unknown key (known: name, format, path, val_size, subset_size, "
-                                  "subset_seed)", key);
+            return set_error(err, "dataset.%s: unknown key (known: name, format, path, val_size, test_size, "
+                                  "subset_size, subset_seed)", key);
         }
     }
     if (d->name[0] && (d->format[0] || d->path[0]))
@@ -201,6 +205,11 @@ int jobspec_parse_json(json_t *root, JobSpec *s, char *err) {
             have_steps = 1;
         } else if (strcmp(key, "epochs") == 0) {
             rc = get_number(v, key, 1e-6, 1e9, &s->epochs, err);
+            if (!rc) { /* keep 9 significant digits: what jobspec_to_json writes back */
+                char text[32];
+                snprintf(text, sizeof text, "%.9g", s->epochs);
+                s->epochs = strtod(text, NULL);
+            }
             have_epochs = 1;
         } else if (strcmp(key, "lr") == 0) {
             rc = get_number(v, key, 0.0, 100.0, &d, err);
@@ -261,6 +270,8 @@ int jobspec_parse_json(json_t *root, JobSpec *s, char *err) {
         if (rc) return -1;
     }
     if (!have_kind) return set_error(err, "kind: missing (\"train\" or \"distill\")");
+    if (s->teacher[0] && s->teacher_job[0])
+        return set_error(err, "teacher: give either \"weights\" or \"job\", not both");
     if (have_steps && have_epochs) return set_error(err, "steps and epochs: give one, not both");
     if (!have_steps && !have_epochs) return set_error(err, "steps: missing (give \"steps\" or \"epochs\")");
     s->have_epochs = have_epochs;
@@ -326,6 +337,7 @@ char *jobspec_to_json(const JobSpec *s) {
     if (s->dataset.format[0]) json_object_set_new(d, "format", json_string(s->dataset.format));
     if (s->dataset.path[0]) json_object_set_new(d, "path", json_string(s->dataset.path));
     json_object_set_new(d, "val_size", json_integer(s->dataset.val_size));
+    if (s->dataset.test_size) json_object_set_new(d, "test_size", json_integer(s->dataset.test_size));
     if (s->dataset.subset_size) {
         json_object_set_new(d, "subset_size", json_integer(s->dataset.subset_size));
         json_object_set_new(d, "subset_seed", json_integer((json_int_t)s->dataset.subset_seed));

@@ -22,6 +22,7 @@ typedef struct {
     char format[16];           /* "idx" (with path) */
     char path[SPEC_PATH_MAX];  /* folder holding the files of `format` */
     int val_size;              /* images held out of the training split for validation */
+    int test_size;             /* evaluate on the first test_size test images; 0 = all */
     int subset_size;           /* 0 = the whole training split; else a class-balanced subset */
     uint64_t subset_seed;
 } DatasetSpec;

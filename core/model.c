@@ -8,6 +8,7 @@
  * mask, so GroupNorm outputs are never stored separately. */
 #include "model.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -577,7 +578,11 @@ static int config_from_file(ModelConfig *c, const StFile *f, const char *path, c
     c->num_stages = (int)json_array_size(d);
     for (int s = 0; s < c->num_stages; s++) {
         json_t *v = json_array_get(d, s);
-        c->depth[s] = json_is_integer(v) ? (int)json_integer_value(v) : -1;
+        if (!json_is_integer(v)) {
+            json_decref(d);
+            return set_error(err, "%s: __metadata__ \"depth\" entry %d is not an integer: %s", path, s, depth);
+        }
+        c->depth[s] = (int)json_integer_value(v);
     }
     json_decref(d);
     const char *norm = safetensors_meta(f, "normalization");
@@ -681,8 +686,9 @@ int model_load_checkpoint(Model *m, const char *path, long *step, char **spec_js
     if (safetensors_read(path, &f, err) != 0) return -1;
     ModelConfig c;
     int rc = config_from_file(&c, &f, path, err);
-    if (!rc && (c.num_stages != m->cfg.num_stages || memcmp(c.depth, m->cfg.depth, sizeof c.depth) ||
-                c.base_width != m->cfg.base_width || c.width != m->cfg.width || c.gn_groups != m->cfg.gn_groups ||
+    int same_depth = c.num_stages == m->cfg.num_stages;
+    for (int s = 0; same_depth && s < c.num_stages; s++) same_depth = c.depth[s] == m->cfg.depth[s];
+    if (!rc && (!same_depth || c.base_width != m->cfg.base_width || c.width != m->cfg.width || c.gn_groups != m->cfg.gn_groups ||
                 c.stem != m->cfg.stem || c.in_channels != m->cfg.in_channels || c.num_classes != m->cfg.num_classes ||
                 c.image_size != m->cfg.image_size))
         rc = set_error(err, "%s: checkpoint is of a different architecture than the job's model", path);
@@ -693,8 +699,10 @@ int model_load_checkpoint(Model *m, const char *path, long *step, char **spec_js
     if (!rc) rc = refuse_extra_tensors(m, &f, prefixes, 3, path, err);
     const char *step_text = safetensors_meta(&f, "step");
     char *end = NULL;
+    errno = 0;
     long s = step_text ? strtol(step_text, &end, 10) : -1;
-    if (!rc && (!step_text || *end || s < 0)) rc = set_error(err, "%s: checkpoint has no valid \"step\" in __metadata__", path);
+    if (!rc && (!step_text || end == step_text || *end || errno == ERANGE || s < 0))
+        rc = set_error(err, "%s: checkpoint has no valid \"step\" in __metadata__", path);
     if (!rc) {
         *step = s;
         if (spec_json) {

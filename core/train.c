@@ -209,7 +209,7 @@ int train_run(const JobSpec *spec_in, const char *run_dir, int resume, const Tra
     logf_cb(cb, "%s job: %ld steps of %d images (%d training images, %d validation, %d test), %zu parameters, "
                 "%d BLAS thread%s",
             s->kind == JOB_DISTILL ? "distill" : "train", s->steps, b, r.data.train_count, r.data.val_count,
-            r.data.test.n, r.student->num_floats, threads, threads == 1 ? "" : "s");
+            r.data.test_count, r.student->num_floats, threads, threads == 1 ? "" : "s");
 
     OptimConfig opt = {.lr = s->lr, .weight_decay = s->weight_decay, .clip_norm = s->clip_norm,
                        .warmup_steps = s->warmup_steps, .total_steps = s->steps};

@@ -45,11 +45,11 @@ BIT_S='{"depth":[1,1,1,1],"base_width":16,"width":1,"gn_groups":8,"stem":"bit","
 # Iterations are sized so that the whole run stays around 10-15 minutes on 2 cores; the slow
 # 128 px measurements get fewer.
 PLAN=(
-    "fmnist R26 teacher|train|$FM_T|-|2|7"
-    "fmnist R10 student|train|$FM_S|-|3|11"
-    "fmnist R26 teacher|infer|$FM_T|-|2|11"
-    "fmnist R10 student|infer|$FM_S|-|3|15"
-    "fmnist R26 -> R10|distill|$FM_S|$FM_T|2|7"
+    "fmnist R26 teacher|train|$FM_T|-|2|5"
+    "fmnist R10 student|train|$FM_S|-|2|9"
+    "fmnist R26 teacher|infer|$FM_T|-|2|9"
+    "fmnist R10 student|infer|$FM_S|-|2|11"
+    "fmnist R26 -> R10|distill|$FM_S|$FM_T|2|5"
     "bit128 R26 teacher|train|$BIT_T|-|1|3"
     "bit128 R14 student|train|$BIT_S|-|1|5"
     "bit128 R26 teacher|infer|$BIT_T|-|1|5"

@@ -376,6 +376,7 @@ static void make_jobdata(JobData *d, const Dataset *train, const Dataset *test) 
     memset(d, 0, sizeof *d);
     d->train = *train;
     if (test) d->test = *test;
+    d->test_count = test ? test->n : 0;
     d->train_count = train->n;
     d->train_index = xcalloc((size_t)train->n, sizeof(int32_t));
     for (int i = 0; i < train->n; i++) d->train_index[i] = i;

@@ -1031,6 +1031,7 @@ static void check_specs_equal(const JobSpec *a, const JobSpec *b, const char *wh
     CHECK(strcmp(a->dataset.format, b->dataset.format) == 0, "%s: dataset.format", what);
     CHECK(strcmp(a->dataset.path, b->dataset.path) == 0, "%s: dataset.path", what);
     SPEC_FIELD(dataset.val_size, "%d");
+    SPEC_FIELD(dataset.test_size, "%d");
     SPEC_FIELD(dataset.subset_size, "%d");
     CHECK(a->dataset.subset_seed == b->dataset.subset_seed, "%s: dataset.subset_seed", what);
     SPEC_FIELD(model.num_stages, "%d");
@@ -1174,7 +1175,7 @@ static void test_jobspec_accepted(void) {
 
     TEST_CASE("job spec: canonical JSON parses back to the same spec");
     const char *full =
-        "{\"kind\":\"distill\",\"dataset\":{\"path\":\"/data/x\",\"val_size\":500,\"subset_size\":2000,"
+        "{\"kind\":\"distill\",\"dataset\":{\"path\":\"/data/x\",\"val_size\":500,\"test_size\":300,\"subset_size\":2000,"
         "\"subset_seed\":77},\"model\":{\"depth\":[2,3,1],\"base_width\":24,\"width\":2,\"gn_groups\":6,"
         "\"stem\":\"bit\",\"in_channels\":3,\"num_classes\":12,\"image_size\":64},\"teacher\":\"/w/teacher.safetensors\","
         "\"batch_size\":96,\"steps\":3000,\"lr\":0.0031234567,\"weight_decay\":0.00037777777,\"clip_norm\":2.5000001,"
@@ -1185,7 +1186,9 @@ static void test_jobspec_accepted(void) {
         CHECK(s.kind == JOB_DISTILL && strcmp(s.teacher, "/w/teacher.safetensors") == 0, "kind/teacher");
         CHECK(strcmp(s.dataset.path, "/data/x") == 0 && strcmp(s.dataset.format, "idx") == 0 && !s.dataset.name[0],
               "dataset path/format/name: %s %s %s", s.dataset.path, s.dataset.format, s.dataset.name);
-        CHECK(s.dataset.val_size == 500 && s.dataset.subset_size == 2000 && s.dataset.subset_seed == 77, "dataset ints");
+        CHECK(s.dataset.val_size == 500 && s.dataset.test_size == 300 && s.dataset.subset_size == 2000 &&
+                  s.dataset.subset_seed == 77,
+              "dataset ints");
         CHECK(s.model.num_stages == 3 && s.model.depth[1] == 3 && s.model.base_width == 24 && s.model.gn_groups == 6 &&
                   s.model.stem == STEM_BIT && s.model.image_size == 64,
               "model fields");
@@ -1269,11 +1272,17 @@ static void test_jobspec_resolve(void) {
         CHECK(s.warmup_steps == 58, "default warmup %ld, expected 5%% of 1172 = 58", s.warmup_steps);
         CHECK(s.model.in_channels == 1 && s.model.num_classes == 10 && s.model.image_size == 28,
               "sizes from the dataset: %d %d %d", s.model.in_channels, s.model.num_classes, s.model.image_size);
-        CHECK(s.eval_every > 0 && s.checkpoint_every > 0, "eval/checkpoint every left at 0");
+        /* docs/jobspec.md: evaluate once at the end, checkpoint every min(1000, steps), eval at image size */
+        CHECK(s.eval_every == 1172, "default eval_every %ld, expected the whole schedule", s.eval_every);
+        CHECK(s.checkpoint_every == 1000, "default checkpoint_every %ld, expected min(1000, 1172)", s.checkpoint_every);
+        CHECK(s.eval_crop == 28 && s.eval_resize == 28, "eval crop/resize %d/%d for 28-px images", s.eval_crop,
+              s.eval_resize);
     }
     if (parse_ok("{\"kind\":\"train\",\"epochs\":1,\"batch_size\":100}", &s)) {
         CHECK(jobspec_resolve(&s, 1000, 10, 1, 28, err) == 0, "resolve: %s", err);
         CHECK(s.steps == 10, "exact division: %ld steps", s.steps);
+        CHECK(s.checkpoint_every == 10 && s.eval_every == 10, "checkpoint/eval every %ld/%ld for a 10-step job",
+              s.checkpoint_every, s.eval_every);
     }
     if (parse_ok("{\"kind\":\"train\",\"epochs\":2,\"dataset\":{\"name\":\"mnist\",\"subset_size\":1000}}", &s)) {
         CHECK(jobspec_resolve(&s, 60000, 10, 1, 28, err) == 0, "resolve: %s", err);

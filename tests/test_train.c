@@ -73,7 +73,7 @@ static void test_learns(const char *root) {
     const char *spec = "{\"kind\":\"train\",\"dataset\":{\"name\":\"fashion-mnist\",\"subset_size\":6000},"
                        "\"model\":{\"depth\":[1,1,1],\"base_width\":16,\"gn_groups\":8,\"stem\":\"small\"},"
                        "\"batch_size\":64,\"steps\":300,\"lr\":0.003,\"weight_decay\":0.0003,\"crop\":\"none\","
-                       "\"mixup\":false,\"flip\":true,\"eval_every\":150,\"seed\":0,\"threads\":2}";
+                       "\"mixup\":false,\"flip\":true,\"seed\":0,\"threads\":2}";
     char dir[512], err[ERR_LEN];
     snprintf(dir, sizeof dir, "%s/learns", root);
     Watch w = {0};
@@ -84,13 +84,13 @@ static void test_learns(const char *root) {
            100 * TRAIN_MIN_TOP1);
     CHECK(r.final_test_top1 >= TRAIN_MIN_TOP1, "test top-1 %.4f below %.2f", r.final_test_top1, TRAIN_MIN_TOP1);
     CHECK(w.steps_seen == 300 && r.steps_done == 300, "steps seen %ld, done %ld", w.steps_seen, r.steps_done);
-    CHECK(w.evals == 2, "expected evaluations at steps 150 and 300, got %d", w.evals);
+    CHECK(w.evals == 1, "expected one evaluation, at the end, got %d", w.evals);
     CHECK(access(r.weights_path, F_OK) == 0, "no weights at %s", r.weights_path);
 }
 
 static const char *small_spec(char *buf, size_t size, const char *kind, const char *teacher) {
     snprintf(buf, size,
-             "{\"kind\":\"%s\",%s%s%s\"dataset\":{\"name\":\"fashion-mnist\",\"subset_size\":300,\"val_size\":200},"
+             "{\"kind\":\"%s\",%s%s%s\"dataset\":{\"name\":\"fashion-mnist\",\"subset_size\":300,\"val_size\":200,\"test_size\":500},"
              "\"model\":{\"depth\":[1,1],\"base_width\":8,\"gn_groups\":4,\"stem\":\"small\"},"
              "\"batch_size\":16,\"steps\":12,\"warmup_steps\":3,\"lr\":0.003,\"crop\":\"inception\","
              "\"mixup\":true,\"flip\":true,\"eval_every\":6,\"checkpoint_every\":5,\"seed\":7,\"threads\":2}",
@@ -110,6 +110,8 @@ static void test_resume(const char *root, const char *kind, const char *teacher,
     Watch wa = {0}, wb = {.stop_at = 7}, wc = {0};
     int rc = run_spec(spec, a, 0, &wa, &ra, err);
     CHECK(rc == TRAIN_DONE, "uninterrupted run: %d %s", rc, err);
+    CHECK(wa.evals == 2 && wa.steps_seen == 12, "eval_every 6 over 12 steps: %d evaluations, %ld steps", wa.evals,
+          wa.steps_seen);
     rc = run_spec(spec, b, 0, &wb, &rb, err);
     CHECK(rc == TRAIN_STOPPED && rb.steps_done == 7, "stopped run: rc %d after %ld steps: %s", rc, rb.steps_done, err);
     CHECK(access(rb.weights_path, F_OK) != 0, "a stopped run must not write final weights");
