@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -243,18 +244,26 @@ int model_create(Model **out, const ModelConfig *c, int batch_capacity, char *er
         m->convs[m->num_convs++] = &u->conv_b;
         m->convs[m->num_convs++] = &u->conv_c;
     }
-    m->weights = xcalloc(m->num_floats, sizeof(float));
-    m->grads = xcalloc(m->num_floats, sizeof(float));
-    m->adam_m = xcalloc(m->num_floats, sizeof(float));
-    m->adam_v = xcalloc(m->num_floats, sizeof(float));
-    m->w_hat = xcalloc(m->num_floats, sizeof(float));
-    m->dw_hat = xcalloc(m->num_floats, sizeof(float));
-    m->ws_rstd = xcalloc(sizes.rstd, sizeof(float));
-    m->scratch = xcalloc(sizes.scratch, sizeof(float));
-    m->acts = xcalloc(m->num_acts, sizeof(float));
-    m->grad_acts = xcalloc(m->num_acts, sizeof(float));
-    if (m->has_pool) m->pool_argmax = xcalloc((size_t)batch_capacity * m->pool.channels * m->pool.out_h * m->pool.out_w,
-                                               sizeof(int32_t));
+    /* the big blocks may not fit: a job asking too much must fail, not abort the process */
+    m->threads = omp_get_max_threads();
+    size_t argmax = m->has_pool ? (size_t)batch_capacity * m->pool.channels * m->pool.out_h * m->pool.out_w : 1;
+    m->weights = calloc(m->num_floats, sizeof(float));
+    m->grads = calloc(m->num_floats, sizeof(float));
+    m->adam_m = calloc(m->num_floats, sizeof(float));
+    m->adam_v = calloc(m->num_floats, sizeof(float));
+    m->w_hat = calloc(m->num_floats, sizeof(float));
+    m->dw_hat = calloc(m->num_floats, sizeof(float));
+    m->ws_rstd = calloc(sizes.rstd, sizeof(float));
+    m->scratch = calloc(sizes.scratch ? sizes.scratch : 1, sizeof(float));
+    m->acts = calloc(m->num_acts, sizeof(float));
+    m->grad_acts = calloc(m->num_acts, sizeof(float));
+    m->pool_argmax = calloc(argmax, sizeof(int32_t));
+    if (!m->weights || !m->grads || !m->adam_m || !m->adam_v || !m->w_hat || !m->dw_hat || !m->ws_rstd ||
+        !m->scratch || !m->acts || !m->grad_acts || !m->pool_argmax) {
+        double mb = ((6.0 * m->num_floats + 2.0 * m->num_acts + sizes.scratch) * sizeof(float)) / (1024.0 * 1024.0);
+        model_free(m);
+        return set_error(err, "not enough memory for this model at batch size %d (%.0f MB)", batch_capacity, mb);
+    }
     *out = m;
     return 0;
 }
@@ -340,6 +349,7 @@ static void standardize_all(Model *m) {
 }
 
 float *model_forward(Model *m, const float *images, int batch) {
+    omp_set_num_threads(m->threads); /* the scratch was sized for this many */
     float *a = m->acts;
     const ModelConfig *c = &m->cfg;
     standardize_all(m);
@@ -375,6 +385,7 @@ float *model_forward(Model *m, const float *images, int batch) {
 void model_zero_grad(Model *m) { memset(m->grads, 0, m->num_floats * sizeof(float)); }
 
 void model_backward(Model *m, const float *dlogits, int batch) {
+    omp_set_num_threads(m->threads);
     float *a = m->acts, *d = m->grad_acts;
     const ModelConfig *c = &m->cfg;
     memset(d, 0, m->num_acts * sizeof(float));

@@ -92,6 +92,7 @@ typedef struct {
     size_t num_acts;
     float *acts, *grad_acts;
     float *scratch;        /* convolution scratch (see conv_scratch_size) */
+    int threads;           /* OpenMP threads when created: forward/backward run on this many */
     int32_t *pool_argmax;
     size_t act_input, act_stem_conv, act_stem_out, act_head, act_pooled, act_logits;
 } Model;
@@ -103,7 +104,9 @@ int model_config_validate(const ModelConfig *c, char *err);
 /* Number of parameters a configuration has (0 if invalid). */
 size_t model_config_param_count(const ModelConfig *c);
 
-/* Builds the model; batch_capacity is the largest batch forward() will see. */
+/* Builds the model; batch_capacity is the largest batch forward() will see.
+ * Forward and backward run on as many OpenMP threads as the calling thread
+ * had when the model was created (see train_threads). */
 int model_create(Model **out, const ModelConfig *c, int batch_capacity, char *err);
 void model_free(Model *m);
 
