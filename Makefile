@@ -10,17 +10,21 @@ SANITIZER ?=
 BUILD   := build$(if $(SANITIZER),-$(SANITIZER))
 # Built on the machine it runs on, for that CPU; ARCH=x86-64-v2 (say) for a portable build.
 ARCH    ?= native
-CFLAGS  := -std=c11 -O3 -march=$(ARCH) -g -Wall -Wextra -Werror -Wno-format-truncation -D_GNU_SOURCE -Icore -pthread -fopenmp \
+CFLAGS  := -std=c11 -O3 -march=$(ARCH) -g -Wall -Wextra -Werror -Wno-format-truncation -D_GNU_SOURCE -Icore -Iserver -pthread -fopenmp \
            $(if $(SANITIZER),-fsanitize=$(SANITIZER) -fno-omit-frame-pointer)
-LDLIBS  := -lopenblas -ljansson -lz -lm -pthread -fopenmp $(if $(SANITIZER),-fsanitize=$(SANITIZER))
+LDLIBS  := -lopenblas -ljansson -lsqlite3 -lmicrohttpd -lz -lm -pthread -fopenmp $(if $(SANITIZER),-fsanitize=$(SANITIZER))
 
 # Debian packages: to build, to test (PyTorch is the numeric reference), to benchmark.
-BUILD_PACKAGES := gcc make libopenblas-dev libjansson-dev zlib1g-dev dataset-fashion-mnist
+BUILD_PACKAGES := gcc make libopenblas-dev libjansson-dev libsqlite3-dev libmicrohttpd-dev zlib1g-dev \
+                  dataset-fashion-mnist
 TEST_PACKAGES  := python3 python3-numpy python3-torch
 BENCH_PACKAGES := libjemalloc2
 
 CORE_SRC := $(wildcard core/*.c)
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o)
+# the daemon's pieces, linked into distilld and the server tests
+SERVER_SRC := $(filter-out server/main.c,$(wildcard server/*.c))
+SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o)
 C_TESTS  := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 
 .PHONY: all deps test-deps run test bench clean
@@ -31,7 +35,7 @@ deps:
 test-deps:
 	@tools/install-packages $(BUILD_PACKAGES) $(TEST_PACKAGES)
 
-$(BUILD)/%.o: %.c $(wildcard core/*.h) | $(BUILD)/core $(BUILD)/server $(BUILD)/tests
+$(BUILD)/%.o: %.c $(wildcard core/*.h server/*.h) | $(BUILD)/core $(BUILD)/server $(BUILD)/tests
 	$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/core $(BUILD)/server $(BUILD)/tests:
@@ -40,10 +44,13 @@ $(BUILD)/core $(BUILD)/server $(BUILD)/tests:
 $(BUILD)/libdistilld.a: $(CORE_OBJ)
 	ar rcs $@ $^
 
-$(BUILD)/distilld: $(BUILD)/server/main.o $(BUILD)/libdistilld.a
+$(BUILD)/libdistilld-server.a: $(SERVER_OBJ)
+	ar rcs $@ $^
+
+$(BUILD)/distilld: $(BUILD)/server/main.o $(BUILD)/libdistilld-server.a $(BUILD)/libdistilld.a
 	$(CC) $^ $(LDLIBS) -o $@
 
-$(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/libdistilld.a
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/libdistilld-server.a $(BUILD)/libdistilld.a
 	$(CC) $^ $(LDLIBS) -o $@
 
 run: deps
