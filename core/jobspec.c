@@ -329,6 +329,17 @@ int jobspec_resolve(JobSpec *s, int train_size, int dataset_classes, int image_c
     return 0;
 }
 
+/* The shortest decimal that reads back as f, as a double: 1e-3f is written
+ * "0.001", not "0.00100000005", by any JSON printer. */
+static double clean(float f) {
+    char text[32];
+    for (int digits = 6; digits <= 9; digits++) {
+        snprintf(text, sizeof text, "%.*g", digits, (double)f);
+        if ((float)strtod(text, NULL) == f) break;
+    }
+    return strtod(text, NULL);
+}
+
 char *jobspec_to_json(const JobSpec *s) {
     json_t *o = json_object();
     json_object_set_new(o, "kind", json_string(s->kind == JOB_DISTILL ? "distill" : "train"));
@@ -359,16 +370,16 @@ char *jobspec_to_json(const JobSpec *s) {
     json_object_set_new(o, "batch_size", json_integer(s->batch_size));
     if (s->have_epochs && !s->steps) json_object_set_new(o, "epochs", json_real(s->epochs));
     else json_object_set_new(o, "steps", json_integer(s->steps));
-    json_object_set_new(o, "lr", json_real(s->lr));
-    json_object_set_new(o, "weight_decay", json_real(s->weight_decay));
-    json_object_set_new(o, "clip_norm", json_real(s->clip_norm));
+    json_object_set_new(o, "lr", json_real(clean(s->lr)));
+    json_object_set_new(o, "weight_decay", json_real(clean(s->weight_decay)));
+    json_object_set_new(o, "clip_norm", json_real(clean(s->clip_norm)));
     if (s->warmup_steps >= 0) json_object_set_new(o, "warmup_steps", json_integer(s->warmup_steps));
-    json_object_set_new(o, "temperature", json_real(s->temperature));
+    json_object_set_new(o, "temperature", json_real(clean(s->temperature)));
     json_object_set_new(o, "mixup", json_boolean(s->mixup));
     json_object_set_new(o, "flip", json_boolean(s->flip));
     static const char *crops[] = {"inception", "random", "none"};
     json_object_set_new(o, "crop", json_string(crops[s->crop]));
-    json_object_set_new(o, "crop_area", json_pack("[f,f]", (double)s->crop_area_min, (double)s->crop_area_max));
+    json_object_set_new(o, "crop_area", json_pack("[f,f]", clean(s->crop_area_min), clean(s->crop_area_max)));
     if (s->eval_resize) json_object_set_new(o, "eval_resize", json_integer(s->eval_resize));
     if (s->eval_crop) json_object_set_new(o, "eval_crop", json_integer(s->eval_crop));
     if (s->eval_every) json_object_set_new(o, "eval_every", json_integer(s->eval_every));

@@ -8,6 +8,7 @@
 #include "train.h"
 
 #include <cblas.h>
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <omp.h>
@@ -156,8 +157,26 @@ static void run_free(Run *r) {
     free(r->labels);
 }
 
-int train_run(const JobSpec *spec_in, const char *run_dir, int resume, const TrainCallbacks *cb, TrainResult *result,
-              char *err) {
+int train_latest_checkpoint(const char *run_dir, char *path, size_t size) {
+    DIR *dir = opendir(run_dir);
+    long best = -1;
+    if (!dir) return -1;
+    struct dirent *e;
+    while ((e = readdir(dir)) != NULL) {
+        long step;
+        char tail[32];
+        if (sscanf(e->d_name, "checkpoint-%ld.safetensor%31s", &step, tail) == 2 && strcmp(tail, "s") == 0 &&
+            step > best)
+            best = step;
+    }
+    closedir(dir);
+    if (best < 0) return -1;
+    snprintf(path, size, "%s/checkpoint-%08ld.safetensors", run_dir, best);
+    return 0;
+}
+
+int train_run(const JobSpec *spec_in, const char *run_dir, const char *resume_from, const TrainCallbacks *cb,
+              TrainResult *result, char *err) {
     Run r = {.spec = *spec_in};
     JobSpec *s = &r.spec;
     memset(result, 0, sizeof *result);
@@ -188,23 +207,24 @@ int train_run(const JobSpec *spec_in, const char *run_dir, int resume, const Tra
     r.labels = xcalloc(b, sizeof(int32_t));
     r.scratch = xcalloc(data_scratch_size(&r.data, s), sizeof(float));
 
-    char ckpt[SPEC_PATH_MAX + 64];
-    snprintf(ckpt, sizeof ckpt, "%s/checkpoint.safetensors", run_dir);
+    char ckpt[SPEC_PATH_MAX + 64], previous[SPEC_PATH_MAX + 64];
+    snprintf(previous, sizeof previous, "%s", resume_from ? resume_from : "");
     snprintf(result->weights_path, sizeof result->weights_path, "%s/weights.safetensors", run_dir);
     char *spec_json = jobspec_to_json(s);
     long start = 0;
-    if (resume && access(ckpt, F_OK) == 0) {
+    if (resume_from) {
         char *saved = NULL;
-        rc = model_load_checkpoint(r.student, ckpt, &start, &saved, err);
+        rc = model_load_checkpoint(r.student, resume_from, &start, &saved, err);
         if (!rc && (!saved || strcmp(saved, spec_json) != 0))
-            rc = set_error(err, "%s was written for a different spec; refusing to resume (start a new run directory)", ckpt);
+            rc = set_error(err, "%s was written for a different spec; refusing to resume (start a new run directory)",
+                           resume_from);
         free(saved);
         if (rc) {
             free(spec_json);
             run_free(&r);
             return -1;
         }
-        logf_cb(cb, "resuming from %s at step %ld", ckpt, start);
+        logf_cb(cb, "resuming from %s at step %ld", resume_from, start);
     }
     logf_cb(cb, "%s job: %ld steps of %d images (%d training images, %d validation, %d test), %zu parameters, "
                 "%d BLAS thread%s",
@@ -260,11 +280,15 @@ int train_run(const JobSpec *spec_in, const char *run_dir, int resume, const Tra
         }
         int stop = done < s->steps && cb && cb->should_stop && cb->should_stop(cb->ctx);
         if (done % s->checkpoint_every == 0 || done == s->steps || stop) {
+            snprintf(ckpt, sizeof ckpt, "%s/checkpoint-%08ld.safetensors", run_dir, done);
             if (model_save_checkpoint(r.student, done, spec_json, ckpt, err) != 0) {
                 status = -1;
                 break;
             }
+            /* the caller records the new checkpoint before the old one goes */
             if (cb && cb->on_checkpoint) cb->on_checkpoint(cb->ctx, done, ckpt);
+            if (previous[0] && strcmp(previous, ckpt) != 0) unlink(previous);
+            snprintf(previous, sizeof previous, "%s", ckpt);
             last = now_seconds();
         }
         if (stop) {

@@ -41,11 +41,18 @@ typedef struct {
 enum { TRAIN_DONE = 0, TRAIN_STOPPED = 1 };
 
 /* Runs the job in run_dir (created if missing): checkpoints go to
- * run_dir/checkpoint.safetensors, the final weights to run_dir/weights.safetensors.
- * With resume, continues from the checkpoint if there is one. Returns
- * TRAIN_DONE, TRAIN_STOPPED (should_stop asked; checkpoint written), or -1. */
-int train_run(const JobSpec *spec, const char *run_dir, int resume, const TrainCallbacks *cb, TrainResult *result,
-              char *err);
+ * run_dir/checkpoint-<step>.safetensors (written atomically; the previous one
+ * of this run is removed once on_checkpoint has returned, so a caller that
+ * records checkpoints elsewhere always finds the one it recorded), the final
+ * weights to run_dir/weights.safetensors. resume_from (may be NULL) is a
+ * checkpoint to continue from; it must have been written for the same spec.
+ * Returns TRAIN_DONE, TRAIN_STOPPED (should_stop asked; checkpoint written),
+ * or -1. */
+int train_run(const JobSpec *spec, const char *run_dir, const char *resume_from, const TrainCallbacks *cb,
+              TrainResult *result, char *err);
+
+/* The newest run_dir/checkpoint-<step>.safetensors; -1 if there is none. */
+int train_latest_checkpoint(const char *run_dir, char *path, size_t size);
 
 /* Sets the threads compute runs on (`requested`, or every core when 0) for
  * the calling thread: OpenMP threads over the batch, one-thread GEMMs.

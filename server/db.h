@@ -86,7 +86,9 @@ int db_job_delete(Db *db, const char *id, char *err);
 /* ---- metrics: each (job, name, step) stored once (a repeat is ignored) ---- */
 int db_metrics_insert(Db *db, const char *job_id, const DbMetric *points, int count, char *err);
 /* Points with step > after_step, ordered by (step, name), of the given names
- * (NULL or empty = all), at most limit (capped at 10000). */
+ * (NULL or empty = all), at most limit (capped at 10000). A page ends on a
+ * step boundary, so the last point's step is the next after_step: it may hold
+ * fewer than limit points, or all of one step if that step alone has more. */
 int db_metrics_page(Db *db, const char *job_id, const char *const *names, int num_names, long after_step, int limit,
                     DbMetric **points, int *count, char *err);
 

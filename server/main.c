@@ -1,27 +1,42 @@
 /* main.c - the distilld program.
  *
+ *   distilld [serve] [--listen ADDR] [--data-dir DIR] [--workers N] [--threads N] ...   the daemon
  *   distilld run SPEC.json [--run-dir DIR] [--resume]   one job in the foreground
  *   distilld predict --weights W --input X.npy --output Y.npy [--threads N]
  *   distilld version
  *
  * Every command first makes sure OpenBLAS runs the best kernels this CPU has
  * (see core/blas.h) and says which core it runs on. */
+#include <errno.h>
+#include <fcntl.h>
 #include <libgen.h>
+#include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "blas.h"
+#include "db.h"
 #include "formats.h"
+#include "http.h"
 #include "jobspec.h"
 #include "model.h"
+#include "log.h"
 #include "train.h"
 #include "util.h"
+#include "worker.h"
 
 #define VERSION "0.1.0"
 
 static void usage(FILE *f) {
     fprintf(f, "usage:\n"
+               "  distilld [serve] [--listen ADDR] [--data-dir DIR] [--workers N] [--threads N]\n"
+               "                   [--max-streams N] [--migrations DIR] [--web DIR] [--first-job SPEC.json]\n"
+               "      the daemon: HTTP API on ADDR (default 127.0.0.1:8080), data in DIR (default ./var)\n"
                "  distilld run SPEC.json [--run-dir DIR] [--resume]\n"
                "      train or distill one job in the foreground; DIR defaults to runs/<spec name>\n"
                "  distilld predict --weights W.safetensors --input X.npy --output Y.npy [--threads N]\n"
@@ -128,7 +143,11 @@ static int cmd_run(int argc, char **argv) {
     TrainCallbacks cb = {.ctx = &progress, .on_log = print_log, .on_step = print_step, .on_eval = print_eval,
                          .on_checkpoint = print_checkpoint};
     TrainResult result;
-    rc = train_run(&spec, run_dir, resume, &cb, &result, err);
+    char checkpoint[SPEC_PATH_MAX + 64];
+    const char *resume_from = NULL;
+    if (resume && train_latest_checkpoint(run_dir, checkpoint, sizeof checkpoint) == 0) resume_from = checkpoint;
+    else if (resume) printf("no checkpoint in %s: starting from step 0\n", run_dir);
+    rc = train_run(&spec, run_dir, resume_from, &cb, &result, err);
     if (rc < 0) {
         fprintf(stderr, "distilld: %s\n", err);
         return 1;
@@ -203,13 +222,190 @@ static int cmd_predict(int argc, char **argv) {
     return rc ? 1 : 0;
 }
 
-int main(int argc, char **argv) {
-    blas_ensure_fast_core(argv);
-    if (argc < 2) {
-        usage(stderr);
+/* ---- serve ---- */
+
+static volatile sig_atomic_t stop_signal;
+static void on_signal(int sig) { stop_signal = sig; }
+
+/* data_dir/token: created on first start, mode 0600; returned without newline. */
+static int load_or_create_token(const char *data_dir, char *token, size_t size, char *path, size_t path_size,
+                                char *err) {
+    snprintf(path, path_size, "%s/token", data_dir);
+    unsigned char *text;
+    size_t n;
+    if (read_file_all(path, &text, &n, NULL) == 0) {
+        while (n > 0 && (text[n - 1] == '\n' || text[n - 1] == ' ')) n--;
+        text[n] = 0;
+        int ok = n >= 16 && n < size;
+        if (ok) snprintf(token, size, "%s", (char *)text);
+        free(text);
+        return ok ? 0 : set_error(err, "%s: the token file is empty or malformed; delete it to make a new one", path);
+    }
+    unsigned char raw[24];
+    if (getrandom(raw, sizeof raw, 0) != (ssize_t)sizeof raw) return set_error(err, "no randomness for the token");
+    for (size_t i = 0; i < sizeof raw; i++) snprintf(token + 2 * i, size - 2 * i, "%02x", raw[i]);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) return set_error(err, "cannot create %s: %s", path, strerror(errno));
+    char line[128];
+    int len = snprintf(line, sizeof line, "%s\n", token);
+    int bad = write(fd, line, len) != len || fsync(fd) != 0;
+    close(fd);
+    return bad ? set_error(err, "cannot write %s", path) : 0;
+}
+
+/* A folder next to the executable's repository (build/distilld -> ./X), else the installed one. */
+static void default_dir(char *out, size_t size, const char *name) {
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = 0;
+        char *dir = dirname(exe);
+        snprintf(out, size, "%s/../%s", dir, name);
+        if (access(out, F_OK) == 0) return;
+    }
+    snprintf(out, size, "/usr/share/distilld/%s", name);
+}
+
+static int submit_spec_file(Db *db, const char *path, char *err) {
+    unsigned char *text;
+    size_t size;
+    if (read_file_all(path, &text, &size, err) != 0) return -1;
+    JobSpec spec;
+    int rc = jobspec_parse((const char *)text, &spec, err);
+    free(text);
+    if (rc) return -1;
+    char *canonical = jobspec_to_json(&spec);
+    DbJob job;
+    rc = db_job_create(db, spec.kind == JOB_DISTILL ? "distill" : "train", canonical, spec.steps, &job, err);
+    free(canonical);
+    if (rc) return -1;
+    log_msg(LOG_INFO, "first start: submitted %s as job %s", path, job.id);
+    db_job_free(&job);
+    return 0;
+}
+
+static int is_loopback(const char *listen) {
+    return strncmp(listen, "127.", 4) == 0 || strncmp(listen, "localhost:", 10) == 0 || strncmp(listen, "[::1]", 5) == 0;
+}
+
+static int cmd_serve(int argc, char **argv) {
+    const char *listen = "127.0.0.1:8080", *data_dir = "var", *first_job = NULL;
+    char migrations[PATH_MAX], web[PATH_MAX];
+    default_dir(migrations, sizeof migrations, "migrations");
+    default_dir(web, sizeof web, "web");
+    int workers = 1, threads = 0, max_streams = 32;
+    for (int i = 0; i < argc; i++) {
+        const char *next = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!next) {
+            fprintf(stderr, "distilld serve: %s needs a value (or is unknown)\n", argv[i]);
+            return 2;
+        }
+        if (strcmp(argv[i], "--listen") == 0) listen = next;
+        else if (strcmp(argv[i], "--data-dir") == 0) data_dir = next;
+        else if (strcmp(argv[i], "--workers") == 0) workers = atoi(next);
+        else if (strcmp(argv[i], "--threads") == 0) threads = atoi(next);
+        else if (strcmp(argv[i], "--max-streams") == 0) max_streams = atoi(next);
+        else if (strcmp(argv[i], "--migrations") == 0) snprintf(migrations, sizeof migrations, "%s", next);
+        else if (strcmp(argv[i], "--web") == 0) snprintf(web, sizeof web, "%s", next);
+        else if (strcmp(argv[i], "--first-job") == 0) first_job = next;
+        else {
+            fprintf(stderr, "distilld serve: unknown option %s\n", argv[i]);
+            return 2;
+        }
+        i++;
+    }
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cores < 1) cores = 1;
+    if (workers < 1 || workers > 64 || max_streams < 1) {
+        fprintf(stderr, "distilld serve: --workers must be 1..64 and --max-streams at least 1\n");
         return 2;
     }
+    if (threads == 0) threads = cores / workers > 0 ? (int)(cores / workers) : 1;
+    if (threads < 1 || (long)threads * workers > cores) {
+        fprintf(stderr, "distilld serve: %d workers x %d threads is more than the %ld cores\n", workers, threads, cores);
+        return 2;
+    }
+    char err[ERR_LEN];
+    if (mkdir(data_dir, 0700) != 0 && errno != EEXIST) {
+        log_msg(LOG_ERROR, "cannot create %s: %s", data_dir, strerror(errno));
+        return 1;
+    }
+    char token[128], token_path[PATH_MAX], db_path[PATH_MAX], runs[PATH_MAX];
+    if (load_or_create_token(data_dir, token, sizeof token, token_path, sizeof token_path, err) != 0) {
+        log_msg(LOG_ERROR, "%s", err);
+        return 1;
+    }
+    snprintf(runs, sizeof runs, "%s/runs", data_dir);
+    if (mkdir(runs, 0700) != 0 && errno != EEXIST) {
+        log_msg(LOG_ERROR, "cannot create %s: %s", runs, strerror(errno));
+        return 1;
+    }
+    snprintf(db_path, sizeof db_path, "%s/distilld.db", data_dir);
+    int first_start = access(db_path, F_OK) != 0;
+    Db *db;
+    if (db_open(&db, db_path, migrations, err) != 0) {
+        log_msg(LOG_ERROR, "%s", err);
+        return 1;
+    }
+    int requeued = 0;
+    if (db_recover(db, &requeued, err) != 0) {
+        log_msg(LOG_ERROR, "recovering jobs: %s", err);
+        db_close(db);
+        return 1;
+    }
+    if (requeued) log_msg(LOG_INFO, "%d job%s left running by the last run re-queued; they resume from their checkpoints",
+                          requeued, requeued == 1 ? "" : "s");
+    if (first_start && first_job && submit_spec_file(db, first_job, err) != 0)
+        log_msg(LOG_WARN, "first start: could not submit %s: %s", first_job, err);
+
+    char real_data[PATH_MAX];
+    if (!realpath(data_dir, real_data)) snprintf(real_data, sizeof real_data, "%s", data_dir);
+    const char *roots[] = {real_data, DATASET_BUILTIN_ROOT, NULL};
+    HttpConfig hc = {.db = db, .data_dir = data_dir, .token = token, .auth_reads = !is_loopback(listen),
+                     .path_roots = roots, .web_dir = web, .max_streams = max_streams};
+    Workers *w;
+    WorkerConfig wc = {.db = db, .data_dir = data_dir, .count = workers, .threads_per_job = threads};
+    if (workers_start(&w, &wc, err) != 0) {
+        log_msg(LOG_ERROR, "%s", err);
+        db_close(db);
+        return 1;
+    }
+    HttpServer *http;
+    int port = 0;
+    if (http_start(&http, &hc, listen, &port, err) != 0) {
+        log_msg(LOG_ERROR, "%s", err);
+        workers_stop(w);
+        db_close(db);
+        return 1;
+    }
+    char host[256];
+    snprintf(host, sizeof host, "%s", listen);
+    char *colon = strrchr(host, ':');
+    if (colon) *colon = 0;
+    log_msg(LOG_INFO, "distilld %s: %s; %d worker%s x %d thread%s", VERSION, blas_describe(), workers,
+            workers == 1 ? "" : "s", threads, threads == 1 ? "" : "s");
+    log_msg(LOG_INFO, "listening on http://%s:%d (dashboard at /, API at /api/v1)", host, port);
+    log_msg(LOG_INFO, "API token in %s (send it as: Authorization: Bearer <token>)", token_path);
+
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    while (!stop_signal) pause();
+    log_msg(LOG_INFO, "signal %d: stopping; running jobs checkpoint and return to the queue", (int)stop_signal);
+    http_stop(http);
+    workers_stop(w);
+    db_close(db);
+    log_msg(LOG_INFO, "stopped");
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    blas_ensure_fast_core(argv);
+    if (argc < 2 || argv[1][0] == '-') return cmd_serve(argc - 1, argv + 1);
     const char *cmd = argv[1];
+    if (strcmp(cmd, "serve") == 0) return cmd_serve(argc - 2, argv + 2);
     if (strcmp(cmd, "run") == 0) return cmd_run(argc - 2, argv + 2);
     if (strcmp(cmd, "predict") == 0) return cmd_predict(argc - 2, argv + 2);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {

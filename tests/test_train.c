@@ -55,7 +55,9 @@ static int run_spec(const char *json, const char *dir, int resume, Watch *w, Tra
     JobSpec spec;
     if (jobspec_parse(json, &spec, err) != 0) return -2;
     TrainCallbacks cb = {.ctx = w, .on_step = on_step, .on_eval = on_eval, .should_stop = should_stop};
-    return train_run(&spec, dir, resume, &cb, r, err);
+    char checkpoint[1024];
+    const char *from = resume && train_latest_checkpoint(dir, checkpoint, sizeof checkpoint) == 0 ? checkpoint : NULL;
+    return train_run(&spec, dir, from, &cb, r, err);
 }
 
 static int files_equal(const char *a, const char *b) {
