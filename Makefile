@@ -1,6 +1,6 @@
 # distilld - build, run, test.
 #
-#   make run     install what is missing, build, run the built-in default job
+#   make run     install what is missing, build, start the daemon (first start: the demo job)
 #   make test    install what is missing, build, run every test
 #   make bench   speed against PyTorch on the same CPU
 #   make SANITIZER=address test   (or undefined, thread) sanitized build and tests
@@ -53,9 +53,11 @@ $(BUILD)/distilld: $(BUILD)/server/main.o $(BUILD)/libdistilld-server.a $(BUILD)
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/libdistilld-server.a $(BUILD)/libdistilld.a
 	$(CC) $^ $(LDLIBS) -o $@
 
+# The daemon in the foreground with its defaults (127.0.0.1:8080, data in ./var);
+# on first start it submits the built-in demo job.
 run: deps
 	@$(MAKE) --no-print-directory $(BUILD)/distilld
-	./$(BUILD)/distilld run recipes/demo.json --run-dir var/runs/demo
+	./$(BUILD)/distilld serve --data-dir var --first-job recipes/demo.json
 
 test: test-deps
 	@$(MAKE) --no-print-directory all
