@@ -19,6 +19,7 @@ BUILD_PACKAGES := gcc make libopenblas-dev libjansson-dev libsqlite3-dev libmicr
                   dataset-fashion-mnist
 TEST_PACKAGES  := python3 python3-numpy python3-torch
 BENCH_PACKAGES := libjemalloc2
+RESULTS_PACKAGES := python3-matplotlib
 
 CORE_SRC := $(wildcard core/*.c)
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o)
@@ -27,7 +28,7 @@ SERVER_SRC := $(filter-out server/main.c,$(wildcard server/*.c))
 SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o)
 C_TESTS  := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 
-.PHONY: all deps test-deps run test bench clean
+.PHONY: all deps test-deps run test bench results clean
 all: $(BUILD)/distilld $(C_TESTS) $(BUILD)/tests/model_check
 
 deps:
@@ -67,6 +68,12 @@ bench: test-deps
 	@tools/install-packages $(BENCH_PACKAGES)
 	@$(MAKE) --no-print-directory all $(BUILD)/tests/bench
 	@BUILD=$(BUILD) tests/bench.sh
+
+# The paper's claim at small scale (docs/RESULTS.md): hours of CPU, not a test.
+results: deps
+	@tools/install-packages $(RESULTS_PACKAGES)
+	@$(MAKE) --no-print-directory $(BUILD)/distilld
+	@BUILD=$(BUILD) tools/results.sh
 
 clean:
 	rm -rf build build-*

@@ -19,6 +19,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "blas.h"
 #include "db.h"
 #include "formats.h"
@@ -53,9 +55,54 @@ static void format_duration(char *out, size_t size, double seconds) {
 
 /* ---- run ---- */
 
+/* `distilld run` prints progress and keeps every step and evaluation in
+ * run_dir/metrics.jsonl (one JSON object a line), for plots and tables. */
 typedef struct {
     double last_print;
+    const char *run_dir;
+    long resume_step; /* -1: a fresh run */
+    FILE *metrics;
 } Progress;
+
+/* Opened at the first metric (train_run has made the directory by then). A
+ * resumed run keeps the lines up to its checkpoint's step, so the file holds
+ * each step once. */
+static FILE *metrics_file(Progress *p) {
+    if (p->metrics) return p->metrics;
+    char path[SPEC_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", p->run_dir);
+    char *kept = NULL;
+    size_t kept_len = 0;
+    if (p->resume_step >= 0) {
+        FILE *old = fopen(path, "r");
+        FILE *mem = open_memstream(&kept, &kept_len);
+        char line[4096];
+        while (old && mem && fgets(line, sizeof line, old)) {
+            json_t *o = json_loads(line, 0, NULL);
+            json_t *step = json_object_get(o, "step");
+            if (json_is_integer(step) && json_integer_value(step) <= p->resume_step) fputs(line, mem);
+            json_decref(o);
+        }
+        if (old) fclose(old);
+        if (mem) fclose(mem);
+    }
+    p->metrics = fopen(path, "w");
+    if (p->metrics && kept) fwrite(kept, 1, kept_len, p->metrics);
+    free(kept);
+    if (!p->metrics) fprintf(stderr, "distilld: cannot write %s\n", path);
+    return p->metrics;
+}
+
+static void write_metrics(Progress *p, json_t *line) {
+    FILE *f = metrics_file(p);
+    char *text = json_dumps(line, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
+    if (f && text) {
+        fprintf(f, "%s\n", text);
+        fflush(f);
+    }
+    free(text);
+    json_decref(line);
+}
 
 static void print_log(void *ctx, const char *message) {
     (void)ctx;
@@ -65,6 +112,10 @@ static void print_log(void *ctx, const char *message) {
 
 static void print_step(void *ctx, const StepMetrics *m) {
     Progress *p = ctx;
+    write_metrics(p, json_pack("{s:s,s:I,s:f,s:f,s:f,s:f,s:f}", "type", "step", "step", (json_int_t)m->step, "loss",
+                               (double)m->loss, "lr", (double)m->lr, "grad_norm", (double)m->grad_norm,
+                               "images_per_second", (double)m->images_per_second, "elapsed_seconds",
+                               m->elapsed_seconds));
     double now = now_seconds();
     long every = m->total_steps / 100 > 0 ? m->total_steps / 100 : 1; /* ~100 lines a run, or every 10 s */
     if (m->step % every != 0 && m->step != m->total_steps && now - p->last_print < 10.0) return;
@@ -78,7 +129,19 @@ static void print_step(void *ctx, const StepMetrics *m) {
 }
 
 static void print_eval(void *ctx, const EvalMetrics *e) {
-    (void)ctx;
+    Progress *p = ctx;
+    json_t *line = json_pack("{s:s,s:I,s:f}", "type", "eval", "step", (json_int_t)e->step, "test_top1",
+                             (double)e->test_top1);
+    if (e->has_val) json_object_set_new(line, "val_top1", json_real(e->val_top1));
+    if (e->has_teacher) {
+        json_object_set_new(line, "teacher_test_top1", json_real(e->teacher_test_top1));
+        json_object_set_new(line, "test_agreement", json_real(e->test_agreement));
+        if (e->has_val) {
+            json_object_set_new(line, "teacher_val_top1", json_real(e->teacher_val_top1));
+            json_object_set_new(line, "val_distill_loss", json_real(e->val_distill_loss));
+        }
+    }
+    write_metrics(p, line);
     printf("eval at step %ld:", e->step);
     if (e->has_val) printf("  val top-1 %.2f%%", 100 * e->val_top1);
     printf("  test top-1 %.2f%%", 100 * e->test_top1);
@@ -139,15 +202,21 @@ static int cmd_run(int argc, char **argv) {
         run_dir = dir;
     }
     printf("distilld %s: %s\n", VERSION, blas_describe());
-    Progress progress = {0};
+    Progress progress = {.run_dir = run_dir, .resume_step = -1};
     TrainCallbacks cb = {.ctx = &progress, .on_log = print_log, .on_step = print_step, .on_eval = print_eval,
                          .on_checkpoint = print_checkpoint};
     TrainResult result;
     char checkpoint[SPEC_PATH_MAX + 64];
     const char *resume_from = NULL;
-    if (resume && train_latest_checkpoint(run_dir, checkpoint, sizeof checkpoint) == 0) resume_from = checkpoint;
-    else if (resume) printf("no checkpoint in %s: starting from step 0\n", run_dir);
+    if (resume && train_latest_checkpoint(run_dir, checkpoint, sizeof checkpoint) == 0) {
+        resume_from = checkpoint;
+        const char *name = strrchr(checkpoint, '/');
+        if (sscanf(name ? name + 1 : checkpoint, "checkpoint-%ld", &progress.resume_step) != 1) progress.resume_step = 0;
+    } else if (resume) {
+        printf("no checkpoint in %s: starting from step 0\n", run_dir);
+    }
     rc = train_run(&spec, run_dir, resume_from, &cb, &result, err);
+    if (progress.metrics) fclose(progress.metrics);
     if (rc < 0) {
         fprintf(stderr, "distilld: %s\n", err);
         return 1;
