@@ -227,7 +227,7 @@ int train_run(const JobSpec *spec_in, const char *run_dir, const char *resume_fr
         logf_cb(cb, "resuming from %s at step %ld", resume_from, start);
     }
     logf_cb(cb, "%s job: %ld steps of %d images (%d training images, %d validation, %d test), %zu parameters, "
-                "%d BLAS thread%s",
+                "%d compute thread%s",
             s->kind == JOB_DISTILL ? "distill" : "train", s->steps, b, r.data.train_count, r.data.val_count,
             r.data.test_count, r.student->num_floats, threads, threads == 1 ? "" : "s");
 
