@@ -205,20 +205,11 @@ enum MHD_Result h_jobs_create(HttpRequest *r) {
                        spec.have_epochs ? 0 : spec.steps, &job, err);
     free(spec_json);
     if (rc) return http_reply_db_error(r, rc, "submit", err);
-    json_t *body = http_job_json(&job);
     char location[128];
     snprintf(location, sizeof location, "/api/v1/jobs/%s", job.id);
+    struct MHD_Response *response = http_json_response(http_job_json(&job));
     db_job_free(&job);
-    char *text = json_dumps(body, JSON_COMPACT);
-    json_decref(body);
-    struct MHD_Response *response = text ? MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE)
-                                         : NULL;
-    if (!response) {
-        free(text);
-        return MHD_NO;
-    }
-    MHD_add_response_header(response, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-    MHD_add_response_header(response, MHD_HTTP_HEADER_LOCATION, location);
+    if (response) MHD_add_response_header(response, MHD_HTTP_HEADER_LOCATION, location);
     return http_reply(r, MHD_HTTP_CREATED, response);
 }
 
@@ -341,6 +332,7 @@ static int remove_run_dir(const HttpServer *s, const char *id) {
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%s/runs/%s", http_data_dir(s), id);
     int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 && (errno == ELOOP || errno == ENOTDIR)) return unlink(path); /* a link or file: not what it names */
     if (fd < 0) return errno == ENOENT ? 0 : -1;
     if (remove_tree_at(fd, 0) != 0) return -1;
     return rmdir(path) == 0 || errno == ENOENT ? 0 : -1;

@@ -121,18 +121,23 @@ enum MHD_Result http_reply(HttpRequest *r, unsigned status, struct MHD_Response 
     return rc;
 }
 
-enum MHD_Result http_reply_json(HttpRequest *r, unsigned status, json_t *body) {
-    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+struct MHD_Response *http_json_response(json_t *body) {
+    /* 15 digits: timestamps to 10 us, and 0.003 prints as 0.003 */
+    char *text = body ? json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
     json_decref(body);
-    if (!text) return MHD_NO;
+    if (!text) return NULL;
     struct MHD_Response *response = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
     if (!response) {
         free(text);
-        return MHD_NO;
+        return NULL;
     }
     MHD_add_response_header(response, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
     MHD_add_response_header(response, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
-    return http_reply(r, status, response);
+    return response;
+}
+
+enum MHD_Result http_reply_json(HttpRequest *r, unsigned status, json_t *body) {
+    return http_reply(r, status, http_json_response(body));
 }
 
 static json_t *error_body(const char *code, char *message) {
@@ -278,33 +283,19 @@ static enum MHD_Result request_begin(HttpServer *s, RequestState *st) {
     }
     if (!path_known) return http_reply_error(r, MHD_HTTP_NOT_FOUND, "not_found", "no such path: %s", r->url);
     if (!st->route) {
-        struct MHD_Response *response = NULL;
         char message[256];
         snprintf(message, sizeof message, "%s is not allowed on %s (allowed: %s)", r->method, r->url, allow);
-        char *text = json_dumps(error_body("method_not_allowed", message), JSON_COMPACT);
-        if (text) response = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
-        if (!response) {
-            free(text);
-            return MHD_NO;
-        }
-        MHD_add_response_header(response, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-        MHD_add_response_header(response, MHD_HTTP_HEADER_ALLOW, allow);
+        struct MHD_Response *response = http_json_response(error_body("method_not_allowed", message));
+        if (response) MHD_add_response_header(response, MHD_HTTP_HEADER_ALLOW, allow);
         return http_reply(r, MHD_HTTP_METHOD_NOT_ALLOWED, response);
     }
     /* the dashboard's files are public; the API's reads need the token only off loopback */
     int needs_token = !is_read || (s->cfg.auth_reads && st->route->handler != h_static);
     if (needs_token && !is_authorized(s, r->connection, is_read)) {
-        struct MHD_Response *response = NULL;
         char message[] = "this endpoint needs the header Authorization: Bearer <token> (the token file is in the "
                          "data directory)";
-        char *text = json_dumps(error_body("unauthorized", message), JSON_COMPACT);
-        if (text) response = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
-        if (!response) {
-            free(text);
-            return MHD_NO;
-        }
-        MHD_add_response_header(response, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-        MHD_add_response_header(response, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+        struct MHD_Response *response = http_json_response(error_body("unauthorized", message));
+        if (response) MHD_add_response_header(response, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
         return http_reply(r, MHD_HTTP_UNAUTHORIZED, response);
     }
     const char *length = MHD_lookup_connection_value(r->connection, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);

@@ -52,6 +52,7 @@ enum MHD_Result http_reply_error(HttpRequest *r, unsigned status, const char *co
     __attribute__((format(printf, 4, 5)));
 enum MHD_Result http_reply_db_error(HttpRequest *r, int rc, const char *what, const char *err);
 enum MHD_Result http_reply(HttpRequest *r, unsigned status, struct MHD_Response *response); /* destroys it */
+struct MHD_Response *http_json_response(json_t *body); /* steals body; NULL when out of memory */
 
 const char *http_query(HttpRequest *r, const char *key); /* a query-string value, NULL if absent */
 /* An integer query value in [lo, hi]; `fallback` when absent. -1 (after a 400 reply) when bad. */

@@ -8,8 +8,8 @@ pagination, a small real job run to the end with its metrics, weights and
 Server-Sent Events (live, replayed, and resumed with Last-Event-ID).
 
 Prints "ok   name" or "FAIL name: why" per case and "N passed, N failed";
-exits 1 on any failure. Standard library only. BUILD names the build
-directory (default build).
+exits 1 on any failure. Standard library only. Usage: test_api.py [BUILD_DIR]
+(default $BUILD, else build); TEST_API_LOG=FILE keeps the daemon's log.
 """
 import http.client
 import json
@@ -25,7 +25,7 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BINARY = os.path.join(ROOT, os.environ.get("BUILD", "build"), "distilld")
+BINARY = os.path.join(ROOT, sys.argv[1] if len(sys.argv) > 1 else os.environ.get("BUILD", "build"), "distilld")
 API = "/api/v1"
 STATES = ("queued", "running", "paused", "succeeded", "failed", "canceled")
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -634,11 +634,23 @@ def main():
         if D.proc.poll() is not None:
             failed += 1
             print("FAIL daemon stays up: it exited with %s" % D.proc.returncode)
+        else:  # SIGTERM: a clean exit (sanitizer builds: no leak, no error report)
+            D.stop()
+            if D.proc.returncode == 0:
+                passed += 1
+                print("ok   daemon exits 0 on SIGTERM")
+            else:
+                failed += 1
+                print("FAIL daemon exits 0 on SIGTERM: exit status %s" % D.proc.returncode)
     finally:
         if D:
             D.stop()
+            time.sleep(0.2)  # the last lines of its log
             if failed:
                 print("daemon log (last lines):\n  " + "\n  ".join(D.lines[-15:]))
+            if os.environ.get("TEST_API_LOG"):  # the whole log, to look into a failure
+                with open(os.environ["TEST_API_LOG"], "w") as f:
+                    f.write("\n".join(D.lines) + "\n")
         shutil.rmtree(tmp, ignore_errors=True)
     print("%d passed, %d failed" % (passed, failed))
     return 1 if failed else 0
