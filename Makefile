@@ -16,8 +16,8 @@ LDLIBS  := -lopenblas -ljansson -lsqlite3 -lmicrohttpd -lz -lm -pthread -fopenmp
 
 # Debian packages: to build, to test (PyTorch is the numeric reference), to benchmark.
 BUILD_PACKAGES := gcc make libopenblas-dev libjansson-dev libsqlite3-dev libmicrohttpd-dev zlib1g-dev \
-                  dataset-fashion-mnist
-TEST_PACKAGES  := python3 python3-numpy python3-torch
+                  libcurl4-openssl-dev dataset-fashion-mnist
+TEST_PACKAGES  := python3 python3-numpy python3-torch chromium
 BENCH_PACKAGES := libjemalloc2
 RESULTS_PACKAGES := python3-matplotlib
 
@@ -26,15 +26,25 @@ CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o)
 # the daemon's pieces, linked into distilld and the server tests
 SERVER_SRC := $(filter-out server/main.c,$(wildcard server/*.c))
 SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o)
+# the distill CLI (libcurl + jansson)
+CLIENT_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard client/*.c))
 C_TESTS  := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 
-.PHONY: all deps test-deps run test bench results clean
-all: $(BUILD)/distilld $(C_TESTS) $(BUILD)/tests/model_check
+.PHONY: all deps test-deps web-deps run test bench results clean
+all: $(BUILD)/distilld $(BUILD)/distill $(C_TESTS) $(BUILD)/tests/model_check
 
 deps:
 	@tools/install-packages $(BUILD_PACKAGES)
 test-deps:
 	@tools/install-packages $(BUILD_PACKAGES) $(TEST_PACKAGES)
+
+# The dashboard's npm packages (uPlot; playwright-core for the browser test) from
+# web/package-lock.json, again whenever the lock file is newer than the stamp.
+web-deps: web/node_modules/.installed
+web/node_modules/.installed: web/package-lock.json
+	@command -v npm >/dev/null || tools/install-packages nodejs npm
+	cd web && npm ci --no-audit --no-fund
+	@touch $@
 
 $(BUILD)/%.o: %.c $(wildcard core/*.h server/*.h) | $(BUILD)/core $(BUILD)/server $(BUILD)/tests
 	$(CC) $(CFLAGS) -c $< -o $@
@@ -51,16 +61,24 @@ $(BUILD)/libdistilld-server.a: $(SERVER_OBJ)
 $(BUILD)/distilld: $(BUILD)/server/main.o $(BUILD)/libdistilld-server.a $(BUILD)/libdistilld.a
 	$(CC) $^ $(LDLIBS) -o $@
 
+$(CLIENT_OBJ): $(wildcard client/*.h) | $(BUILD)/client
+
+$(BUILD)/client:
+	mkdir -p $@
+
+$(BUILD)/distill: $(CLIENT_OBJ)
+	$(CC) $^ -lcurl -ljansson $(if $(SANITIZER),-fsanitize=$(SANITIZER)) -o $@
+
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/libdistilld-server.a $(BUILD)/libdistilld.a
 	$(CC) $^ $(LDLIBS) -o $@
 
 # The daemon in the foreground with its defaults (127.0.0.1:8080, data in ./var);
 # on first start it submits the built-in demo job.
-run: deps
+run: deps web-deps
 	@$(MAKE) --no-print-directory $(BUILD)/distilld
 	./$(BUILD)/distilld serve --data-dir var --first-job recipes/demo.json
 
-test: test-deps
+test: test-deps web-deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) tests/run-all
 

@@ -95,6 +95,7 @@ static int stream_poll(EventStream *e) {
         e->last_id = events[i].id;
     }
     db_events_free(events, count);
+    if (count == EVENTS_PER_POLL) e->last_poll = 0; /* more are waiting: read on as soon as these are sent */
     if (finished && count < EVENTS_PER_POLL) {
         pending_puts(e, end);
         e->done = 1;
