@@ -38,7 +38,7 @@ typedef struct {
     double last_flush;
     long last_step;
     int stop_reason;
-    double last_poll;
+    double last_log;
 } JobRun;
 
 static double wall_seconds(void) {
@@ -99,7 +99,13 @@ static void on_step(void *ctx, const StepMetrics *m) {
                         (double)m->grad_norm, "images_per_second", (double)m->images_per_second, "eta_seconds",
                         m->eta_seconds));
     r->last_step = m->step;
-    if (now_seconds() - r->last_flush >= FLUSH_SECONDS) flush(r);
+    double now = now_seconds();
+    if (now - r->last_log >= 30.0 || m->step == m->total_steps) { /* progress in the daemon's log too */
+        r->last_log = now;
+        log_msg(LOG_INFO, "job %s: step %ld/%ld  loss %.4f  lr %.3e  %.0f img/s  ETA %.0f s", r->job_id, m->step,
+                m->total_steps, m->loss, m->lr, m->images_per_second, m->eta_seconds);
+    }
+    if (now - r->last_flush >= FLUSH_SECONDS) flush(r);
 }
 
 static void on_eval(void *ctx, const EvalMetrics *e) {
@@ -169,7 +175,8 @@ static void run_job(Workers *w, DbJob *job) {
         return;
     }
     spec.threads = w->cfg.threads_per_job;
-    JobRun r = {.workers = w, .db = w->cfg.db, .job_id = job->id, .events = json_array(), .last_flush = now_seconds()};
+    JobRun r = {.workers = w, .db = w->cfg.db, .job_id = job->id, .events = json_array(), .last_flush = now_seconds(),
+                .last_log = now_seconds()};
     TrainCallbacks cb = {.ctx = &r, .on_log = on_log, .on_step = on_step, .on_eval = on_eval,
                          .on_checkpoint = on_checkpoint, .should_stop = should_stop};
     TrainResult result;
