@@ -42,8 +42,8 @@ BIT_T='{"depth":[2,2,2,2],"base_width":32,"width":1,"gn_groups":8,"stem":"bit","
 BIT_S='{"depth":[1,1,1,1],"base_width":16,"width":1,"gn_groups":8,"stem":"bit","in_channels":3,"num_classes":102,"image_size":128}'
 
 # label | kind | model | teacher (or -) | warm-up | timed iterations
-# Iterations are sized so that the whole run stays around 10-15 minutes on 2 cores; the slow
-# 128 px measurements get fewer.
+# Iterations are sized so that a whole run takes ~7 minutes on a quiet 2-core machine (~12 under
+# load); the slow 128 px measurements get fewer.
 PLAN=(
     "fmnist R26 teacher|train|$FM_T|-|2|5"
     "fmnist R10 student|train|$FM_S|-|2|9"
