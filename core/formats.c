@@ -1,13 +1,16 @@
-/* formats.c - safetensors, .npy, IDX and IDX-backed datasets. See formats.h.
+/* formats.c - safetensors, .npy, .npz, IDX and IDX-backed datasets. See formats.h.
  *
  * How it works: each reader takes the file's header apart first (JSON via
  * jansson for safetensors, a small Python-literal parser for .npy, big-endian
- * u32 dims for IDX), checks every size and offset against the real length of
- * the file, and only then allocates and reads the data straight into the
- * output buffers. Multi-byte values are stored little-endian (IDX dims:
- * big-endian) and converted explicitly, so the code is also right on a
- * big-endian host. Writers build the whole file in memory and hand it to
- * write_file_atomic, so a crash never leaves a half-written file. */
+ * u32 dims for IDX; for .npz the zip end record, then the central directory,
+ * then each member's local header), checks every size and offset against the
+ * real length of the file, and only then allocates and reads the data
+ * straight into the output buffers (an .npz member is read or inflated
+ * into one buffer, then parsed as a .npy held in memory). Multi-byte values
+ * are stored little-endian (IDX dims: big-endian) and converted explicitly,
+ * so the code is also right on a big-endian host. Writers build the whole
+ * file in memory and hand it to write_file_atomic, so a crash never leaves a
+ * half-written file. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* fseeko */
 #endif
@@ -614,6 +617,63 @@ static int npy_parse_header(const char *path, const char *text, size_t len, NpyT
     return 0;
 }
 
+/* The fixed start of a .npy: magic, version and header length. `start`
+ * holds the first `have` bytes (12, or all of a shorter file) of a file (or
+ * zip member) of file_size bytes. `what` names it in messages. */
+static int npy_prefix(const char *what, const unsigned char *start, size_t have, int64_t file_size, int64_t *prefix,
+                      int64_t *header_len, char *err) {
+    if (have < 10 || memcmp(start, "\x93NUMPY", 6) != 0)
+        return set_error(err, "%s: not a .npy file (bad magic; expected \\x93NUMPY)", what);
+    int major = start[6], minor = start[7];
+    if (major == 1) {
+        *header_len = start[8] | (start[9] << 8);
+        *prefix = 10;
+    } else if (major == 2 || major == 3) {
+        if (have < 12) return set_error(err, "%s: .npy file truncated in its header", what);
+        *header_len = (int64_t)start[8] | ((int64_t)start[9] << 8) | ((int64_t)start[10] << 16) |
+                      ((int64_t)start[11] << 24);
+        *prefix = 12;
+    } else {
+        return set_error(err, "%s: unsupported .npy format version %d.%d", what, major, minor);
+    }
+    if (*header_len > NPY_MAX_HEADER || *header_len > file_size - *prefix)
+        return set_error(err, "%s: .npy header length %lld does not fit in the file (truncated?)", what,
+                         (long long)*header_len);
+    return 0;
+}
+
+/* The `available` bytes after the header must hold exactly the array. */
+static int npy_check_data_size(const char *what, const NpyType *type, int ndim, const int64_t *shape,
+                               int64_t available, int64_t *numel, char *err) {
+    *numel = checked_numel(ndim, shape, INT64_MAX / 8);
+    char shape_text[256];
+    format_shape(shape_text, sizeof shape_text, ndim, shape);
+    if (*numel < 0 || *numel * type->size > available)
+        return set_error(err, "%s: .npy data truncated: shape %s of %s needs %lld bytes, file has %lld", what,
+                         shape_text, type->descr, *numel < 0 ? -1LL : (long long)(*numel * type->size),
+                         (long long)available);
+    if (*numel * type->size < available)
+        return set_error(err, "%s: %lld trailing bytes after the .npy data (shape %s of %s)", what,
+                         (long long)(available - *numel * type->size), shape_text, type->descr);
+    return 0;
+}
+
+/* A whole .npy held in memory (a zip member): validates it and points *raw
+ * at its elements inside buf, converted in place to host byte order. */
+static int npy_parse_memory(const char *what, unsigned char *buf, size_t len, NpyType *type, int *ndim,
+                            int64_t *shape, unsigned char **raw, size_t *count, char *err) {
+    int64_t prefix, header_len, numel;
+    if (npy_prefix(what, buf, len < 12 ? len : 12, (int64_t)len, &prefix, &header_len, err) < 0) return -1;
+    if (npy_parse_header(what, (const char *)buf + prefix, (size_t)header_len, type, ndim, shape, err) < 0)
+        return -1;
+    if (npy_check_data_size(what, type, *ndim, shape, (int64_t)len - prefix - header_len, &numel, err) < 0)
+        return -1;
+    *raw = buf + prefix + header_len;
+    *count = (size_t)numel;
+    to_or_from_file_order(*raw, *count, (size_t)type->size, type->big_endian);
+    return 0;
+}
+
 /* Reads the header and the raw elements (converted to host byte order). */
 static int npy_read_raw(const char *path, NpyType *type, int *ndim, int64_t *shape, void **raw, size_t *count,
                         char *err) {
@@ -624,53 +684,16 @@ static int npy_read_raw(const char *path, NpyType *type, int *ndim, int64_t *sha
     int rc = -1;
     char *header = NULL;
     unsigned char pre[12];
-    size_t got = fread(pre, 1, 10, f);
-    if (got < 10 || memcmp(pre, "\x93NUMPY", 6) != 0) {
-        set_error(err, "%s: not a .npy file (bad magic; expected \\x93NUMPY)", path);
-        goto done;
-    }
-    int major = pre[6], minor = pre[7];
-    int64_t header_len, prefix;
-    if (major == 1) {
-        header_len = pre[8] | (pre[9] << 8);
-        prefix = 10;
-    } else if (major == 2 || major == 3) {
-        if (fread(pre + 10, 1, 2, f) != 2) {
-            set_error(err, "%s: .npy file truncated in its header", path);
-            goto done;
-        }
-        header_len = (int64_t)pre[8] | ((int64_t)pre[9] << 8) | ((int64_t)pre[10] << 16) | ((int64_t)pre[11] << 24);
-        prefix = 12;
-    } else {
-        set_error(err, "%s: unsupported .npy format version %d.%d", path, major, minor);
-        goto done;
-    }
-    if (header_len > NPY_MAX_HEADER || header_len > file_size - prefix) {
-        set_error(err, "%s: .npy header length %lld does not fit in the file (truncated?)", path,
-                  (long long)header_len);
-        goto done;
-    }
+    size_t got = fread(pre, 1, sizeof pre, f);
+    int64_t prefix, header_len, numel;
+    if (npy_prefix(path, pre, got, file_size, &prefix, &header_len, err) < 0) goto done;
     header = xcalloc((size_t)header_len + 1, 1);
-    if (fread(header, 1, (size_t)header_len, f) != (size_t)header_len) {
+    if (fseeko(f, (off_t)prefix, SEEK_SET) != 0 || fread(header, 1, (size_t)header_len, f) != (size_t)header_len) {
         set_error(err, "%s: cannot read the .npy header", path);
         goto done;
     }
     if (npy_parse_header(path, header, (size_t)header_len, type, ndim, shape, err) < 0) goto done;
-
-    int64_t available = file_size - prefix - header_len;
-    int64_t numel = checked_numel(*ndim, shape, INT64_MAX / 8);
-    char shape_text[256];
-    format_shape(shape_text, sizeof shape_text, *ndim, shape);
-    if (numel < 0 || numel * type->size > available) {
-        set_error(err, "%s: .npy data truncated: shape %s of %s needs %lld bytes, file has %lld", path, shape_text,
-                  type->descr, numel < 0 ? -1LL : (long long)(numel * type->size), (long long)available);
-        goto done;
-    }
-    if (numel * type->size < available) {
-        set_error(err, "%s: %lld trailing bytes after the .npy data (shape %s of %s)", path,
-                  (long long)(available - numel * type->size), shape_text, type->descr);
-        goto done;
-    }
+    if (npy_check_data_size(path, type, *ndim, shape, file_size - prefix - header_len, &numel, err) < 0) goto done;
     *raw = malloc((size_t)(numel * type->size) + 1);
     if (!*raw) {
         set_error(err, "%s: out of memory for %lld elements", path, (long long)numel);
@@ -824,6 +847,409 @@ int npy_write_f32(const char *path, const float *data, int ndim, const int64_t *
 
 int npy_write_i32(const char *path, const int32_t *data, int ndim, const int64_t *shape, char *err) {
     return npy_write(path, "<i4", data, ndim, shape, err);
+}
+
+/* ---- .npz (zip archives of .npy members) ---------------------------------- */
+
+/* Zip records (PKWARE APPNOTE 4.3): signatures and fixed sizes. */
+#define ZIP_LOCAL_SIG 0x04034b50u
+#define ZIP_CENTRAL_SIG 0x02014b50u
+#define ZIP_END_SIG 0x06054b50u
+#define ZIP64_END_SIG 0x06064b50u
+#define ZIP64_LOCATOR_SIG 0x07064b50u
+#define ZIP_LOCAL_SIZE 30
+#define ZIP_CENTRAL_SIZE 46
+#define ZIP_END_SIZE 22
+#define ZIP64_END_SIZE 56
+#define ZIP64_LOCATOR_SIZE 20
+#define ZIP_MAX_COMMENT 65535
+#define ZIP_FLAG_ENCRYPTED 0x0001
+#define ZIP_FLAG_DATA_DESCRIPTOR 0x0008
+#define ZIP_NO_VALUE32 0xFFFFFFFFu /* "see the zip64 extra field" */
+/* deflate never expands data by more than about 1032:1 */
+#define ZIP_MAX_INFLATE_RATIO 1100
+
+static uint16_t load_le16(const unsigned char *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
+static uint32_t load_le32(const unsigned char *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+typedef struct {
+    char *name; /* as stored in the central directory */
+    int method, flags;
+    uint32_t crc;
+    uint64_t compressed, uncompressed, local_offset;
+} ZipMember;
+
+int npz_is_zip(const char *path) {
+    unsigned char magic[4] = { 0 };
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    size_t n = fread(magic, 1, 4, f);
+    fclose(f);
+    /* PK\3\4 starts a member; PK\5\6 is the whole of an archive with none */
+    return n == 4 && magic[0] == 'P' && magic[1] == 'K' &&
+           ((magic[2] == 3 && magic[3] == 4) || (magic[2] == 5 && magic[3] == 6));
+}
+
+/* Reads len bytes at offset; callers have checked the range against the file. */
+static int read_at(FILE *f, const char *path, uint64_t offset, void *buf, size_t len, char *err) {
+    if (fseeko(f, (off_t)offset, SEEK_SET) != 0 || fread(buf, 1, len, f) != len)
+        return set_error(err, "%s: cannot read %zu bytes at offset %llu (file truncated or changed while reading?)",
+                         path, len, (unsigned long long)offset);
+    return 0;
+}
+
+/* Walks an extra field and applies the zip64 extended information record
+ * (id 0x0001): it holds, in this order, the 8-byte values of whichever of
+ * uncompressed size, compressed size and local header offset were stored as
+ * 0xFFFFFFFF (offset may be NULL in a local header, which has none). */
+static int zip_apply_zip64_extra(const char *path, const char *member, const unsigned char *extra, size_t len,
+                                 uint64_t *uncompressed, uint64_t *compressed, uint64_t *offset, char *err) {
+    size_t pos = 0;
+    while (pos < len) {
+        if (len - pos < 4)
+            return set_error(err, "%s: member %s: extra field is malformed (%zu stray bytes at its end)", path, member,
+                             len - pos);
+        unsigned id = load_le16(extra + pos), size = load_le16(extra + pos + 2);
+        if (size > len - pos - 4)
+            return set_error(err, "%s: member %s: extra field record 0x%04x of %u bytes overruns the %zu-byte extra "
+                                  "field", path, member, id, size, len);
+        if (id == 0x0001) {
+            const unsigned char *p = extra + pos + 4;
+            size_t left = size;
+            uint64_t *fields[3] = { uncompressed, compressed, offset };
+            for (int i = 0; i < 3; i++) {
+                if (!fields[i] || *fields[i] != ZIP_NO_VALUE32) continue;
+                if (left < 8)
+                    return set_error(err, "%s: member %s: zip64 extra field is too short for the sizes and offset "
+                                          "marked 0xFFFFFFFF", path, member);
+                *fields[i] = load_le64(p);
+                p += 8;
+                left -= 8;
+            }
+        }
+        pos += 4 + size;
+    }
+    return 0;
+}
+
+/* Finds the end-of-central-directory record (and the zip64 one if there is
+ * one) and reports where the central directory is. *limit is where the
+ * directory must end (the start of the end records). */
+static int zip_find_directory(const char *path, FILE *f, int64_t file_size, uint64_t *cd_offset, uint64_t *cd_size,
+                              uint64_t *entries, uint64_t *limit, char *err) {
+    if (file_size < ZIP_END_SIZE)
+        return set_error(err, "%s: not a zip (.npz) file: only %lld bytes, too short for a zip directory (truncated?)",
+                         path, (long long)file_size);
+    size_t tail_len = (size_t)(file_size < ZIP_END_SIZE + ZIP_MAX_COMMENT ? file_size : ZIP_END_SIZE + ZIP_MAX_COMMENT);
+    uint64_t tail_start = (uint64_t)file_size - tail_len;
+    unsigned char *tail = xcalloc(tail_len, 1);
+    if (read_at(f, path, tail_start, tail, tail_len, err) < 0) {
+        free(tail);
+        return -1;
+    }
+    /* the last signature whose comment runs exactly to the end of the file */
+    size_t at = tail_len - ZIP_END_SIZE;
+    int found = 0;
+    for (;; at--) {
+        if (load_le32(tail + at) == ZIP_END_SIG && at + ZIP_END_SIZE + load_le16(tail + at + 20) == tail_len) {
+            found = 1;
+            break;
+        }
+        if (at == 0) break;
+    }
+    if (!found) {
+        free(tail);
+        return set_error(err, "%s: no zip end-of-central-directory record at the end of the file (truncated, or not a "
+                              "zip file)", path);
+    }
+    const unsigned char *end = tail + at;
+    unsigned disk = load_le16(end + 4), cd_disk = load_le16(end + 6);
+    uint64_t disk_entries = load_le16(end + 8);
+    *entries = load_le16(end + 10);
+    *cd_size = load_le32(end + 12);
+    *cd_offset = load_le32(end + 16);
+    *limit = tail_start + at;
+    free(tail);
+
+    unsigned char loc[ZIP64_LOCATOR_SIZE];
+    if (*limit >= ZIP64_LOCATOR_SIZE && read_at(f, path, *limit - ZIP64_LOCATOR_SIZE, loc, sizeof loc, err) == 0 &&
+        load_le32(loc) == ZIP64_LOCATOR_SIG) {
+        uint64_t z64_offset = load_le64(loc + 8);
+        if (load_le32(loc + 4) != 0 || load_le32(loc + 16) > 1)
+            return set_error(err, "%s: multi-disk (split) zip archives are not supported", path);
+        if (z64_offset > *limit - ZIP64_LOCATOR_SIZE || *limit - ZIP64_LOCATOR_SIZE - z64_offset < ZIP64_END_SIZE)
+            return set_error(err, "%s: zip64 end-of-central-directory locator points at offset %llu, outside the file's "
+                                  "%llu bytes before it", path, (unsigned long long)z64_offset,
+                             (unsigned long long)(*limit - ZIP64_LOCATOR_SIZE));
+        unsigned char z[ZIP64_END_SIZE];
+        if (read_at(f, path, z64_offset, z, sizeof z, err) < 0) return -1;
+        if (load_le32(z) != ZIP64_END_SIG)
+            return set_error(err, "%s: no zip64 end-of-central-directory record at offset %llu (bad signature)", path,
+                             (unsigned long long)z64_offset);
+        disk = load_le32(z + 16);
+        cd_disk = load_le32(z + 20);
+        disk_entries = load_le64(z + 24);
+        *entries = load_le64(z + 32);
+        *cd_size = load_le64(z + 40);
+        *cd_offset = load_le64(z + 48);
+        *limit = z64_offset;
+    }
+    if (disk != 0 || cd_disk != 0 || disk_entries != *entries)
+        return set_error(err, "%s: multi-disk (split) zip archives are not supported", path);
+    if (*cd_offset > *limit || *cd_size > *limit - *cd_offset)
+        return set_error(err, "%s: central directory at offset %llu, %llu bytes, reaches past its end record at %llu "
+                              "(truncated or corrupt zip file)", path, (unsigned long long)*cd_offset,
+                         (unsigned long long)*cd_size, (unsigned long long)*limit);
+    if (*entries > *cd_size / ZIP_CENTRAL_SIZE)
+        return set_error(err, "%s: zip directory claims %llu members, more than its %llu bytes can hold", path,
+                         (unsigned long long)*entries, (unsigned long long)*cd_size);
+    return 0;
+}
+
+/* Parses the central directory into members[entries]. */
+static int zip_parse_directory(const char *path, const unsigned char *cd, uint64_t cd_size, uint64_t entries,
+                               ZipMember *members, char *err) {
+    uint64_t pos = 0;
+    for (uint64_t k = 0; k < entries; k++) {
+        ZipMember *m = &members[k];
+        if (cd_size - pos < ZIP_CENTRAL_SIZE || load_le32(cd + pos) != ZIP_CENTRAL_SIG)
+            return set_error(err, "%s: central directory entry %llu of %llu is missing or has a bad signature", path,
+                             (unsigned long long)k + 1, (unsigned long long)entries);
+        const unsigned char *h = cd + pos;
+        size_t name_len = load_le16(h + 28), extra_len = load_le16(h + 30), comment_len = load_le16(h + 32);
+        if (cd_size - pos - ZIP_CENTRAL_SIZE < name_len + extra_len + comment_len)
+            return set_error(err, "%s: central directory entry %llu overruns the directory", path,
+                             (unsigned long long)k + 1);
+        const unsigned char *name = h + ZIP_CENTRAL_SIZE;
+        if (name_len == 0 || memchr(name, 0, name_len))
+            return set_error(err, "%s: central directory entry %llu has an empty name or one with a NUL byte", path,
+                             (unsigned long long)k + 1);
+        m->name = xcalloc(name_len + 1, 1);
+        memcpy(m->name, name, name_len);
+        m->flags = load_le16(h + 8);
+        m->method = load_le16(h + 10);
+        m->crc = load_le32(h + 16);
+        m->compressed = load_le32(h + 20);
+        m->uncompressed = load_le32(h + 24);
+        m->local_offset = load_le32(h + 42);
+        unsigned start_disk = load_le16(h + 34);
+        if (zip_apply_zip64_extra(path, m->name, name + name_len, extra_len, &m->uncompressed, &m->compressed,
+                                  &m->local_offset, err) < 0)
+            return -1;
+        if (start_disk != 0 && start_disk != 0xFFFF)
+            return set_error(err, "%s: member %s is on disk %u; multi-disk zip archives are not supported", path,
+                             m->name, start_disk);
+        if (m->flags & ZIP_FLAG_ENCRYPTED)
+            return set_error(err, "%s: member %s is encrypted; encrypted archives are not supported", path, m->name);
+        if (m->method != 0 && m->method != 8)
+            return set_error(err, "%s: member %s uses compression method %d; only 0 (stored) and 8 (deflated) are "
+                                  "supported", path, m->name, m->method);
+        if (name_len <= 4 || strcmp(m->name + name_len - 4, ".npy") != 0)
+            return set_error(err, "%s: member %s is not a .npy array (an .npz holds only NAME.npy members)", path,
+                             m->name);
+        for (uint64_t j = 0; j < k; j++)
+            if (strcmp(members[j].name, m->name) == 0)
+                return set_error(err, "%s: member %s appears twice in the zip directory", path, m->name);
+        pos += ZIP_CENTRAL_SIZE + name_len + extra_len + comment_len;
+    }
+    if (pos != cd_size)
+        return set_error(err, "%s: %llu unexpected bytes after the %llu entries of the zip central directory", path,
+                         (unsigned long long)(cd_size - pos), (unsigned long long)entries);
+    return 0;
+}
+
+/* Checks a member's local header against its directory entry and returns
+ * where its data starts. Members must lie before the central directory. */
+static int zip_member_data_offset(const char *path, FILE *f, const ZipMember *m, uint64_t cd_offset,
+                                  uint64_t *data_offset, char *err) {
+    unsigned char h[ZIP_LOCAL_SIZE];
+    if (m->local_offset > cd_offset || cd_offset - m->local_offset < ZIP_LOCAL_SIZE)
+        return set_error(err, "%s: member %s: local header offset %llu is outside the %llu bytes before the central "
+                              "directory", path, m->name, (unsigned long long)m->local_offset,
+                         (unsigned long long)cd_offset);
+    if (read_at(f, path, m->local_offset, h, sizeof h, err) < 0) return -1;
+    if (load_le32(h) != ZIP_LOCAL_SIG)
+        return set_error(err, "%s: member %s: no local file header at offset %llu (bad signature)", path, m->name,
+                         (unsigned long long)m->local_offset);
+    size_t name_len = load_le16(h + 26), extra_len = load_le16(h + 28);
+    uint64_t header_end = m->local_offset + ZIP_LOCAL_SIZE + name_len + extra_len;
+    if (header_end > cd_offset)
+        return set_error(err, "%s: member %s: local header runs into the central directory", path, m->name);
+    unsigned char *rest = xcalloc(name_len + extra_len + 1, 1);
+    int rc = read_at(f, path, m->local_offset + ZIP_LOCAL_SIZE, rest, name_len + extra_len, err);
+    if (rc == 0 && (name_len != strlen(m->name) || memcmp(rest, m->name, name_len) != 0))
+        rc = set_error(err, "%s: member %s: its local header names it %.*s", path, m->name, (int)name_len, rest);
+    if (rc == 0 && load_le16(h + 8) != m->method)
+        rc = set_error(err, "%s: member %s: local header says compression method %d, the directory %d", path,
+                       m->name, load_le16(h + 8), m->method);
+    uint64_t compressed = load_le32(h + 18), uncompressed = load_le32(h + 22);
+    if (rc == 0)
+        rc = zip_apply_zip64_extra(path, m->name, rest + name_len, extra_len, &uncompressed, &compressed, NULL, err);
+    /* with a data descriptor (flag bit 3) the local CRC and sizes may be zero */
+    if (rc == 0 && !(load_le16(h + 6) & ZIP_FLAG_DATA_DESCRIPTOR) &&
+        (load_le32(h + 14) != m->crc || compressed != m->compressed || uncompressed != m->uncompressed))
+        rc = set_error(err, "%s: member %s: local header (CRC %08x, %llu -> %llu bytes) disagrees with the central "
+                            "directory (CRC %08x, %llu -> %llu bytes)", path, m->name, load_le32(h + 14),
+                       (unsigned long long)compressed, (unsigned long long)uncompressed, m->crc,
+                       (unsigned long long)m->compressed, (unsigned long long)m->uncompressed);
+    free(rest);
+    if (rc < 0) return -1;
+    if (m->compressed > cd_offset - header_end)
+        return set_error(err, "%s: member %s: its %llu bytes of data at offset %llu reach past the central directory "
+                              "(truncated or corrupt zip file)", path, m->name, (unsigned long long)m->compressed,
+                         (unsigned long long)header_end);
+    *data_offset = header_end;
+    return 0;
+}
+
+static uint32_t crc32_of(const unsigned char *data, size_t len) {
+    uLong crc = crc32(0L, Z_NULL, 0);
+    while (len > 0) {
+        uInt chunk = len > (1u << 30) ? (1u << 30) : (uInt)len;
+        crc = crc32(crc, data, chunk);
+        data += chunk;
+        len -= chunk;
+    }
+    return (uint32_t)crc;
+}
+
+/* Raw deflate (no zlib or gzip wrapper) from `in` into exactly out_len bytes. */
+static int zip_inflate(const char *path, const char *member, const unsigned char *in, size_t in_len,
+                       unsigned char *out, size_t out_len, char *err) {
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    if (inflateInit2(&z, -15) != Z_OK) return set_error(err, "%s: cannot initialise zlib", path);
+    int zrc = Z_OK;
+    size_t in_left = in_len, out_left = out_len + 1; /* one spare byte to notice too much output */
+    z.next_in = (unsigned char *)in;
+    z.next_out = out;
+    while (zrc == Z_OK) {
+        if (z.avail_in == 0 && in_left > 0) {
+            z.avail_in = in_left > (1u << 30) ? (1u << 30) : (uInt)in_left;
+            in_left -= z.avail_in;
+        }
+        if (z.avail_out == 0 && out_left > 0) {
+            z.avail_out = out_left > (1u << 30) ? (1u << 30) : (uInt)out_left;
+            out_left -= z.avail_out;
+        }
+        zrc = inflate(&z, Z_NO_FLUSH);
+        if (zrc == Z_BUF_ERROR && (z.avail_in > 0 || in_left > 0) && (z.avail_out > 0 || out_left > 0)) zrc = Z_OK;
+    }
+    size_t produced = (size_t)z.total_out, consumed = (size_t)z.total_in;
+    const char *msg = z.msg ? z.msg : zError(zrc);
+    inflateEnd(&z);
+    if (produced > out_len)
+        return set_error(err, "%s: member %s: deflate data inflates to more than the %zu bytes the zip directory says",
+                         path, member, out_len);
+    if (zrc == Z_DATA_ERROR || zrc == Z_NEED_DICT)
+        return set_error(err, "%s: member %s: corrupt deflate data: %s", path, member, msg);
+    if (zrc != Z_STREAM_END)
+        return set_error(err, "%s: member %s: deflate data ends early after %zu of %zu bytes (truncated?)", path,
+                         member, consumed, in_len);
+    if (produced != out_len)
+        return set_error(err, "%s: member %s: deflate data inflates to %zu bytes, the zip directory says %zu", path,
+                         member, produced, out_len);
+    if (consumed != in_len)
+        return set_error(err, "%s: member %s: %zu bytes after the end of its deflate data", path, member,
+                         in_len - consumed);
+    return 0;
+}
+
+/* Reads one member: decompresses, checks its CRC-32 and parses it as a .npy
+ * into t (float32, named without ".npy"). */
+static int npz_read_member(const char *path, FILE *f, const ZipMember *m, uint64_t cd_offset, StTensor *t,
+                           char *err) {
+    uint64_t data_offset = 0;
+    if (zip_member_data_offset(path, f, m, cd_offset, &data_offset, err) < 0) return -1;
+    if (m->method == 0 && m->compressed != m->uncompressed)
+        return set_error(err, "%s: member %s is stored (not compressed) but its sizes differ: %llu and %llu bytes", path,
+                         m->name, (unsigned long long)m->compressed, (unsigned long long)m->uncompressed);
+    if (m->method == 8 && m->uncompressed / ZIP_MAX_INFLATE_RATIO > m->compressed)
+        return set_error(err, "%s: member %s claims %llu bytes from %llu deflated ones, more than deflate can produce",
+                         path, m->name, (unsigned long long)m->uncompressed, (unsigned long long)m->compressed);
+    if (m->uncompressed > (uint64_t)SIZE_MAX / 2)
+        return set_error(err, "%s: member %s is too large (%llu bytes)", path, m->name,
+                         (unsigned long long)m->uncompressed);
+    size_t len = (size_t)m->uncompressed;
+    unsigned char *buf = malloc(len + 1), *packed = NULL;
+    if (!buf) return set_error(err, "%s: member %s: out of memory for %zu bytes", path, m->name, len);
+    int rc;
+    if (m->method == 0) {
+        rc = read_at(f, path, data_offset, buf, len, err);
+    } else {
+        packed = malloc((size_t)m->compressed + 1);
+        rc = packed ? read_at(f, path, data_offset, packed, (size_t)m->compressed, err)
+                    : set_error(err, "%s: member %s: out of memory for %llu bytes", path, m->name,
+                                (unsigned long long)m->compressed);
+        if (rc == 0) rc = zip_inflate(path, m->name, packed, (size_t)m->compressed, buf, len, err);
+        free(packed);
+    }
+    uint32_t crc = rc == 0 ? crc32_of(buf, len) : 0;
+    if (rc == 0 && crc != m->crc)
+        rc = set_error(err, "%s: member %s: CRC-32 mismatch (directory %08x, data %08x): the archive is corrupt", path,
+                       m->name, m->crc, crc);
+
+    char what[ERR_LEN];
+    snprintf(what, sizeof what, "%s: member %s", path, m->name);
+    NpyType type;
+    unsigned char *raw = NULL;
+    size_t count = 0;
+    if (rc == 0) rc = npy_parse_memory(what, buf, len, &type, &t->ndim, t->shape, &raw, &count, err);
+    if (rc == 0 && type.kind == 'f' && type.size == 4) {
+        /* already float32 in host order: move it to the front and keep the buffer */
+        memmove(buf, raw, count * sizeof(float));
+        float *shrunk = realloc(buf, count * sizeof(float) + 1);
+        t->data = shrunk ? shrunk : (float *)buf;
+        buf = NULL;
+    } else if (rc == 0) {
+        t->data = malloc(count * sizeof(float) + 1);
+        if (!t->data)
+            rc = set_error(err, "%s: out of memory converting %zu elements", what, count);
+        for (size_t i = 0; rc == 0 && i < count; i++) t->data[i] = (float)npy_element_double(&type, raw, i);
+    }
+    free(buf);
+    if (rc < 0) return -1;
+    size_t name_len = strlen(m->name) - 4;
+    t->name = xcalloc(name_len + 1, 1);
+    memcpy(t->name, m->name, name_len);
+    return 0;
+}
+
+int npz_read(const char *path, StFile *out, char *err) {
+    memset(out, 0, sizeof *out);
+    int64_t file_size;
+    FILE *f = open_regular(path, &file_size, err);
+    if (!f) return -1;
+    unsigned char magic[4] = { 0 };
+    size_t got = fread(magic, 1, 4, f);
+    int rc = 0;
+    if (got < 4 || memcmp(magic, "PK", 2) != 0 || !((magic[2] == 3 && magic[3] == 4) || (magic[2] == 5 && magic[3] == 6)))
+        rc = set_error(err, "%s: not a zip (.npz) file (bad magic %02x %02x %02x %02x; expected PK\\3\\4)", path,
+                       magic[0], magic[1], magic[2], magic[3]);
+    uint64_t cd_offset = 0, cd_size = 0, entries = 0, limit = 0;
+    if (rc == 0) rc = zip_find_directory(path, f, file_size, &cd_offset, &cd_size, &entries, &limit, err);
+    unsigned char *cd = NULL;
+    ZipMember *members = NULL;
+    if (rc == 0) {
+        cd = xcalloc((size_t)cd_size + 1, 1);
+        members = xcalloc((size_t)entries + 1, sizeof *members);
+        rc = read_at(f, path, cd_offset, cd, (size_t)cd_size, err);
+    }
+    if (rc == 0) rc = zip_parse_directory(path, cd, cd_size, entries, members, err);
+    if (rc == 0) out->tensors = xcalloc((size_t)entries + 1, sizeof(StTensor));
+    for (uint64_t k = 0; rc == 0 && k < entries; k++) {
+        rc = npz_read_member(path, f, &members[k], cd_offset, &out->tensors[k], err);
+        if (rc == 0) out->count++;
+    }
+    for (uint64_t k = 0; members && k < entries; k++) free(members[k].name);
+    free(members);
+    free(cd);
+    fclose(f);
+    if (rc < 0) safetensors_free(out);
+    return rc;
 }
 
 /* ---- IDX ------------------------------------------------------------------ */

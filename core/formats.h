@@ -4,6 +4,7 @@
  *                plus string->string metadata; writes are atomic and
  *                deterministic (same StFile -> same bytes).
  *   .npy         numpy arrays (teacher logits, labels, test references).
+ *   .npz         zip archives of .npy arrays (BiT checkpoints), read only.
  *   IDX          MNIST-style files, plain or gzip-compressed (uint8 only).
  *   Dataset      images + labels built from IDX files, including the
  *                built-in Fashion-MNIST from Debian's dataset-fashion-mnist.
@@ -65,6 +66,21 @@ int npy_read_i32(const char *path, int32_t **data, int *ndim, int64_t shape[FORM
  * bytes, via write_file_atomic. ndim may be 0 (a scalar). */
 int npy_write_f32(const char *path, const float *data, int ndim, const int64_t *shape, char *err);
 int npy_write_i32(const char *path, const int32_t *data, int ndim, const int64_t *shape, char *err);
+
+/* ---- .npz (zip archives of .npy members, as numpy's savez writes) ------- */
+
+/* Reads every member of an .npz as a float32 tensor (any dtype npy_read_f32
+ * takes) named without its ".npy" suffix, in central-directory order; no
+ * metadata. Members may be stored or deflated; zip64 records and extra
+ * fields are understood; CRC-32s are checked. Refuses anything else (other
+ * methods, encryption, split archives, members that are not .npy, duplicate
+ * names, truncated or inconsistent records), naming the file and member.
+ * Release *out with safetensors_free. */
+int npz_read(const char *path, StFile *out, char *err);
+
+/* 1 if the file starts like a zip archive ("PK\3\4", or "PK\5\6" for one
+ * with no members), else 0 (also when it cannot be read). */
+int npz_is_zip(const char *path);
 
 /* ---- IDX (MNIST format) ------------------------------------------------- */
 

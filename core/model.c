@@ -657,14 +657,152 @@ static int refuse_extra_tensors(const Model *m, const StFile *f, const char *con
     return 0;
 }
 
-int model_load(Model **out, const char *path, int batch_capacity, char *err) {
+/* --------------------------------------------------- BiT .npz checkpoints */
+
+/* A BiT .npz (big_transfer's BiT-M-R50x1.npz, say) holds the same tensors
+ * under the same names and layouts as our files, but no metadata: the
+ * architecture is read off the names and shapes instead. */
+
+#define NPZ_ROOT_KERNEL "resnet/root_block/standardized_conv2d/kernel"
+#define NPZ_HEAD_KERNEL "resnet/head/conv2d/kernel"
+#define NPZ_GN_GROUPS 32       /* every BiT model */
+#define NPZ_BIT_IMAGE_SIZE 224 /* BiT's own resolution */
+#define NPZ_SMALL_IMAGE_SIZE 28
+
+/* Some exports number their convolutions (standardized_conv2d_1, _2, ...);
+ * each such path component becomes standardized_conv2d. */
+static int npz_normalize_names(StFile *f, const char *path, char *err) {
+    static const char stem[] = "standardized_conv2d";
+    const size_t stem_len = sizeof stem - 1;
+    for (int i = 0; i < f->count; i++) {
+        char *name = f->tensors[i].name, *w = name;
+        for (const char *r = name; *r;) {
+            const char *end = strchr(r, '/');
+            size_t len = end ? (size_t)(end - r) : strlen(r);
+            size_t digits = 0;
+            if (len > stem_len + 1 && memcmp(r, stem, stem_len) == 0 && r[stem_len] == '_')
+                while (stem_len + 1 + digits < len && r[stem_len + 1 + digits] >= '0' && r[stem_len + 1 + digits] <= '9')
+                    digits++;
+            size_t keep = digits > 0 && stem_len + 1 + digits == len ? stem_len : len;
+            memmove(w, r, keep);
+            w += keep;
+            r += len;
+            if (*r == '/') *w++ = *r++;
+        }
+        *w = 0;
+    }
+    for (int i = 0; i < f->count; i++)
+        for (int j = 0; j < i; j++)
+            if (strcmp(f->tensors[i].name, f->tensors[j].name) == 0)
+                return set_error(err, "%s: two members are both tensor %s once standardized_conv2d_N is read as "
+                                      "standardized_conv2d", path, f->tensors[i].name);
+    return 0;
+}
+
+static void shape_text(char *out, size_t size, const StTensor *t) {
+    size_t n = 0;
+    out[0] = 0;
+    for (int k = 0; k < t->ndim && n + 24 < size; k++)
+        n += (size_t)snprintf(out + n, size - n, "%s%lld", k ? "," : "", (long long)t->shape[k]);
+}
+
+/* depth from the unit names, widths from the root conv, stem from its kernel
+ * size, classes from the head; see model_load_sized. */
+static int config_from_npz(ModelConfig *c, const StFile *f, int image_size, const char *path, char *err) {
+    model_config_defaults(c); /* BiT normalization: mean 0.5, std 0.5 */
+    char got[96];
+    const StTensor *root = safetensors_find(f, NPZ_ROOT_KERNEL);
+    if (!root) return set_error(err, "%s: missing tensor %s (not a BiT ResNetV2 checkpoint?)", path, NPZ_ROOT_KERNEL);
+    shape_text(got, sizeof got, root);
+    if (root->ndim != 4 || root->shape[0] != root->shape[1] || (root->shape[0] != 7 && root->shape[0] != 3) ||
+        root->shape[2] < 1 || root->shape[2] > MODEL_MAX_CHANNELS || root->shape[3] < 1 || root->shape[3] > 1 << 20)
+        return set_error(err, "%s: tensor %s has shape [%s]; a BiT root kernel is [7,7,C,W] or [3,3,C,W] (HWIO) "
+                              "with 1..%d input channels", path, NPZ_ROOT_KERNEL, got, MODEL_MAX_CHANNELS);
+    c->stem = root->shape[0] == 7 ? STEM_BIT : STEM_SMALL;
+    c->in_channels = (int)root->shape[2];
+    int root_width = (int)root->shape[3];
+    if (root_width % NPZ_GN_GROUPS != 0)
+        return set_error(err, "%s: the root conv has %d output channels, not a multiple of the %d GroupNorm groups "
+                              "every BiT model has; refusing to guess another group count", path, root_width,
+                         NPZ_GN_GROUPS);
+    c->gn_groups = NPZ_GN_GROUPS;
+    /* only base_width*width matters; name it as BiT does (R50x3: 64 x 3) */
+    if (root_width % 64 == 0 && root_width / 64 <= 64)
+        c->base_width = 64, c->width = root_width / 64;
+    else
+        c->base_width = root_width, c->width = 1;
+
+    memset(c->depth, 0, sizeof c->depth);
+    c->num_stages = 0;
+    for (int i = 0; i < f->count; i++) {
+        int s, u, used = 0;
+        if (sscanf(f->tensors[i].name, "resnet/block%d/unit%d/%n", &s, &u, &used) != 2 || used == 0) continue;
+        if (s < 1 || s > MODEL_MAX_STAGES || u < 1 || u > 99)
+            return set_error(err, "%s: tensor %s: stage %d, unit %d is out of range (stages 1..%d, units 1..99)", path,
+                             f->tensors[i].name, s, u, MODEL_MAX_STAGES);
+        if (u > c->depth[s - 1]) c->depth[s - 1] = u;
+        if (s > c->num_stages) c->num_stages = s;
+    }
+    if (c->num_stages == 0)
+        return set_error(err, "%s: no resnet/block1/unit01/... tensors (not a BiT ResNetV2 checkpoint?)", path);
+    for (int s = 0; s < c->num_stages; s++)
+        if (c->depth[s] == 0)
+            return set_error(err, "%s: there are tensors of stage %d but none of stage %d (resnet/block%d/...)", path,
+                             c->num_stages, s + 1, s + 1);
+
+    const StTensor *head = safetensors_find(f, NPZ_HEAD_KERNEL);
+    if (!head) return set_error(err, "%s: missing tensor %s", path, NPZ_HEAD_KERNEL);
+    shape_text(got, sizeof got, head);
+    if (head->ndim != 4 || head->shape[0] != 1 || head->shape[1] != 1 || head->shape[3] < 1 || head->shape[3] > 1 << 20)
+        return set_error(err, "%s: tensor %s has shape [%s]; the BiT head kernel is [1,1,C,classes]", path,
+                         NPZ_HEAD_KERNEL, got);
+    c->num_classes = (int)head->shape[3];
+    c->image_size = image_size > 0 ? image_size : c->stem == STEM_BIT ? NPZ_BIT_IMAGE_SIZE : NPZ_SMALL_IMAGE_SIZE;
+    char why[ERR_LEN];
+    if (model_config_validate(c, why) != 0)
+        return set_error(err, "%s: architecture inferred from the tensors: %s", path, why);
+    return 0;
+}
+
+/* Every tensor of the inferred architecture is there with its shape. */
+static int npz_check_tensors(const Model *m, const StFile *f, const char *path, char *err) {
+    const ModelConfig *c = &m->cfg;
+    char depth[64] = "";
+    for (int s = 0, n = 0; s < c->num_stages; s++)
+        n += snprintf(depth + n, sizeof depth - (size_t)n, "%s%d", s ? "," : "", c->depth[s]);
+    for (int i = 0; i < m->num_params; i++) {
+        const ParamInfo *p = &m->params[i];
+        StTensor want = {0};
+        file_shape(p, &want.ndim, want.shape);
+        char want_text[96], got_text[96];
+        shape_text(want_text, sizeof want_text, &want);
+        const StTensor *t = safetensors_find(f, p->name);
+        if (!t)
+            return set_error(err, "%s: missing tensor %s [%s] (inferred: depth [%s], root width %d, %s stem, %d "
+                                  "classes)", path, p->name, want_text, depth, c->base_width * c->width,
+                             c->stem == STEM_BIT ? "bit" : "small", c->num_classes);
+        int same = t->ndim == want.ndim;
+        for (int k = 0; same && k < want.ndim; k++) same = t->shape[k] == want.shape[k];
+        shape_text(got_text, sizeof got_text, t);
+        if (!same)
+            return set_error(err, "%s: tensor %s has shape [%s] but needs [%s] (inferred: depth [%s], root width %d, "
+                                  "%s stem, %d classes)", path, p->name, got_text, want_text, depth,
+                             c->base_width * c->width, c->stem == STEM_BIT ? "bit" : "small", c->num_classes);
+    }
+    return 0;
+}
+
+int model_load_sized(Model **out, const char *path, int batch_capacity, int image_size, char *err) {
     *out = NULL;
     StFile f = {0};
-    if (safetensors_read(path, &f, err) != 0) return -1;
+    int npz = npz_is_zip(path);
+    if ((npz ? npz_read(path, &f, err) : safetensors_read(path, &f, err)) != 0) return -1;
     ModelConfig c;
     Model *m = NULL;
-    int rc = config_from_file(&c, &f, path, err);
+    int rc = npz ? npz_normalize_names(&f, path, err) : 0;
+    if (!rc) rc = npz ? config_from_npz(&c, &f, image_size, path, err) : config_from_file(&c, &f, path, err);
     if (!rc) rc = model_create(&m, &c, batch_capacity, err);
+    if (!rc && npz) rc = npz_check_tensors(m, &f, path, err);
     const char *prefixes[] = {""};
     if (!rc) rc = block_from_file(m, m->weights, "", &f, path, err);
     if (!rc) rc = refuse_extra_tensors(m, &f, prefixes, 1, path, err);
@@ -676,6 +814,10 @@ int model_load(Model **out, const char *path, int batch_capacity, char *err) {
     m->w_hat_valid = 0;
     *out = m;
     return 0;
+}
+
+int model_load(Model **out, const char *path, int batch_capacity, char *err) {
+    return model_load_sized(out, path, batch_capacity, 0, err);
 }
 
 /* ------------------------------------------------------------- checkpoints */

@@ -4,7 +4,8 @@
  * Parameters, gradients, Adam moments and activations each live in one
  * allocation, laid out by a table built from the configuration. In memory a
  * conv kernel is (Cout, Cin, KH, KW) and the head is (K, C); weight files
- * use BiT's HWIO layout and names (see model_save / model_load). */
+ * use BiT's HWIO layout and names (see model_save / model_load), so BiT's
+ * own .npz checkpoints load too. */
 #ifndef DISTILLD_MODEL_H
 #define DISTILLD_MODEL_H
 
@@ -121,8 +122,22 @@ void model_backward(Model *m, const float *dlogits, int batch);
 
 /* Weights I/O: safetensors with BiT names, HWIO kernels, architecture in __metadata__. */
 int model_save(const Model *m, const char *path, char *err);
-/* Reads a weights file's architecture and builds a model with its weights. */
+/* Reads a weights file's architecture and builds a model with its weights.
+ * The file is our safetensors (architecture in __metadata__) or a BiT .npz
+ * checkpoint (told apart by the zip magic, not the name): its architecture
+ * is inferred from the tensors - depth from the block{s}/unit{NN} names,
+ * base_width*width from the root conv's output channels (written 64 x w when
+ * divisible, else that width x 1; only the product matters), stem "bit" for
+ * a 7x7 root kernel and "small" for 3x3, in_channels and num_classes from the
+ * root and head kernels, gn_groups 32 (a root width not divisible by 32 is
+ * refused), BiT's normalization (mean 0.5, std 0.5), and image_size 224
+ * ("bit") or 28 ("small"). Conv names numbered standardized_conv2d_N are read
+ * as standardized_conv2d. Missing, extra or mis-shaped tensors are refused. */
 int model_load(Model **out, const char *path, int batch_capacity, char *err);
+/* The same, but a .npz (which records no input size) is built for
+ * image_size-px images when image_size > 0; a safetensors file keeps the size
+ * in its metadata. */
+int model_load_sized(Model **out, const char *path, int batch_capacity, int image_size, char *err);
 /* Saves any block (gradients, say) under the model's names and layouts. */
 int model_save_block(const Model *m, const float *block, const char *path, char *err);
 

@@ -112,7 +112,9 @@ static int load_teacher(Run *r, char *err) {
     if (s->kind != JOB_DISTILL) return 0;
     if (!s->teacher[0]) return set_error(err, "teacher: job %s must be resolved to a weights file first", s->teacher_job);
     char why[ERR_LEN];
-    if (model_load(&r->teacher, s->teacher, s->batch_size, why) != 0) return set_error(err, "teacher: %s", why);
+    /* a BiT .npz records no input size: it runs at the student's */
+    if (model_load_sized(&r->teacher, s->teacher, s->batch_size, s->model.image_size, why) != 0)
+        return set_error(err, "teacher: %s", why);
     const ModelConfig *t = &r->teacher->cfg, *m = &s->model;
     if (t->num_classes != m->num_classes)
         return set_error(err, "teacher: it predicts %d classes but the student (and dataset) have %d", t->num_classes,

@@ -1,11 +1,13 @@
-/* test_formats.c - tests for core/formats.c: safetensors, .npy, IDX, datasets.
+/* test_formats.c - tests for core/formats.c: safetensors, .npy, .npz, IDX, datasets.
  *
  * How it works: every case writes its files into one mkdtemp directory under
  * /tmp (removed at the end). Valid files are round-tripped and compared bit by
  * bit; invalid ones are crafted byte by byte and each refusal must return < 0
  * with a message naming the file and the problem. numpy (/usr/bin/python3) is
- * used, when present, to write files for us to read and to read ours. The
- * real Fashion-MNIST from Debian's dataset-fashion-mnist is checked last. */
+ * used, when present, to write files for us to read and to read ours. Zip
+ * archives (.npz) are built byte by byte too, then tampered with field by
+ * field. The real Fashion-MNIST from Debian's dataset-fashion-mnist is
+ * checked last. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* memmem */
 #endif
@@ -544,6 +546,420 @@ static void test_npy_refusals(void) {
           "write negative shape: %s", err);
 }
 
+/* ---- .npz ----------------------------------------------------------------- */
+
+/* A growing byte buffer for building zip archives by hand. */
+typedef struct {
+    unsigned char *p;
+    size_t len, cap;
+} Bytes;
+
+static void bytes_put(Bytes *b, const void *data, size_t n) {
+    if (b->len + n > b->cap) {
+        b->cap = (b->len + n) * 2 + 64;
+        b->p = realloc(b->p, b->cap);
+        if (!b->p) exit(2);
+    }
+    if (n) memcpy(b->p + b->len, data, n);
+    b->len += n;
+}
+
+static void bytes_le(Bytes *b, uint64_t v, int width) {
+    unsigned char t[8];
+    for (int i = 0; i < width; i++) t[i] = (unsigned char)(v >> (8 * i));
+    bytes_put(b, t, (size_t)width);
+}
+
+static void patch_le(Bytes *b, size_t at, uint64_t v, int width) {
+    for (int i = 0; i < width; i++) b->p[at + i] = (unsigned char)(v >> (8 * i));
+}
+
+/* A v1.0 .npy of n float32 values 0.5*i - 1 (shape (n,)). */
+static Bytes npy_bytes(int n) {
+    Bytes b = { 0 };
+    char dict[128];
+    int dl = snprintf(dict, sizeof dict, "{'descr': '<f4', 'fortran_order': False, 'shape': (%d,), }", n);
+    size_t header_len = ((10 + (size_t)dl + 1 + 63) / 64) * 64 - 10;
+    bytes_put(&b, "\x93NUMPY\x01\x00", 8);
+    bytes_le(&b, header_len, 2);
+    bytes_put(&b, dict, (size_t)dl);
+    for (size_t i = (size_t)dl; i + 1 < header_len; i++) bytes_put(&b, " ", 1);
+    bytes_put(&b, "\n", 1);
+    for (int i = 0; i < n; i++) {
+        float v = 0.5f * (float)i - 1.0f;
+        uint32_t bits;
+        memcpy(&bits, &v, 4);
+        bytes_le(&b, bits, 4);
+    }
+    return b;
+}
+
+typedef struct {
+    const char *name;
+    Bytes data;  /* the uncompressed member */
+    int method;  /* 8: deflated; anything else: stored, under that method number */
+    int zip64;   /* sizes (and offset) as 0xFFFFFFFF, the values in zip64 extra fields */
+} ZipEntry;
+
+/* Where build_zip put things, for tampering. */
+typedef struct {
+    size_t local[8], central[8], data[8];
+    size_t cd_offset, end;
+} ZipLayout;
+
+static Bytes deflate_raw(const Bytes *in) {
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    if (deflateInit2(&z, 6, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY) != Z_OK) exit(2);
+    Bytes out = { 0 };
+    out.cap = deflateBound(&z, in->len) + 16;
+    out.p = malloc(out.cap);
+    z.next_in = in->p;
+    z.avail_in = (uInt)in->len;
+    z.next_out = out.p;
+    z.avail_out = (uInt)out.cap;
+    if (deflate(&z, Z_FINISH) != Z_STREAM_END) exit(2);
+    out.len = z.total_out;
+    deflateEnd(&z);
+    return out;
+}
+
+/* An archive as numpy's writer makes it (every local header carries a zip64
+ * extra field with the real sizes), with the variations of `entries`;
+ * zip64_end adds a zip64 end record and locator. */
+static Bytes build_zip(const ZipEntry *entries, int n, int zip64_end, ZipLayout *lay) {
+    Bytes z = { 0 }, cd = { 0 };
+    memset(lay, 0, sizeof *lay);
+    for (int i = 0; i < n; i++) {
+        const ZipEntry *e = &entries[i];
+        Bytes packed = e->method == 8 ? deflate_raw(&e->data) : (Bytes){ 0 };
+        const Bytes *stored = e->method == 8 ? &packed : &e->data;
+        uint32_t crc = (uint32_t)crc32(0L, e->data.p, (uInt)e->data.len);
+        size_t name_len = strlen(e->name);
+        uint64_t usize = e->data.len, csize = stored->len;
+        uint32_t usize32 = e->zip64 ? 0xFFFFFFFFu : (uint32_t)usize, csize32 = e->zip64 ? 0xFFFFFFFFu : (uint32_t)csize;
+
+        lay->local[i] = z.len;
+        bytes_le(&z, 0x04034b50, 4);
+        bytes_le(&z, 45, 2);
+        bytes_le(&z, 0, 2);
+        bytes_le(&z, (uint64_t)e->method, 2);
+        bytes_le(&z, 0, 4); /* time, date */
+        bytes_le(&z, crc, 4);
+        bytes_le(&z, csize32, 4);
+        bytes_le(&z, usize32, 4);
+        bytes_le(&z, name_len, 2);
+        bytes_le(&z, 20, 2);
+        bytes_put(&z, e->name, name_len);
+        bytes_le(&z, 1, 2); /* zip64 extra: both sizes, always in a local header */
+        bytes_le(&z, 16, 2);
+        bytes_le(&z, usize, 8);
+        bytes_le(&z, csize, 8);
+        lay->data[i] = z.len;
+        bytes_put(&z, stored->p, stored->len);
+
+        lay->central[i] = cd.len;
+        bytes_le(&cd, 0x02014b50, 4);
+        bytes_le(&cd, 45, 2);
+        bytes_le(&cd, 45, 2);
+        bytes_le(&cd, 0, 2);
+        bytes_le(&cd, (uint64_t)e->method, 2);
+        bytes_le(&cd, 0, 4);
+        bytes_le(&cd, crc, 4);
+        bytes_le(&cd, csize32, 4);
+        bytes_le(&cd, usize32, 4);
+        bytes_le(&cd, name_len, 2);
+        bytes_le(&cd, e->zip64 ? 28 : 0, 2);
+        bytes_le(&cd, 0, 2); /* comment */
+        bytes_le(&cd, 0, 2); /* disk */
+        bytes_le(&cd, 0, 2);
+        bytes_le(&cd, 0, 4);
+        bytes_le(&cd, e->zip64 ? 0xFFFFFFFFu : lay->local[i], 4);
+        bytes_put(&cd, e->name, name_len);
+        if (e->zip64) {
+            bytes_le(&cd, 1, 2);
+            bytes_le(&cd, 24, 2);
+            bytes_le(&cd, usize, 8);
+            bytes_le(&cd, csize, 8);
+            bytes_le(&cd, lay->local[i], 8);
+        }
+        free(packed.p);
+    }
+    lay->cd_offset = z.len;
+    for (int i = 0; i < n; i++) lay->central[i] += lay->cd_offset;
+    bytes_put(&z, cd.p, cd.len);
+    if (zip64_end) {
+        size_t at = z.len;
+        bytes_le(&z, 0x06064b50, 4);
+        bytes_le(&z, 44, 8);
+        bytes_le(&z, 45, 2);
+        bytes_le(&z, 45, 2);
+        bytes_le(&z, 0, 4);
+        bytes_le(&z, 0, 4);
+        bytes_le(&z, (uint64_t)n, 8);
+        bytes_le(&z, (uint64_t)n, 8);
+        bytes_le(&z, cd.len, 8);
+        bytes_le(&z, lay->cd_offset, 8);
+        bytes_le(&z, 0x07064b50, 4);
+        bytes_le(&z, 0, 4);
+        bytes_le(&z, at, 8);
+        bytes_le(&z, 1, 4);
+    }
+    lay->end = z.len;
+    bytes_le(&z, 0x06054b50, 4);
+    bytes_le(&z, 0, 4);
+    bytes_le(&z, zip64_end ? 0xFFFF : (uint64_t)n, 2);
+    bytes_le(&z, zip64_end ? 0xFFFF : (uint64_t)n, 2);
+    bytes_le(&z, zip64_end ? 0xFFFFFFFFu : cd.len, 4);
+    bytes_le(&z, zip64_end ? 0xFFFFFFFFu : lay->cd_offset, 4);
+    bytes_le(&z, 0, 2);
+    free(cd.p);
+    return z;
+}
+
+/* The two members most cases use: a.npy stored (5 values), b.npy deflated (300). */
+static Bytes build_ab(ZipLayout *lay, int zip64_sizes, int zip64_end) {
+    ZipEntry e[2] = { { "a.npy", npy_bytes(5), 0, zip64_sizes }, { "dir/b.npy", npy_bytes(300), 8, zip64_sizes } };
+    Bytes z = build_zip(e, 2, zip64_end, lay);
+    free(e[0].data.p);
+    free(e[1].data.p);
+    return z;
+}
+
+static void expect_npz_read(const char *what, const Bytes *z) {
+    const char *path = tmp_path("good.npz");
+    write_bytes(path, z->p, z->len);
+    StFile f;
+    char err[ERR_LEN] = "";
+    int ok = npz_read(path, &f, err) == 0;
+    CHECK(ok, "%s: %s", what, err);
+    if (!ok) return;
+    CHECK(npz_is_zip(path), "%s: npz_is_zip says no", what);
+    CHECK(f.count == 2 && f.meta_count == 0, "%s: %d tensors, %d metadata", what, f.count, f.meta_count);
+    const StTensor *a = safetensors_find(&f, "a"), *b = safetensors_find(&f, "dir/b");
+    CHECK(a && a->ndim == 1 && a->shape[0] == 5 && a->data[4] == 1.0f, "%s: tensor a", what);
+    CHECK(b && b->ndim == 1 && b->shape[0] == 300 && b->data[0] == -1.0f && b->data[299] == 148.5f, "%s: tensor dir/b",
+          what);
+    safetensors_free(&f);
+}
+
+/* Reading must fail, naming the file and containing each needle. */
+static void expect_npz_refused(const char *name, const void *data, size_t len, const char *needle1,
+                               const char *needle2) {
+    const char *path = tmp_path(name);
+    write_bytes(path, data, len);
+    StFile f;
+    char err[ERR_LEN] = "";
+    CHECK(npz_read(path, &f, err) < 0, "%s was accepted", name);
+    CHECK(f.count == 0 && f.tensors == NULL, "%s: output not empty after failure", name);
+    if (getenv("TEST_VERBOSE")) printf("  refused: %s\n", err);
+    CHECK(contains(err, path), "%s: message does not name the file: %s", name, err);
+    CHECK(contains(err, needle1), "%s: message lacks '%s': %s", name, needle1, err);
+    if (needle2) CHECK(contains(err, needle2), "%s: message lacks '%s': %s", name, needle2, err);
+}
+
+/* A copy of z with one little-endian field changed. */
+static void expect_patched_refused(const char *name, const Bytes *z, size_t at, uint64_t v, int width,
+                                   const char *needle1, const char *needle2) {
+    Bytes c = { 0 };
+    bytes_put(&c, z->p, z->len);
+    patch_le(&c, at, v, width);
+    expect_npz_refused(name, c.p, c.len, needle1, needle2);
+    free(c.p);
+}
+
+static void test_npz_read(void) {
+    TEST_CASE("npz: stored and deflated members, zip64 sizes and end record");
+    ZipLayout lay;
+    Bytes z = build_ab(&lay, 0, 0);
+    expect_npz_read("plain", &z);
+    free(z.p);
+    z = build_ab(&lay, 1, 0);
+    expect_npz_read("zip64 sizes", &z);
+    free(z.p);
+    z = build_ab(&lay, 1, 1);
+    expect_npz_read("zip64 sizes and end record", &z);
+    free(z.p);
+    /* as written to a stream: flag bit 3, the local CRC and sizes zero (the real ones in the
+       directory; the data descriptor after the data is not needed) */
+    z = build_ab(&lay, 0, 0);
+    for (int i = 0; i < 2; i++) {
+        patch_le(&z, lay.local[i] + 6, 8, 2);
+        patch_le(&z, lay.central[i] + 8, 8, 2);
+        patch_le(&z, lay.local[i] + 14, 0, 4);
+        patch_le(&z, lay.local[i] + 18, 0, 8);
+    }
+    expect_npz_read("data descriptors", &z);
+    free(z.p);
+
+    /* an archive with no members (np.savez with no arrays) */
+    const unsigned char empty[22] = { 'P', 'K', 5, 6 };
+    const char *path = tmp_path("empty.npz");
+    write_bytes(path, empty, sizeof empty);
+    StFile f;
+    char err[ERR_LEN] = "";
+    CHECK(npz_is_zip(path) && npz_read(path, &f, err) == 0 && f.count == 0, "empty archive: %s", err);
+    safetensors_free(&f);
+    CHECK(!npz_is_zip(tmp_path("ok.npy")) && !npz_is_zip(tmp_path("no such file")), "npz_is_zip on other files");
+}
+
+static void test_npz_numpy_interop(void) {
+    TEST_CASE("npz: numpy's savez and savez_compressed are read");
+    if (!python_has_numpy()) {
+        printf("note: /usr/bin/python3 with numpy not found; numpy interop not checked\n");
+        return;
+    }
+    const char *script =
+        "import sys, numpy as np\n"
+        "d = sys.argv[1]\n"
+        "a = (np.arange(24, dtype=np.float32) * 0.5 - 3).reshape(2, 3, 4)\n"
+        "kw = {'x/y/kernel': a, 'f8': a.astype('<f8'), 'i4': np.array([1, -2], dtype='<i4'), 's': np.float32(2.5)}\n"
+        "np.savez(d + '/np_stored.npz', **kw)\n"
+        "np.savez_compressed(d + '/np_deflated.npz', **kw)\n";
+    const char *script_path = tmp_path("make_npz.py");
+    write_bytes(script_path, script, strlen(script));
+    char command[1024];
+    snprintf(command, sizeof command, "/usr/bin/python3 %s %s", script_path, tmp_dir);
+    int rc = system(command);
+    CHECK(rc == 0, "python (writing .npz files) exited with %d", rc);
+    if (rc != 0) return;
+    const char *files[2] = { "np_stored.npz", "np_deflated.npz" };
+    for (int k = 0; k < 2; k++) {
+        StFile f;
+        char err[ERR_LEN] = "";
+        int ok = npz_read(tmp_path(files[k]), &f, err) == 0;
+        CHECK(ok, "%s: %s", files[k], err);
+        if (!ok) continue;
+        const StTensor *a = safetensors_find(&f, "x/y/kernel"), *d = safetensors_find(&f, "f8"),
+                       *i = safetensors_find(&f, "i4"), *s = safetensors_find(&f, "s");
+        CHECK(f.count == 4, "%s: %d tensors", files[k], f.count);
+        CHECK(a && a->ndim == 3 && a->shape[0] == 2 && a->shape[2] == 4 && a->data[23] == 8.5f, "%s: float32",
+              files[k]);
+        CHECK(d && d->ndim == 3 && d->data[1] == -2.5f, "%s: float64 converted", files[k]);
+        CHECK(i && i->ndim == 1 && i->data[1] == -2.0f, "%s: int32 converted", files[k]);
+        CHECK(s && s->ndim == 0 && s->data[0] == 2.5f, "%s: scalar", files[k]);
+        safetensors_free(&f);
+    }
+}
+
+static void test_npz_refusals(void) {
+    TEST_CASE("npz refuses bad archives, naming the file and member");
+    ZipLayout lay;
+    Bytes z = build_ab(&lay, 0, 0);
+
+    expect_npz_refused("garbage.npz", "this is not a zip archive at all, just text", 43, "not a zip", "bad magic");
+    expect_npz_refused("short.npz", "PK\x03\x04", 4, "too short", NULL);
+    expect_npz_refused("truncated_end.npz", z.p, z.len - 1, "truncated", NULL);
+    expect_npz_refused("truncated_half.npz", z.p, z.len / 2, "truncated", NULL);
+    expect_npz_refused("truncated_header.npz", z.p, 10, "too short", NULL);
+    /* the last member's data cut short, the directory after it intact */
+    Bytes cut = { 0 };
+    bytes_put(&cut, z.p, lay.cd_offset - 10);
+    bytes_put(&cut, z.p + lay.cd_offset, z.len - lay.cd_offset);
+    patch_le(&cut, cut.len - 6, lay.cd_offset - 10, 4);
+    expect_npz_refused("truncated_data.npz", cut.p, cut.len, "dir/b.npy", "truncated");
+    free(cut.p);
+
+    /* CRC-32: in both headers (so they agree), then in one only */
+    Bytes bad = { 0 };
+    bytes_put(&bad, z.p, z.len);
+    patch_le(&bad, lay.local[1] + 14, 0x12345678, 4);
+    patch_le(&bad, lay.central[1] + 16, 0x12345678, 4);
+    expect_npz_refused("crc.npz", bad.p, bad.len, "CRC-32 mismatch", "dir/b.npy");
+    free(bad.p);
+    bad = (Bytes){ 0 };
+    bytes_put(&bad, z.p, z.len);
+    bad.p[lay.data[0] + 100] ^= 0x40; /* a stored value */
+    expect_npz_refused("crc_stored.npz", bad.p, bad.len, "CRC-32 mismatch", "a.npy");
+    free(bad.p);
+    expect_patched_refused("crc_local.npz", &z, lay.local[0] + 14, 0x12345678, 4, "disagrees", "a.npy");
+    bad = (Bytes){ 0 };
+    bytes_put(&bad, z.p, z.len);
+    for (int i = 0; i < 8; i++) bad.p[lay.data[1] + 3 + i] ^= 0xA5;
+    expect_npz_refused("deflate.npz", bad.p, bad.len, "dir/b.npy", NULL);
+    free(bad.p);
+
+    /* methods: bzip2 (12) in both headers; 8 on a stored member */
+    bad = (Bytes){ 0 };
+    bytes_put(&bad, z.p, z.len);
+    patch_le(&bad, lay.local[0] + 8, 12, 2);
+    patch_le(&bad, lay.central[0] + 10, 12, 2);
+    expect_npz_refused("method.npz", bad.p, bad.len, "compression method 12", "a.npy");
+    free(bad.p);
+    expect_patched_refused("method_local.npz", &z, lay.local[0] + 8, 8, 2, "compression method", "a.npy");
+    expect_patched_refused("encrypted.npz", &z, lay.central[0] + 8, 1, 2, "encrypted", "a.npy");
+
+    /* sizes and offsets */
+    expect_patched_refused("cd_offset.npz", &z, lay.end + 16, lay.cd_offset + 1000, 4, "central directory", NULL);
+    expect_patched_refused("cd_size.npz", &z, lay.end + 12, 20000, 4, "central directory", NULL);
+    expect_patched_refused("entries.npz", &z, lay.end + 8, 0x00030003, 4, "3 members", NULL);
+    expect_patched_refused("central_sig.npz", &z, lay.central[1], 0x02014b51, 4, "entry 2 of 2", "bad signature");
+    expect_patched_refused("entries_big.npz", &z, lay.end + 8, 0x23282328, 4, "9000 members", NULL);
+    expect_patched_refused("disks.npz", &z, lay.end + 8, 1, 2, "multi-disk", NULL);
+    expect_patched_refused("local_offset.npz", &z, lay.central[1] + 42, lay.cd_offset + 5, 4, "local header offset",
+                           "dir/b.npy");
+    expect_patched_refused("local_sig.npz", &z, lay.central[1] + 42, lay.local[1] + 1, 4, "no local file header",
+                           "dir/b.npy");
+    expect_patched_refused("local_name.npz", &z, lay.local[0] + 30, 'x', 1, "local header names it", "a.npy");
+    expect_patched_refused("size_stored.npz", &z, lay.central[0] + 24, 1000, 4, "disagrees", "a.npy");
+    bad = (Bytes){ 0 };
+    bytes_put(&bad, z.p, z.len);
+    patch_le(&bad, lay.local[0] + 22, 100, 4);
+    patch_le(&bad, lay.local[0] + 30 + 5 + 4, 100, 8); /* the zip64 extra's copy */
+    patch_le(&bad, lay.central[0] + 24, 100, 4);
+    expect_npz_refused("size_mismatch.npz", bad.p, bad.len, "sizes differ", "a.npy");
+    free(bad.p);
+    Bytes tiny = npy_bytes(0);
+    uint64_t b_size = tiny.len; /* smaller than the real b.npy */
+    free(tiny.p);
+    bad = (Bytes){ 0 };
+    bytes_put(&bad, z.p, z.len);
+    patch_le(&bad, lay.local[1] + 22, b_size, 4);
+    patch_le(&bad, lay.local[1] + 30 + 9 + 4, b_size, 8);
+    patch_le(&bad, lay.central[1] + 24, b_size, 4);
+    expect_npz_refused("inflates_more.npz", bad.p, bad.len, "inflates to more than", "dir/b.npy");
+    free(bad.p);
+    expect_patched_refused("extra.npz", &z, lay.local[0] + 30 + 5 + 2, 40, 2, "extra field", "a.npy");
+    expect_patched_refused("comment.npz", &z, lay.end + 20, 5, 2, "end-of-central-directory", NULL);
+    free(z.p);
+
+    /* zip64: an extra field too short for the values marked 0xFFFFFFFF */
+    z = build_ab(&lay, 1, 0);
+    expect_patched_refused("zip64_extra.npz", &z, lay.central[0] + 46 + 5 + 2, 8, 2, "zip64 extra field", "a.npy");
+    free(z.p);
+    z = build_ab(&lay, 1, 1);
+    expect_patched_refused("zip64_locator.npz", &z, lay.end - 20 + 8, 1u << 30, 8, "zip64", "locator");
+    expect_patched_refused("zip64_end.npz", &z, lay.end - 20 - 56, 0x12345678, 4, "zip64 end-of-central-directory",
+                           NULL);
+    free(z.p);
+
+    /* members: not .npy, not a valid .npy, two of the same name */
+    Bytes note = { 0 };
+    bytes_put(&note, "just some notes", 15);
+    ZipEntry text[1] = { { "notes.txt", note, 0, 0 } };
+    z = build_zip(text, 1, 0, &lay);
+    expect_npz_refused("not_npy.npz", z.p, z.len, "notes.txt", "not a .npy array");
+    free(z.p);
+    ZipEntry fake[1] = { { "fake.npy", note, 8, 0 } };
+    z = build_zip(fake, 1, 0, &lay);
+    expect_npz_refused("fake_npy.npz", z.p, z.len, "member fake.npy: not a .npy file", "bad magic");
+    free(z.p);
+    free(note.p);
+    ZipEntry twice[2] = { { "w.npy", npy_bytes(2), 0, 0 }, { "w.npy", npy_bytes(3), 0, 0 } };
+    z = build_zip(twice, 2, 0, &lay);
+    expect_npz_refused("twice.npz", z.p, z.len, "w.npy", "appears twice");
+    free(z.p);
+    free(twice[0].data.p);
+    free(twice[1].data.p);
+    Bytes cut_npy = npy_bytes(4);
+    cut_npy.len -= 3;
+    ZipEntry short_npy[1] = { { "short.npy", cut_npy, 8, 0 } };
+    z = build_zip(short_npy, 1, 0, &lay);
+    expect_npz_refused("short_npy.npz", z.p, z.len, "member short.npy", "truncated");
+    free(z.p);
+    free(cut_npy.p);
+}
+
 /* ---- IDX ----------------------------------------------------------------- */
 
 /* IDX bytes: magic, big-endian dims, then `payload`. */
@@ -801,6 +1217,9 @@ int main(void) {
     test_npy_round_trip();
     test_npy_numpy_interop();
     test_npy_refusals();
+    test_npz_read();
+    test_npz_numpy_interop();
+    test_npz_refusals();
     test_idx();
     test_dataset_idx();
     test_dataset_builtin_errors();
