@@ -17,7 +17,7 @@ LDLIBS  := -lopenblas -ljansson -lsqlite3 -lmicrohttpd -lz -lm -pthread -fopenmp
 # Debian packages: to build, to test (PyTorch is the numeric reference), to benchmark.
 BUILD_PACKAGES := gcc make libopenblas-dev libjansson-dev libsqlite3-dev libmicrohttpd-dev zlib1g-dev \
                   libcurl4-openssl-dev dataset-fashion-mnist
-TEST_PACKAGES  := python3 python3-numpy python3-torch chromium
+TEST_PACKAGES  := python3 python3-numpy python3-torch chromium python3-onnx python3-opencv
 BENCH_PACKAGES := libjemalloc2
 RESULTS_PACKAGES := python3-matplotlib
 

@@ -19,6 +19,8 @@
 #include "http.h"
 #include "jobspec.h"
 #include "log.h"
+#include "model.h"
+#include "onnx.h"
 #include "util.h"
 
 #define DISTILLD_VERSION "0.1.0"
@@ -440,7 +442,15 @@ enum MHD_Result h_job_checkpoints(HttpRequest *r) {
     return http_reply_json(r, MHD_HTTP_OK, json_pack("{s:o}", "checkpoints", list));
 }
 
+/* ?format=onnx: the weights file loaded and encoded as ONNX (core/onnx.h),
+ * per request (milliseconds for a student, about a second for an R50x1);
+ * format=safetensors or no format: the file as it is. */
 enum MHD_Result h_job_weights(HttpRequest *r) {
+    const char *format = http_query(r, "format");
+    int onnx = format && strcmp(format, "onnx") == 0;
+    if (format && format[0] && !onnx && strcmp(format, "safetensors") != 0)
+        return http_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
+                                "format: must be safetensors or onnx, got \"%.64s\"", format);
     enum MHD_Result reply;
     if (!job_exists(r, &reply)) return reply;
     char path[PATH_MAX];
@@ -451,13 +461,26 @@ enum MHD_Result h_job_weights(HttpRequest *r) {
         if (fd >= 0) close(fd);
         return http_reply_error(r, MHD_HTTP_NOT_FOUND, "not_found", "job %s has no weights yet", r->id);
     }
-    struct MHD_Response *response = MHD_create_response_from_fd64((uint64_t)st.st_size, fd);
-    if (!response) {
+    struct MHD_Response *response;
+    if (onnx) {
         close(fd);
-        return MHD_NO;
+        char err[ERR_LEN];
+        Model *m = NULL;
+        unsigned char *data = NULL;
+        size_t size = 0;
+        int rc = model_load(&m, path, 1, err);
+        if (!rc) rc = onnx_encode(m, &data, &size, err);
+        model_free(m);
+        if (rc) return http_reply_error(r, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "job %s: %s", r->id, err);
+        response = MHD_create_response_from_buffer(size, data, MHD_RESPMEM_MUST_FREE);
+        if (!response) free(data);
+    } else {
+        response = MHD_create_response_from_fd64((uint64_t)st.st_size, fd);
+        if (!response) close(fd);
     }
+    if (!response) return MHD_NO;
     char disposition[128];
-    snprintf(disposition, sizeof disposition, "attachment; filename=\"%s.safetensors\"", r->id);
+    snprintf(disposition, sizeof disposition, "attachment; filename=\"%s.%s\"", r->id, onnx ? "onnx" : "safetensors");
     MHD_add_response_header(response, MHD_HTTP_HEADER_CONTENT_TYPE, "application/octet-stream");
     MHD_add_response_header(response, MHD_HTTP_HEADER_CONTENT_DISPOSITION, disposition);
     return http_reply(r, MHD_HTTP_OK, response);

@@ -3,6 +3,7 @@
  *   distilld [serve] [--listen ADDR] [--data-dir DIR] [--workers N] [--threads N] ...   the daemon
  *   distilld run SPEC.json [--run-dir DIR] [--resume]   one job in the foreground
  *   distilld predict --weights W --input X.npy --output Y.npy [--threads N]
+ *   distilld export --weights W --onnx OUT.onnx          the model as ONNX (core/onnx.h)
  *   distilld version
  *
  * Every command first makes sure OpenBLAS runs the best kernels this CPU has
@@ -28,6 +29,7 @@
 #include "jobspec.h"
 #include "model.h"
 #include "log.h"
+#include "onnx.h"
 #include "train.h"
 #include "util.h"
 #include "worker.h"
@@ -43,6 +45,9 @@ static void usage(FILE *f) {
                "      train or distill one job in the foreground; DIR defaults to runs/<spec name>\n"
                "  distilld predict --weights W.safetensors --input X.npy --output Y.npy [--threads N]\n"
                "      X: float32 [N,C,H,W], already normalized; Y: float32 logits [N,K]\n"
+               "  distilld export --weights W.safetensors --onnx OUT.onnx\n"
+               "      the model as ONNX: input \"images\" float32 [batch,C,H,W], already normalized;\n"
+               "      output \"logits\" [batch,K]\n"
                "  distilld version\n");
 }
 
@@ -291,6 +296,35 @@ static int cmd_predict(int argc, char **argv) {
     return rc ? 1 : 0;
 }
 
+/* ---- export ---- */
+
+static int cmd_export(int argc, char **argv) {
+    const char *weights = NULL, *onnx = NULL;
+    for (int i = 0; i < argc; i++) {
+        const char *next = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(argv[i], "--weights") == 0 && next) weights = argv[++i];
+        else if (strcmp(argv[i], "--onnx") == 0 && next) onnx = argv[++i];
+        else {
+            fprintf(stderr, "distilld export: unexpected argument %s\n", argv[i]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!weights || !onnx) {
+        fprintf(stderr, "distilld export: --weights and --onnx are required\n");
+        return 2;
+    }
+    char err[ERR_LEN];
+    Model *m = NULL;
+    if (model_load(&m, weights, 1, err) != 0 || onnx_export(m, onnx, err) != 0) {
+        fprintf(stderr, "distilld: %s\n", err);
+        model_free(m);
+        return 1;
+    }
+    model_free(m);
+    return 0;
+}
+
 /* ---- serve ---- */
 
 static volatile sig_atomic_t stop_signal;
@@ -477,6 +511,7 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "serve") == 0) return cmd_serve(argc - 2, argv + 2);
     if (strcmp(cmd, "run") == 0) return cmd_run(argc - 2, argv + 2);
     if (strcmp(cmd, "predict") == 0) return cmd_predict(argc - 2, argv + 2);
+    if (strcmp(cmd, "export") == 0) return cmd_export(argc - 2, argv + 2);
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("distilld %s\n%s\n", VERSION, blas_describe());
         return 0;
