@@ -527,53 +527,72 @@ static int metrics_insert_locked(Db *db, const char *job_id, const DbMetric *poi
     return tx_end(db, rc, err);
 }
 
-/* Points of a job with step > after (or, if one_step, step == after), of the
- * given names, ordered by (step, name), at most row_limit (0: no limit). */
-static int metrics_select(Db *db, const char *job_id, const char *const *names, int num_names, int one_step,
-                          long after, int row_limit, DbMetric **points, int *count, char *err) {
-    *points = NULL;
-    *count = 0;
-    char sql[256 + 2 * DB_MAX_METRIC_NAMES];
-    int len = snprintf(sql, sizeof sql, "SELECT name, step, value, time FROM metrics WHERE job_id = ? AND step %s ?",
-                       one_step ? "=" : ">");
-    if (num_names > 0) {
-        len += snprintf(sql + len, sizeof sql - (size_t)len, " AND name IN (");
-        for (int i = 0; i < num_names; i++) len += snprintf(sql + len, sizeof sql - (size_t)len, i ? ",?" : "?");
-        len += snprintf(sql + len, sizeof sql - (size_t)len, ")");
-    }
-    snprintf(sql + len, sizeof sql - (size_t)len, " ORDER BY step, name LIMIT ?");
-    sqlite3_stmt *st = statement(db, err, sql, "tl", job_id, after);
+/* " AND name IN (?first, ...)" for num_names names (nothing for none). */
+static int names_clause(char *sql, size_t size, int first, int num_names) {
+    if (num_names == 0) return 0;
+    int len = snprintf(sql, size, " AND name IN (");
+    for (int i = 0; i < num_names; i++)
+        len += snprintf(sql + len, size - (size_t)len, "%s?%d", i ? "," : "", first + i);
+    return len + snprintf(sql + len, size - (size_t)len, ")");
+}
+
+/* Runs `sql`, a SELECT of (name, step, value, time) whose parameters are ?1
+ * the job, ?2.. the `num_values` longs and ?names_at.. the names, and appends
+ * its rows to *list (n used, *capacity allocated). */
+static int metrics_rows(Db *db, const char *sql, const char *job_id, const long *values, int num_values,
+                        const char *const *names, int num_names, int names_at, DbMetric **list, int *n,
+                        int *capacity, char *err) {
+    sqlite3_stmt *st = statement(db, err, sql, "t", job_id);
     if (!st) return DB_ERROR;
-    for (int i = 0; i < num_names; i++) {
-        if (sqlite3_bind_text(st, 3 + i, names[i], -1, SQLITE_STATIC) != SQLITE_OK) {
+    for (int i = 0; i < num_values; i++) {
+        if (sqlite3_bind_int64(st, 2 + i, values[i]) != SQLITE_OK) {
             sqlite3_finalize(st);
             return sql_fail(db, sql, err);
         }
     }
-    if (sqlite3_bind_int(st, 3 + num_names, row_limit > 0 ? row_limit : -1) != SQLITE_OK) { /* -1: no limit */
-        sqlite3_finalize(st);
-        return sql_fail(db, sql, err);
+    for (int i = 0; i < num_names; i++) {
+        if (sqlite3_bind_text(st, names_at + i, names[i], -1, SQLITE_STATIC) != SQLITE_OK) {
+            sqlite3_finalize(st);
+            return sql_fail(db, sql, err);
+        }
     }
-    DbMetric *list = NULL;
-    int n = 0, capacity = 0, rc;
+    int rc;
     while ((rc = step(db, st, err)) == SQLITE_ROW) {
-        if (n == capacity) {
-            capacity = capacity ? 2 * capacity : 256;
-            DbMetric *grown = realloc(list, (size_t)capacity * sizeof *list);
+        if (*n == *capacity) {
+            int grown_capacity = *capacity ? 2 * *capacity : 256;
+            DbMetric *grown = realloc(*list, (size_t)grown_capacity * sizeof *grown);
             if (!grown) {
                 rc = set_error(err, "out of memory reading metrics of job %s", job_id);
                 break;
             }
-            list = grown;
+            *list = grown;
+            *capacity = grown_capacity;
         }
-        DbMetric *m = &list[n++];
-        copy_string(m->name, sizeof m->name, (const char *)sqlite3_column_text(st, 0));
+        DbMetric *m = &(*list)[(*n)++];
+        const unsigned char *name = sqlite3_column_text(st, 0);
+        copy_string(m->name, sizeof m->name, name ? (const char *)name : "");
         m->step = (long)sqlite3_column_int64(st, 1);
         m->value = sqlite3_column_type(st, 2) == SQLITE_NULL ? NAN : sqlite3_column_double(st, 2);
         m->time = sqlite3_column_double(st, 3);
     }
     sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) {
+    return rc == SQLITE_DONE ? 0 : rc;
+}
+
+/* Points of a job with step > after (or, if one_step, step == after), of the
+ * given names, ordered by (step, name), at most row_limit (0: no limit). */
+static int metrics_select(Db *db, const char *job_id, const char *const *names, int num_names, int one_step,
+                          long after, int row_limit, DbMetric **points, int *count, char *err) {
+    char sql[256 + 8 * DB_MAX_METRIC_NAMES];
+    int len = snprintf(sql, sizeof sql, "SELECT name, step, value, time FROM metrics WHERE job_id = ?1 AND step %s ?2",
+                       one_step ? "=" : ">");
+    len += names_clause(sql + len, sizeof sql - (size_t)len, 4, num_names);
+    snprintf(sql + len, sizeof sql - (size_t)len, " ORDER BY step, name LIMIT ?3");
+    long values[2] = {after, row_limit > 0 ? row_limit : -1}; /* -1: no limit */
+    DbMetric *list = NULL;
+    int n = 0, capacity = 0;
+    int rc = metrics_rows(db, sql, job_id, values, 2, names, num_names, 4, &list, &n, &capacity, err);
+    if (rc != 0) {
         free(list);
         return rc;
     }
@@ -582,19 +601,95 @@ static int metrics_select(Db *db, const char *job_id, const char *const *names, 
     return 0;
 }
 
-/* The cursor is a step, so a page must end on a step boundary: a page that
- * stopped between "loss" and "lr" of step 7 would make the next page (after
- * step 7) skip "lr". One row beyond the limit tells whether the last step is
- * complete; if not, its points are left for the next page. */
+static int metric_order(const void *a, const void *b) {
+    const DbMetric *x = a, *y = b;
+    if (x->step != y->step) return x->step < y->step ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
+static int check_names(const char *const *names, int num_names, char *err) {
+    if (num_names < 0 || num_names > DB_MAX_METRIC_NAMES)
+        return set_error(err, "%d metric names asked for, at most %d", num_names, DB_MAX_METRIC_NAMES);
+    for (int i = 0; i < num_names; i++)
+        if (!names[i]) return set_error(err, "metric name %d is NULL", i);
+    return 0;
+}
+
+/* Three GROUP BY passes over the range, each on the (job_id, name, step) key:
+ * the least value of each (name, bucket), the greatest, and the first null.
+ * SQLite gives the bare columns (step, time) of a min()/max() aggregate from
+ * the row that holds the extreme. The union is sorted and (name, step) pairs
+ * picked twice are kept once. */
+static int metrics_buckets_locked(Db *db, const char *job_id, const char *const *names, int num_names,
+                                  long from_step, long to_step, int buckets, DbMetric **points, int *count,
+                                  long *width, char *err) {
+    *points = NULL;
+    *count = 0;
+    *width = 1;
+    if (!names) num_names = 0;
+    if (check_names(names, num_names, err)) return DB_ERROR;
+    if (buckets < 1 || buckets > DB_METRICS_PAGE_MAX)
+        return set_error(err, "%d buckets asked for, 1 to %d", buckets, DB_METRICS_PAGE_MAX);
+    int rc = job_exists(db, job_id, err);
+    if (rc != 0) return rc;
+    char where[64 + 8 * DB_MAX_METRIC_NAMES];
+    int len = snprintf(where, sizeof where, "job_id = ?1 AND step BETWEEN ?2 AND ?3");
+    names_clause(where + len, sizeof where - (size_t)len, 5, num_names);
+
+    /* the bucket width from the steps actually present in the range */
+    char sql[512 + 8 * DB_MAX_METRIC_NAMES];
+    snprintf(sql, sizeof sql, "SELECT '', MIN(step), COUNT(*), MAX(step) FROM metrics WHERE %s", where);
+    long range[3] = {from_step, to_step, 0};
+    DbMetric *list = NULL;
+    int n = 0, capacity = 0;
+    rc = metrics_rows(db, sql, job_id, range, 2, names, num_names, 5, &list, &n, &capacity, err);
+    if (rc != 0 || n == 0 || list[0].value == 0) { /* an error, or no points in the range */
+        free(list);
+        return rc;
+    }
+    long lo = list[0].step, hi = (long)list[0].time;
+    n = 0;
+    long step_width = (hi - lo) / buckets + 1; /* buckets of step_width steps cover [lo, hi] */
+    range[0] = lo;
+    range[1] = hi;
+    range[2] = step_width;
+    static const char *const passes[3] = {
+        "SELECT name, step, MIN(value), time FROM metrics WHERE %s GROUP BY name, (step - ?2) / ?4",
+        "SELECT name, step, MAX(value), time FROM metrics WHERE %s GROUP BY name, (step - ?2) / ?4",
+        "SELECT name, MIN(step), NULL, time FROM metrics WHERE %s AND value IS NULL GROUP BY name, (step - ?2) / ?4",
+    };
+    int extremes = 0; /* rows of the MIN and MAX passes */
+    for (int pass = 0; pass < 3 && rc == 0; pass++) {
+        snprintf(sql, sizeof sql, passes[pass], where);
+        rc = metrics_rows(db, sql, job_id, range, 3, names, num_names, 5, &list, &n, &capacity, err);
+        if (pass == 1) extremes = n;
+    }
+    if (rc != 0) {
+        free(list);
+        return rc;
+    }
+    /* a bucket of nulls only gives MIN and MAX a null from any of its rows:
+     * drop those, the third pass has its first null */
+    int kept = 0;
+    for (int i = 0; i < n; i++)
+        if (i >= extremes || !isnan(list[i].value)) list[kept++] = list[i];
+    n = kept;
+    qsort(list, (size_t)n, sizeof *list, metric_order);
+    kept = 0;
+    for (int i = 0; i < n; i++)
+        if (kept == 0 || metric_order(&list[kept - 1], &list[i]) != 0) list[kept++] = list[i];
+    *points = list;
+    *count = kept;
+    *width = step_width;
+    return 0;
+}
+
 static int metrics_page_locked(Db *db, const char *job_id, const char *const *names, int num_names, long after_step,
                                int limit, DbMetric **points, int *count, char *err) {
     *points = NULL;
     *count = 0;
     if (!names) num_names = 0;
-    if (num_names < 0 || num_names > DB_MAX_METRIC_NAMES)
-        return set_error(err, "%d metric names asked for, at most %d", num_names, DB_MAX_METRIC_NAMES);
-    for (int i = 0; i < num_names; i++)
-        if (!names[i]) return set_error(err, "metric name %d is NULL", i);
+    if (check_names(names, num_names, err)) return DB_ERROR;
     if (limit < 1) limit = 1;
     if (limit > DB_METRICS_PAGE_MAX) limit = DB_METRICS_PAGE_MAX;
     int rc = job_exists(db, job_id, err);
@@ -1107,6 +1202,12 @@ int db_metrics_insert(Db *db, const char *job_id, const DbMetric *points, int co
 int db_metrics_page(Db *db, const char *job_id, const char *const *names, int num_names, long after_step, int limit,
                     DbMetric **points, int *count, char *err) {
     LOCKED(db, metrics_page_locked(db, job_id, names, num_names, after_step, limit, points, count, err));
+}
+
+int db_metrics_buckets(Db *db, const char *job_id, const char *const *names, int num_names, long from_step,
+                       long to_step, int buckets, DbMetric **points, int *count, long *width, char *err) {
+    LOCKED(db, metrics_buckets_locked(db, job_id, names, num_names, from_step, to_step, buckets, points, count, width,
+                                      err));
 }
 
 int db_checkpoint_record(Db *db, const char *job_id, long step_number, const char *path, char *err) {

@@ -92,6 +92,15 @@ int db_metrics_insert(Db *db, const char *job_id, const DbMetric *points, int co
 int db_metrics_page(Db *db, const char *job_id, const char *const *names, int num_names, long after_step, int limit,
                     DbMetric **points, int *count, char *err);
 
+/* Display downsampling of the points with from_step <= step <= to_step: the
+ * steps present are cut into `buckets` runs of *width steps each, and per
+ * metric name and bucket come back the point of least value, the point of
+ * greatest value and the first null (NaN) point, if any, ordered by (step,
+ * name). A range with at most two points per name and bucket comes back
+ * whole. Values and times are those of the points picked. */
+int db_metrics_buckets(Db *db, const char *job_id, const char *const *names, int num_names, long from_step,
+                       long to_step, int buckets, DbMetric **points, int *count, long *width, char *err);
+
 /* ---- checkpoints ---- */
 int db_checkpoint_record(Db *db, const char *job_id, long step, const char *path, char *err);
 /* Checkpoints of a job, oldest first. */

@@ -367,14 +367,52 @@ static int job_exists(HttpRequest *r, enum MHD_Result *reply) {
     return 1;
 }
 
+static json_t *metric_points_json(const DbMetric *points, int count) {
+    json_t *list = json_array();
+    for (int i = 0; i < count; i++) { /* a NaN or infinite value (a diverged loss) is null */
+        json_t *value = isfinite(points[i].value) ? json_real(points[i].value) : json_null();
+        json_array_append_new(list, json_pack("{s:s,s:I,s:o,s:f}", "name", points[i].name, "step",
+                                              (json_int_t)points[i].step, "value", value, "time", points[i].time));
+    }
+    return list;
+}
+
+/* ?buckets=N[&from_step=A][&to_step=B]: downsampled for display
+ * (db_metrics_buckets), in the same point shape, with the bucket width. */
+static enum MHD_Result metrics_buckets(HttpRequest *r, const char *const *names, int num_names) {
+    enum MHD_Result reply;
+    long buckets, from_step, to_step;
+    if (http_query(r, "after_step") || http_query(r, "limit"))
+        return http_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_request",
+                                "buckets: not with after_step or limit (a downsampled range is one answer; "
+                                "use from_step and to_step)");
+    if (http_query_long(r, "buckets", 1, 10000, 1, &buckets, &reply)) return reply;
+    if (http_query_long(r, "from_step", 0, 4000000000000000000L, 0, &from_step, &reply)) return reply;
+    if (http_query_long(r, "to_step", 0, 4000000000000000000L, 4000000000000000000L, &to_step, &reply)) return reply;
+    if (to_step < from_step)
+        return http_reply_error(r, MHD_HTTP_BAD_REQUEST, "bad_request", "to_step: %ld is before from_step %ld",
+                                to_step, from_step);
+    DbMetric *points;
+    int count;
+    long width;
+    char err[ERR_LEN];
+    int rc = db_metrics_buckets(r->cfg->db, r->id, names, num_names, from_step, to_step, (int)buckets, &points, &count,
+                                &width, err);
+    if (rc) return http_reply_db_error(r, rc, r->id, err);
+    json_t *list = metric_points_json(points, count);
+    free(points);
+    return http_reply_json(r, MHD_HTTP_OK,
+                           json_pack("{s:o,s:I,s:o}", "points", list, "bucket_steps", (json_int_t)width,
+                                     "next_after_step", json_null()));
+}
+
 /* Keyset-paged on step: a page never splits a step (db_metrics_page), so the
  * next page (after next_after_step) starts on a whole step and each (name,
- * step) comes once. next_after_step is null when nothing follows yet. */
+ * step) comes once. next_after_step is null when nothing follows yet. With
+ * buckets=N, one downsampled answer instead (metrics_buckets). */
 enum MHD_Result h_job_metrics(HttpRequest *r) {
     enum MHD_Result reply;
     long after_step, limit;
-    if (http_query_long(r, "after_step", -1, 4000000000000000000L, -1, &after_step, &reply)) return reply;
-    if (http_query_long(r, "limit", 1, 10000, 1000, &limit, &reply)) return reply;
     char names_text[METRIC_NAMES_MAX * 32] = "";
     const char *names[METRIC_NAMES_MAX];
     int num_names = 0;
@@ -395,6 +433,9 @@ enum MHD_Result h_job_metrics(HttpRequest *r) {
             p = comma + 1;
         }
     }
+    if (http_query(r, "buckets")) return metrics_buckets(r, names, num_names);
+    if (http_query_long(r, "after_step", -1, 4000000000000000000L, -1, &after_step, &reply)) return reply;
+    if (http_query_long(r, "limit", 1, 10000, 1000, &limit, &reply)) return reply;
     DbMetric *points;
     int count;
     char err[ERR_LEN];
@@ -414,12 +455,7 @@ enum MHD_Result h_job_metrics(HttpRequest *r) {
         free(more);
         if (more_count > 0) next = points[count - 1].step;
     }
-    json_t *list = json_array();
-    for (int i = 0; i < count; i++) { /* a NaN or infinite value (a diverged loss) is null */
-        json_t *value = isfinite(points[i].value) ? json_real(points[i].value) : json_null();
-        json_array_append_new(list, json_pack("{s:s,s:I,s:o,s:f}", "name", points[i].name, "step",
-                                              (json_int_t)points[i].step, "value", value, "time", points[i].time));
-    }
+    json_t *list = metric_points_json(points, count);
     free(points);
     return http_reply_json(r, MHD_HTTP_OK,
                            json_pack("{s:o,s:o}", "points", list, "next_after_step",

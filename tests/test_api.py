@@ -489,6 +489,40 @@ def metrics_pages_have_each_point_once():
 
 
 @case
+def metrics_buckets_downsample_for_display():
+    tiny = SHARED["tiny"]
+    full = {}
+    got, _, data = api("GET", "/jobs/%s/metrics?limit=10000" % tiny)
+    for p in data["points"]:
+        full[(p["name"], p["step"])] = p
+    # 20 steps in 5 buckets of 4: per name and bucket the least and the greatest value
+    got, _, data = api("GET", "/jobs/%s/metrics?buckets=5&names=loss,lr" % tiny)
+    check(got == 200 and data["bucket_steps"] == 4 and data["next_after_step"] is None, "buckets: %d %r" % (got, data))
+    for name in ("loss", "lr"):
+        picked = [p for p in data["points"] if p["name"] == name]
+        check(all(full[(name, p["step"])] == p for p in picked), "%s: a bucket point is not a stored point" % name)
+        for b in range(5):
+            inside = [full[(name, s)]["value"] for s in range(1 + 4 * b, 5 + 4 * b)]
+            values = [p["value"] for p in picked if 1 + 4 * b <= p["step"] <= 4 + 4 * b]
+            check(sorted(values) == sorted({min(inside), max(inside)}),
+                  "%s bucket %d: %r from %r" % (name, b, values, inside))
+    steps = [(p["step"], p["name"]) for p in data["points"]]
+    check(steps == sorted(steps), "not ordered by (step, name)")
+    # enough buckets: every point of the range, as the pages give them
+    got, _, data = api("GET", "/jobs/%s/metrics?buckets=100&from_step=5&to_step=9&names=loss" % tiny)
+    check(got == 200 and [p["step"] for p in data["points"]] == [5, 6, 7, 8, 9], "range: %r" % data)
+    check(all(full[("loss", p["step"])] == p for p in data["points"]), "range points differ from the pages")
+    got, _, data = api("GET", "/jobs/%s/metrics?buckets=10&from_step=500" % tiny)
+    check(got == 200 and data["points"] == [], "an empty range: %r" % data)
+    for bad in ("buckets=0", "buckets=10001", "buckets=5&after_step=3", "buckets=5&limit=10",
+                "buckets=5&from_step=9&to_step=3", "buckets=5&from_step=-1"):
+        got, _, data = api("GET", "/jobs/%s/metrics?%s" % (tiny, bad))
+        expect_error((got, None, data), 400, "bad_request")
+    got, _, data = api("GET", "/jobs/jffffffffffffffff/metrics?buckets=5")
+    expect_error((got, None, data), 404, "not_found")
+
+
+@case
 def weights_are_a_safetensors_file():
     got, resp, data = api("GET", "/jobs/%s/weights" % SHARED["tiny"])
     check(got == 200, "weights: %d" % got)

@@ -407,34 +407,49 @@ async function main() {
     assert(r.renderMs < 500 && r.zoomMs < 500, 'too slow: ' + r.renderMs + ' ms, ' + r.zoomMs + ' ms');
   });
 
-  await check('a job of 100,000 steps loads, draws and zooms fast (API answers mocked)', async () => {
+  await check('a job of 100,000 steps loads downsampled, draws and zooms fast (API answers mocked)', async () => {
     /* the page's requests for job "jbig" are answered here: 100,000 steps of
-     * loss, lr, grad_norm and images/s, an evaluation every 1,000 */
+     * loss, lr, grad_norm and images/s, an evaluation every 1,000; ?buckets=
+     * answered as the daemon does (per name and bucket the least and the
+     * greatest value; tests/test_db.c and test_api.py check the daemon's) */
     const N = 100000, id = 'jbig0000000000000';
     const now = Date.now() / 1000 - N * 0.05;
     const job = {id, kind: 'train', state: 'succeeded', spec: TINY, step: N, total_steps: N, checkpoint_step: N, error: null,
       request: null, created_at: now, updated_at: now + N * 0.05};
-    let pages = 0;
+    const all = [];
+    for (let s = 1; s <= N; s++) {
+      const t = now + s * 0.05, noise = Math.sin(s * 12.9898) * 43758.5453 % 1;
+      all.push({name: 'grad_norm', step: s, value: 0.5 + 0.1 * noise, time: t},
+        {name: 'images_per_second', step: s, value: 900 + 50 * noise, time: t},
+        {name: 'loss', step: s, value: 0.3 + 2 * Math.exp(-s / 20000) + 0.1 * noise, time: t},
+        {name: 'lr', step: s, value: 0.0015 * (1 + Math.cos(Math.PI * s / N)), time: t});
+      if (s % 1000 === 0) all.push({name: 'test_top1', step: s, value: 0.9 - 0.5 * Math.exp(-s / 20000), time: t});
+    }
+    const requests = [];
     await page.route(u => u.pathname.startsWith('/api/v1/jobs/' + id), route => {
       const u = new URL(route.request().url());
       if (u.pathname.endsWith('/metrics')) {
-        pages++;
-        const after = +u.searchParams.get('after_step'), limit = +u.searchParams.get('limit') || 1000;
-        const points = [];
-        let step = Math.max(after, 0);
-        while (step < N) {
-          const s = step + 1, t = now + s * 0.05, evalStep = s % 1000 === 0;
-          if (points.length + (evalStep ? 5 : 4) > limit) break;
-          const noise = Math.sin(s * 12.9898) * 43758.5453 % 1;
-          points.push({name: 'grad_norm', step: s, value: 0.5 + 0.1 * noise, time: t},
-            {name: 'images_per_second', step: s, value: 900 + 50 * noise, time: t},
-            {name: 'loss', step: s, value: 0.3 + 2 * Math.exp(-s / 20000) + 0.1 * noise, time: t},
-            {name: 'lr', step: s, value: 0.0015 * (1 + Math.cos(Math.PI * s / N)), time: t});
-          if (evalStep) points.push({name: 'test_top1', step: s, value: 0.9 - 0.5 * Math.exp(-s / 20000), time: t});
-          step = s;
+        const q = u.searchParams;
+        requests.push(q.toString());
+        const names = q.get('names') ? q.get('names').split(',') : null;
+        const inRange = all.filter(p => (!names || names.includes(p.name)) && p.step >= +(q.get('from_step') || 0) &&
+          p.step <= +(q.get('to_step') || Infinity));
+        if (!q.get('buckets')) /* pages: not expected for a finished job's charts */
+          return route.fulfill({status: 200, contentType: 'application/json', body: JSON.stringify({points: inRange.slice(0, 10000), next_after_step: null})});
+        const lo = inRange.reduce((m, p) => Math.min(m, p.step), Infinity), hi = inRange.reduce((m, p) => Math.max(m, p.step), -Infinity);
+        const width = Math.floor((hi - lo) / +q.get('buckets')) + 1, picked = new Map();
+        for (const p of inRange) {
+          const key = p.name + '/' + Math.floor((p.step - lo) / width), b = picked.get(key);
+          if (!b) picked.set(key, {min: p, max: p});
+          else {
+            if (p.value < b.min.value) b.min = p;
+            if (p.value > b.max.value) b.max = p;
+          }
         }
+        const points = [...new Set([...picked.values()].flatMap(b => [b.min, b.max]))]
+          .sort((a, b) => a.step - b.step || (a.name < b.name ? -1 : 1));
         return route.fulfill({status: 200, contentType: 'application/json',
-          body: JSON.stringify({points, next_after_step: step < N ? step : null})});
+          body: JSON.stringify({points, bucket_steps: width, next_after_step: null})});
       }
       if (u.pathname === '/api/v1/jobs/' + id) return route.fulfill({status: 200, contentType: 'application/json', body: JSON.stringify(job)});
       return route.fulfill({status: 404, contentType: 'application/json', body: '{"error":{"code":"not_found","message":"mocked"}}'});
@@ -442,33 +457,43 @@ async function main() {
     try {
       const t0 = Date.now();
       await page.goto(base + '/#/job/' + id);
-      await page.waitForFunction(n => +document.querySelector('[data-chart="loss"]').dataset.points === n &&
-        +document.querySelector('[data-chart="accuracy"]').dataset.points === 100, N, {timeout: 30000}).catch(async e => {
+      await page.waitForFunction(() => +document.querySelector('[data-chart="loss"]').dataset.points > 0 &&
+        +document.querySelector('[data-chart="accuracy"]').dataset.points === 100, null, {timeout: 30000}).catch(async e => {
         const got = await page.$$eval('.chart', cs => cs.map(c => c.dataset.chart + '=' + c.dataset.points).join(' '));
-        throw new Error(e.message.split('\n')[0] + ' (' + pages + ' pages served; charts: ' + got + ')');
+        throw new Error(e.message.split('\n')[0] + ' (requests: ' + requests.join(' | ') + '; charts: ' + got + ')');
       });
       const loadMs = Date.now() - t0;
       await sleep(300);
+      assert(requests.length === 1 && /buckets=/.test(requests[0]), 'the page asked for ' + requests.join(' | '));
+      const held = await page.$eval('[data-chart="loss"]', c => +c.dataset.points);
+      assert(held <= 4000 && held >= 2000, 'the loss chart holds ' + held + ' points');
       const r = await page.$$eval('.job-view .chart:not([hidden])', cs => cs.map(c => [c.dataset.chart, +c.dataset.drawn, +c.dataset.renderMs]));
       const worst = Math.max(...r.map(x => x[2]));
-      console.log('     ' + pages + ' metrics pages loaded and drawn in ' + loadMs + ' ms; per chart (x values drawn, ms): ' +
+      console.log('     loaded downsampled (' + held + ' loss points of ' + N + ') and drawn in ' + loadMs + ' ms; per chart (x values drawn, ms): ' +
         r.map(x => x[0] + ' ' + x[1] + ' ' + x[2].toFixed(0)).join(', '));
       assert(r.every(x => x[1] < 4000), 'a chart draws too many points');
       assert(worst < 300, 'a chart took ' + worst + ' ms');
-      /* zoom in by dragging: the range is drawn again from the full series */
+      /* zoom in by dragging: the range comes again from the server at full detail */
       const box = await page.$eval('[data-chart="loss"] .u-over', el => { const b = el.getBoundingClientRect(); return {x: b.x, y: b.y, w: b.width, h: b.height}; });
       await page.mouse.move(box.x + box.w * 0.50, box.y + box.h / 2);
       await page.mouse.down();
       await page.mouse.move(box.x + box.w * 0.52, box.y + box.h / 2, {steps: 4});
       await page.mouse.up();
       await page.waitForFunction(() => document.querySelector('[data-chart="loss"]').dataset.range);
-      await sleep(300);
       const [lo, hi] = (await page.$eval('[data-chart="loss"]', c => c.dataset.range)).split(',').map(Number);
-      const zoomMs = await page.$eval('[data-chart="loss"]', c => +c.dataset.renderMs);
       assert(hi - lo < 5000 && lo > 40000, 'zoomed to ' + lo + '..' + hi);
+      await page.waitForFunction(n => +document.querySelector('[data-chart="loss"]').dataset.points > n, held);
+      await sleep(300);
+      const detail = requests.slice(1);
+      assert(detail.length === 1 && /from_step=/.test(detail[0]), 'the zoom asked for ' + detail.join(' | '));
+      const from = +new URLSearchParams(detail[0]).get('from_step'), to = +new URLSearchParams(detail[0]).get('to_step');
+      assert(from <= lo + 1 && to >= hi - 1, 'asked for steps ' + from + '..' + to + ' of a zoom to ' + lo + '..' + hi);
+      const zoomHeld = await page.$eval('[data-chart="loss"]', c => +c.dataset.points);
+      assert(zoomHeld - held >= 0.9 * (to - from), 'the zoomed range is not at full detail: ' + held + ' -> ' + zoomHeld + ' points');
+      const zoomMs = await page.$eval('[data-chart="loss"]', c => +c.dataset.renderMs);
       assert(zoomMs < 300, 'the zoomed redraw took ' + zoomMs + ' ms');
       console.log('     zoomed to steps ' + Math.round(lo) + '..' + Math.round(hi) + ': redrawn in ' + zoomMs.toFixed(1) + ' ms');
-      /* the smoothing slider recomputes the EMA of 100,000 points */
+      /* the smoothing slider recomputes the EMA */
       await page.fill('#smoothing', '0.95');
       await sleep(300);
       const smoothMs = await page.$eval('[data-chart="loss"]', c => +c.dataset.renderMs);

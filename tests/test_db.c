@@ -589,6 +589,122 @@ static long metric_rows(const char *path, const char *id) {
     return raw_long(path, "SELECT COUNT(*) FROM metrics WHERE job_id = ?", id);
 }
 
+static int metric_cmp(const void *a, const void *b) {
+    const DbMetric *x = a, *y = b;
+    if (x->step != y->step) return x->step < y->step ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
+/* The naive reference of db_metrics_buckets over points sorted by (name, step). */
+static int naive_buckets(const DbMetric *all, int total, const char *const *names, int num_names, long from, long to,
+                         int buckets, DbMetric *out, long *width) {
+    long lo = -1, hi = -1;
+    for (int i = 0; i < total; i++) {
+        int named = num_names == 0;
+        for (int k = 0; k < num_names; k++) named |= !strcmp(all[i].name, names[k]);
+        if (!named || all[i].step < from || all[i].step > to) continue;
+        if (lo < 0 || all[i].step < lo) lo = all[i].step;
+        if (all[i].step > hi) hi = all[i].step;
+    }
+    *width = 1;
+    if (lo < 0) return 0;
+    *width = (hi - lo) / buckets + 1;
+    int n = 0;
+    for (int i = 0; i < total;) { /* one (name, bucket) run at a time */
+        long b = (all[i].step - lo) / *width;
+        int j = i;
+        while (j < total && !strcmp(all[j].name, all[i].name) && (all[j].step - lo) / *width == b) j++;
+        int named = num_names == 0;
+        for (int k = 0; k < num_names; k++) named |= !strcmp(all[i].name, names[k]);
+        int least = -1, most = -1, null = -1;
+        for (int k = i; k < j && named; k++) {
+            if (all[k].step < lo || all[k].step > hi) continue;
+            if (isnan(all[k].value)) {
+                if (null < 0) null = k;
+                continue;
+            }
+            if (least < 0 || all[k].value < all[least].value) least = k;
+            if (most < 0 || all[k].value > all[most].value) most = k;
+        }
+        int picked[3] = {least, most, null};
+        for (int k = 0; k < 3; k++)
+            if (picked[k] >= 0 && (k < 1 || picked[k] != picked[0]) && (k < 2 || picked[k] != picked[1]))
+                out[n++] = all[picked[k]];
+        i = j;
+    }
+    qsort(out, (size_t)n, sizeof *out, metric_cmp);
+    return n;
+}
+
+static void check_buckets(Db *db) {
+    char err[ERR_LEN], id[DB_ID_LEN];
+    job_in_state(db, "running", id);
+    enum { STEPS = 5000 };
+    static DbMetric all[3 * STEPS];
+    int total = 0;
+    uint64_t state = 12345;
+    const char *series[] = {"loss", "lr", "val_top1"}; /* in name order */
+    for (int s = 0; s < 3; s++) {
+        for (long step = 1; step <= STEPS; step++) {
+            if (s == 2 && step % 250) continue; /* an evaluation every 250 steps */
+            state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+            DbMetric *m = &all[total++];
+            snprintf(m->name, sizeof m->name, "%s", series[s]);
+            m->step = step;
+            m->value = (double)(state >> 11) / 9007199254740992.0; /* distinct values: no ties */
+            if (s == 0 && ((step >= 2000 && step < 2100) || step == 3333 || step == 4999)) m->value = NAN;
+            m->time = 1000.0 + (double)step;
+        }
+    }
+    CHECK(db_metrics_insert(db, id, all, total, err) == 0, "insert: %s", err);
+    static DbMetric expect[3 * STEPS];
+    const char *loss_only[] = {"loss"}, *two[] = {"loss", "val_top1"};
+    struct {
+        const char *const *names;
+        int num_names;
+        long from, to;
+        int buckets;
+    } cases[] = {
+        {NULL, 0, 0, 4000000000000000000L, 100},   {NULL, 0, 0, 4000000000000000000L, 1},
+        {NULL, 0, 0, 4000000000000000000L, 9999},  {loss_only, 1, 0, 4000000000000000000L, 37},
+        {loss_only, 1, 1990, 2120, 10},            {two, 2, 1200, 3600, 64},
+        {NULL, 0, 4990, 4000000000000000000L, 3},  {NULL, 0, 6000, 7000, 10},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        DbMetric *points;
+        int n;
+        long width, expect_width;
+        int expected = naive_buckets(all, total, cases[c].names, cases[c].num_names, cases[c].from, cases[c].to,
+                                     cases[c].buckets, expect, &expect_width);
+        if (db_metrics_buckets(db, id, cases[c].names, cases[c].num_names, cases[c].from, cases[c].to,
+                               cases[c].buckets, &points, &n, &width, err) != 0) {
+            CHECK(0, "case %zu: %s", c, err);
+            continue;
+        }
+        int same = n == expected && width == expect_width;
+        for (int i = 0; same && i < n; i++)
+            same = points[i].step == expect[i].step && !strcmp(points[i].name, expect[i].name) &&
+                   (points[i].value == expect[i].value || (isnan(points[i].value) && isnan(expect[i].value))) &&
+                   points[i].time == expect[i].time;
+        CHECK(same, "case %zu: %d points of width %ld, expected %d of width %ld", c, n, width, expected,
+              expect_width);
+        free(points);
+    }
+    /* few enough points per bucket: the whole range, every point */
+    DbMetric *points;
+    int n;
+    long width;
+    CHECK(db_metrics_buckets(db, id, loss_only, 1, 100, 299, 100, &points, &n, &width, err) == 0 && n == 200 &&
+              width == 2,
+          "a range of 2 points per bucket: %d points, width %ld", n, width);
+    free(points);
+    CHECK(db_metrics_buckets(db, id, NULL, 0, 0, 10, 0, &points, &n, &width, err) == DB_ERROR &&
+              strstr(err, "buckets"),
+          "0 buckets: %s", err);
+    CHECK(db_metrics_buckets(db, "jffffffffffffffff", NULL, 0, 0, 10, 5, &points, &n, &width, err) == DB_NOT_FOUND,
+          "unknown job");
+}
+
 static void test_metrics(void) {
     char err[ERR_LEN];
     const char *path = tmp_path("metrics.db");
@@ -669,6 +785,9 @@ static void test_metrics(void) {
     free(points);
     CHECK(db_metrics_page(db, "jffffffffffffffff", NULL, 0, 0, 10, &points, &n, err) == DB_NOT_FOUND,
           "unknown job");
+
+    TEST_CASE("metrics: display buckets match a naive reference (min, max, first null per bucket)");
+    check_buckets(db);
 
     TEST_CASE("checkpoints: recorded, listed oldest first, the job points at the latest");
     CHECK(db_checkpoint_record(db, id, 10, "/ckpt/10.safetensors", err) == 0, "record: %s", err);

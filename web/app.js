@@ -2,17 +2,20 @@
  *
  * Views (hash routes): #/ jobs table, #/submit the spec editor, #/job/ID one
  * job live, #/compare?ids=A,B several jobs overlaid. Talks to /api/v1 only:
- * the jobs list and /health for counts, /jobs/ID/metrics (keyset-paged) for a
- * job's history and the CSV export, /jobs/ID/events (Server-Sent Events) for
- * live updates, polling /metrics when a stream is not possible.
+ * the jobs list and /health for counts, /jobs/ID/metrics?buckets=N for a
+ * job's history as charts draw it (downsampled on the server: per bucket of
+ * steps the least and the greatest value; a zoomed range is fetched again at
+ * finer detail), /jobs/ID/metrics (keyset-paged, every point) for new points
+ * when polling and for the CSV export, /jobs/ID/events (Server-Sent Events)
+ * for live updates.
  *
- * Charts are uPlot. Every series is kept at full resolution in typed arrays
- * (Series); what a chart draws is picked from them per render, at most the
- * point with the least and the one with the greatest value in each pixel
- * column of the visible x range (and a few coarse buckets outside it, so
- * zooming out is immediate), so 100,000 points per series draw as a few
- * thousand. The CSV export reads the API again, every point.
- *
+ * Charts are uPlot. Series live in typed arrays (Series); what a chart draws
+ * is picked from them per render, at most the point with the least and the
+ * one with the greatest value in each pixel column of the visible x range
+ * (and a few coarse buckets outside it, so zooming out is immediate). A job
+ * of 100,000 steps arrives as a few thousand points per series and draws in
+ * milliseconds; the smoothed loss is the moving average of what arrived.
+
  * The token is asked for once (a dialog) when something needs it and kept in
  * localStorage; it goes as "Authorization: Bearer" on every request. */
 (function () {
@@ -25,6 +28,7 @@
   const TOKEN_KEY = 'distilld.token';
   const PREFS_KEY = 'distilld.prefs';
   const METRICS_PAGE = 10000;     // the API's largest page
+  const DISPLAY_BUCKETS = 2000;   // a chart's series comes from the server cut into this many min/max buckets
   const SSE_REPLAY_MAX = 5000;    // a stream replays the job's whole event log: above this many steps, poll instead
   const POLL_MS = 2000;
   const JOBS_REFRESH_MS = 3000;
@@ -322,7 +326,21 @@
     }
   }
 
-  // ---- series at full resolution ----
+  /* A job's metrics downsampled by the server for display (per name and
+   * bucket the least and the greatest value: spikes survive; the whole series
+   * when it is short) into data: all of it, or the steps [from, to] at finer
+   * detail in place of what data had there. Returns the bucket width in steps
+   * (1 or 2: every point). CSV export reads the full series instead. */
+  async function loadBuckets(id, data, names, from, to) {
+    let q = 'buckets=' + DISPLAY_BUCKETS + (names ? '&names=' + names.join(',') : '');
+    if (from != null) q += '&from_step=' + Math.max(0, Math.floor(from)) + '&to_step=' + Math.max(0, Math.ceil(to));
+    const page = await api('GET', '/jobs/' + enc(id) + '/metrics?' + q);
+    if (from == null) for (const p of page.points) data.add(p.name, p.step, p.value, p.time);
+    else data.replaceRange(Math.floor(from), Math.ceil(to), page.points, names);
+    return page.bucket_steps;
+  }
+
+  // ---- series ----
 
   function lowerBound(a, n, v) { /* first i with a[i] >= v */
     let lo = 0, hi = n;
@@ -377,6 +395,20 @@
       this.n = n + 1;
       this.version++;
     }
+    /* The points with a <= step <= b become `points` (sorted by step, inside). */
+    replaceRange(a, b, points) {
+      const i = lowerBound(this.step, this.n, a), j = upperBound(this.step, this.n, b), n = this.n - (j - i) + points.length;
+      const size = Math.max(256, n), step = new Float64Array(size), value = new Float64Array(size), time = new Float64Array(size);
+      step.set(this.step.subarray(0, i));
+      value.set(this.value.subarray(0, i));
+      time.set(this.time.subarray(0, i));
+      points.forEach((p, k) => { step[i + k] = p.step; value[i + k] = p.value == null ? NaN : p.value; time[i + k] = p.time; });
+      step.set(this.step.subarray(j, this.n), i + points.length);
+      value.set(this.value.subarray(j, this.n), i + points.length);
+      time.set(this.time.subarray(j, this.n), i + points.length);
+      Object.assign(this, {step, value, time, n});
+      this.version++;
+    }
     last() { return this.n ? this.value[this.n - 1] : NaN; }
     lastStep() { return this.n ? this.step[this.n - 1] : -1; }
     max() {
@@ -403,6 +435,17 @@
       return s;
     }
     has(name) { const s = this.series.get(name); return !!s && s.n > 0; }
+    /* The server's finer points of steps [a, b] replace the ones held there
+     * (of the given names, or of every series). */
+    replaceRange(a, b, points, names) {
+      const byName = new Map();
+      for (const p of points) {
+        if (!byName.has(p.name)) byName.set(p.name, []);
+        byName.get(p.name).push(p);
+      }
+      for (const name of new Set([...(names || this.series.keys()), ...byName.keys()])) this.get(name).replaceRange(a, b, byName.get(name) || []);
+      this.version++;
+    }
     add(name, step, value, time) {
       this.get(name).push(step, value, time);
       if (step > this.maxStep) this.maxStep = step;
@@ -519,7 +562,7 @@
   /* A uPlot chart of tracks: {label, color, width, dash, points, counted, x,
    * y, n, off}. Drag to zoom (the x range is redrawn at full detail), double
    * click to zoom out. data-points on the element: the points of the counted
-   * tracks, at full resolution. */
+   * tracks held (all of them, or the server's downsampled ones). */
   class Chart {
     constructor(parent, opts) {
       this.opts = Object.assign({height: 210, fmt: fmtNum, axis: fmtAxis}, opts);
@@ -645,9 +688,21 @@
     }
   }
 
-  /* Charts that zoom together (same x). */
-  function zoomGroup(charts) {
-    for (const c of charts) c.onZoom = range => charts.forEach(d => d.zoom(range));
+  /* Charts that zoom together (same x); onRange(range) after each zoom. */
+  function zoomGroup(charts, onRange) {
+    for (const c of charts) c.onZoom = range => { charts.forEach(d => d.zoom(range)); if (onRange) onRange(range); };
+  }
+
+  /* The steps a zoomed x range covers: the range itself on the step axis,
+   * else looked up in a series' times. */
+  function stepsOf(data, range, xMode) {
+    if (xMode === 'step') return range;
+    let s = null;
+    for (const t of data.series.values()) if (!s || t.n > s.n) s = t;
+    if (!s || !s.n) return null;
+    const off = xMode === 'elapsed' ? data.t0 : 0;
+    const i = Math.max(0, lowerBound(s.time, s.n, range[0] + off) - 1), j = Math.min(s.n - 1, upperBound(s.time, s.n, range[1] + off));
+    return [s.step[i], s.step[j]];
   }
 
   /* The chart controls shared by the job and compare pages: smoothing,
@@ -1007,7 +1062,20 @@
       agreement: new Chart(grid, {key: 'agreement', title: 'Teacher–student agreement (test)', fmt: fmtPct, axis: fmtPctAxis, empty: 'no evaluation yet'}),
       throughput: new Chart(grid, {key: 'throughput', title: 'Throughput', sub: 'images per second', empty: 'waiting for the first step'}),
     };
-    zoomGroup(Object.values(charts));
+    let coarse = false, detailTimer = 0;
+    /* zoomed in on a downsampled job: the server's finer detail of the range */
+    zoomGroup(Object.values(charts), range => {
+      clearTimeout(detailTimer);
+      if (!coarse || !range) return;
+      detailTimer = setTimeout(async () => {
+        const steps = stepsOf(data, range, prefs.xMode);
+        if (!steps || destroyed) return;
+        try {
+          await loadBuckets(id, data, null, steps[0], steps[1]);
+        } catch (e) { toast('metrics: ' + e.message, 'error'); }
+        markDirty();
+      }, 150);
+    });
     const controls = chartControls(() => redraw(), true);
     const logBox = h('div', {class: 'log-lines', id: 'job-log'});
     const specPre = h('pre');
@@ -1246,7 +1314,7 @@
       specPre.textContent = JSON.stringify(job.spec, null, 2);
       update();
       try {
-        await loadMetrics(id, data, -1, null, stop);
+        coarse = await loadBuckets(id, data) > 2;
       } catch (e) {
         toast('metrics: ' + e.message, 'error');
       }
@@ -1274,6 +1342,7 @@
         if (es) es.close();
         clearTimeout(pollTimer);
         clearTimeout(dirtyTimer);
+        clearTimeout(detailTimer);
         clearInterval(ticker);
         Object.values(charts).forEach(c => c.destroy());
       },
@@ -1365,7 +1434,8 @@
           if (!e) { e = {data: new JobData(), job}; loaded.set(id, e); }
           e.job = job;
           if (!e.complete) {
-            await loadMetrics(id, e.data, Math.max(-1, e.data.maxStep - 1), COMPARE_NAMES, stop);
+            if (e.data.maxStep < 0) await loadBuckets(id, e.data, COMPARE_NAMES);
+            else await loadMetrics(id, e.data, Math.max(-1, e.data.maxStep - 1), COMPARE_NAMES, stop);
             e.complete = TERMINAL.has(job.state);
           }
         } catch (err) {
