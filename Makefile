@@ -12,12 +12,12 @@ BUILD   := build$(if $(SANITIZER),-$(SANITIZER))
 ARCH    ?= native
 CFLAGS  := -std=c11 -O3 -march=$(ARCH) -g -Wall -Wextra -Werror -Wno-format-truncation -D_GNU_SOURCE -Icore -Iserver -pthread -fopenmp \
            $(if $(SANITIZER),-fsanitize=$(SANITIZER) -fno-omit-frame-pointer)
-LDLIBS  := -lopenblas -ljansson -lsqlite3 -lmicrohttpd -lz -lm -pthread -fopenmp $(if $(SANITIZER),-fsanitize=$(SANITIZER))
+LDLIBS  := -lopenblas -lturbojpeg -ljansson -lsqlite3 -lmicrohttpd -lz -lm -pthread -fopenmp $(if $(SANITIZER),-fsanitize=$(SANITIZER))
 
 # Debian packages: to build, to test (PyTorch is the numeric reference), to benchmark.
-BUILD_PACKAGES := gcc make libopenblas-dev libjansson-dev libsqlite3-dev libmicrohttpd-dev zlib1g-dev \
+BUILD_PACKAGES := gcc make libopenblas-dev libturbojpeg0-dev libjansson-dev libsqlite3-dev libmicrohttpd-dev zlib1g-dev \
                   libcurl4-openssl-dev dataset-fashion-mnist
-TEST_PACKAGES  := python3 python3-numpy python3-torch chromium python3-onnx python3-opencv
+TEST_PACKAGES  := python3 python3-numpy python3-pil python3-scipy python3-torch chromium python3-onnx python3-opencv
 BENCH_PACKAGES := libjemalloc2
 RESULTS_PACKAGES := python3-matplotlib
 
@@ -31,7 +31,7 @@ CLIENT_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard client/*.c))
 C_TESTS  := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 
 .PHONY: all deps test-deps web-deps run test bench results clean
-all: $(BUILD)/distilld $(BUILD)/distill $(C_TESTS) $(BUILD)/tests/model_check
+all: $(BUILD)/distilld $(BUILD)/distill $(C_TESTS) $(BUILD)/tests/model_check $(BUILD)/tests/images_dump
 
 deps:
 	@tools/install-packages $(BUILD_PACKAGES)

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include "augment.h"
+#include "images.h"
 #include "util.h"
 
 enum { RNG_VAL_SPLIT = 1, RNG_SUBSET = 2, RNG_EPOCH = 3, RNG_AUGMENT = 4, RNG_MIXUP = 5 };
@@ -31,28 +32,54 @@ static int load_idx_folder(const char *dir, const char *split, Dataset *out, cha
     return dataset_load_idx(images, labels, out, err);
 }
 
-int data_open(const DatasetSpec *spec, JobData *d, char *err) {
+/* The spec's splits: train and test always, val when the source has its own
+ * validation split (Flowers102, an image folder with val/). */
+static int load_splits(const DatasetSpec *spec, const char *cache_dir, JobData *d, char *err) {
+    if (spec->name[0]) {
+        if (dataset_load_builtin(spec->name, "train", &d->train, err)) return -1;
+        return dataset_load_builtin(spec->name, "test", &d->test, err);
+    }
+    if (!strcmp(spec->format, "idx")) {
+        if (load_idx_folder(spec->path, "train", &d->train, err)) return -1;
+        return load_idx_folder(spec->path, "test", &d->test, err);
+    }
+    const int size = spec->resize_small;
+    if (!strcmp(spec->format, "flowers102")) {
+        if (dataset_load_flowers102(spec->path, "train", size, cache_dir, &d->train, err)) return -1;
+        if (dataset_load_flowers102(spec->path, "val", size, cache_dir, &d->val, err)) return -1;
+        return dataset_load_flowers102(spec->path, "test", size, cache_dir, &d->test, err);
+    }
+    int has_val;
+    if (!image_folder_has_splits(spec->path, &has_val))
+        return dataset_load_folder_split(spec->path, size, cache_dir, &d->train, &d->test, err);
+    if (dataset_load_folder(spec->path, "train", size, cache_dir, &d->train, err)) return -1;
+    if (has_val && dataset_load_folder(spec->path, "val", size, cache_dir, &d->val, err)) return -1;
+    return dataset_load_folder(spec->path, "test", size, cache_dir, &d->test, err);
+}
+
+int data_open(const DatasetSpec *spec, const char *cache_dir, JobData *d, char *err) {
     memset(d, 0, sizeof *d);
     d->perm_epoch = -1;
-    int rc;
-    if (spec->name[0]) {
-        rc = dataset_load_builtin(spec->name, "train", &d->train, err);
-        if (!rc) rc = dataset_load_builtin(spec->name, "test", &d->test, err);
-    } else {
-        rc = load_idx_folder(spec->path, "train", &d->train, err);
-        if (!rc) rc = load_idx_folder(spec->path, "test", &d->test, err);
-    }
-    if (rc) {
+    if (load_splits(spec, cache_dir, d, err)) {
         data_close(d);
         return -1;
     }
     const Dataset *tr = &d->train, *te = &d->test;
-    if (tr->c != te->c || tr->h != te->h || tr->w != te->w) {
+    if (tr->c != te->c || (!tr->offsets && (tr->h != te->h || tr->w != te->w))) {
         data_close(d);
         return set_error(err, "dataset: training images are %dx%dx%d but test images are %dx%dx%d", tr->c, tr->h, tr->w,
                          te->c, te->h, te->w);
     }
     if (te->num_classes > tr->num_classes) d->train.num_classes = te->num_classes;
+    if (d->val.n > 0) { /* the source's own validation split */
+        if (d->val.num_classes > d->train.num_classes) d->train.num_classes = d->val.num_classes;
+        if (spec->val_size > d->val.n) {
+            int n = d->val.n;
+            data_close(d);
+            return set_error(err, "dataset.val_size: %d is larger than the dataset's %d validation images",
+                             spec->val_size, n);
+        }
+    }
     if (spec->test_size > te->n) {
         int n = te->n;
         data_close(d);
@@ -64,17 +91,27 @@ int data_open(const DatasetSpec *spec, JobData *d, char *err) {
         return set_error(err, "dataset.val_size: %d leaves no training images (the split has %d)", spec->val_size, tr->n);
     }
 
-    /* validation: a fixed seeded holdout, the same for every job on this dataset */
+    /* validation: the source's own split (all of it, or its first val_size
+     * images), else a fixed seeded holdout of the training split, the same
+     * for every job on this dataset */
     int32_t *all = xcalloc(tr->n, sizeof *all);
     for (int i = 0; i < tr->n; i++) all[i] = i;
-    if (spec->val_size > 0) {
-        Rng rng = rng_derive(0, RNG_VAL_SPLIT, 0);
-        shuffle(all, tr->n, &rng);
+    int pool;
+    if (d->val.n > 0) {
+        pool = tr->n;
+        d->val_count = spec->val_size ? spec->val_size : d->val.n;
+        d->val_index = xcalloc(d->val_count, sizeof *d->val_index);
+        for (int i = 0; i < d->val_count; i++) d->val_index[i] = i;
+    } else {
+        if (spec->val_size > 0) {
+            Rng rng = rng_derive(0, RNG_VAL_SPLIT, 0);
+            shuffle(all, tr->n, &rng);
+        }
+        pool = tr->n - spec->val_size;
+        d->val_count = spec->val_size;
+        d->val_index = xcalloc(d->val_count, sizeof *d->val_index);
+        memcpy(d->val_index, all + pool, sizeof(int32_t) * d->val_count);
     }
-    int pool = tr->n - spec->val_size;
-    d->val_count = spec->val_size;
-    d->val_index = xcalloc(d->val_count, sizeof *d->val_index);
-    memcpy(d->val_index, all + pool, sizeof(int32_t) * d->val_count);
 
     if (spec->subset_size == 0) {
         d->train_count = pool;
@@ -117,6 +154,7 @@ int data_open(const DatasetSpec *spec, JobData *d, char *err) {
 
 void data_close(JobData *d) {
     dataset_free(&d->train);
+    dataset_free(&d->val);
     dataset_free(&d->test);
     free(d->train_index);
     free(d->val_index);
@@ -127,19 +165,29 @@ void data_close(JobData *d) {
 int data_split_size(const JobData *d, int split) { return split == SPLIT_VAL ? d->val_count : d->test_count; }
 
 /* Evaluation resizes the short side to eval_resize, keeping the aspect ratio. */
-static void eval_resized_dims(const Dataset *ds, const JobSpec *spec, int *rh, int *rw) {
-    *rh = ds->h <= ds->w ? spec->eval_resize : (int)((long)spec->eval_resize * ds->h / ds->w);
-    *rw = ds->h <= ds->w ? (int)((long)spec->eval_resize * ds->w / ds->h) : spec->eval_resize;
+static void eval_resized_dims(int h, int w, const JobSpec *spec, int *rh, int *rw) {
+    *rh = h <= w ? spec->eval_resize : (int)((long)spec->eval_resize * h / w);
+    *rw = h <= w ? (int)((long)spec->eval_resize * w / h) : spec->eval_resize;
 }
 
 size_t data_scratch_size(const JobData *d, const JobSpec *spec) {
-    const Dataset *ds = &d->train; /* train and test images have the same shape */
-    int rh, rw;
-    eval_resized_dims(ds, spec, &rh, &rw);
-    size_t src = (size_t)ds->c * ds->h * ds->w;
-    size_t resized = (size_t)ds->c * rh * rw;
-    int pad = spec->model.image_size / 8;
-    size_t padded = (size_t)ds->c * (ds->h + 2 * pad) * (ds->w + 2 * pad);
+    /* the largest image of any split, and its resize for evaluation */
+    const Dataset *splits[3] = {&d->train, &d->val, &d->test};
+    size_t src = 0, resized = 0, padded = 0;
+    const int pad = spec->model.image_size / 8;
+    for (int k = 0; k < 3; k++) {
+        const Dataset *ds = splits[k];
+        for (int i = 0; i < ds->n; i++) {
+            int h, w, rh, rw;
+            dataset_image(ds, i, &h, &w);
+            eval_resized_dims(h, w, spec, &rh, &rw);
+            size_t a = (size_t)ds->c * h * w, b = (size_t)ds->c * rh * rw, c = (size_t)ds->c * (h + 2 * pad) * (w + 2 * pad);
+            if (a > src) src = a;
+            if (b > resized) resized = b;
+            if (c > padded) padded = c;
+            if (!ds->offsets) break; /* all of one size */
+        }
+    }
     size_t out = (size_t)spec->model.in_channels * spec->model.image_size * spec->model.image_size;
     size_t work = resized > padded ? resized : padded;
     if (out > work) work = out; /* mixup's one-image temporary */
@@ -182,23 +230,25 @@ void data_train_batch(JobData *d, const JobSpec *spec, long step, float *images,
         int32_t idx = train_image_at(d, spec, step * b_size + j);
         Rng rng = rng_derive(spec->seed, RNG_AUGMENT, (uint64_t)step * 65536u + (uint64_t)j);
         float *out = images + (size_t)j * out_floats;
-        to_unit_float(src, tr->pixels + (size_t)idx * src_floats, src_floats);
+        int h, w;
+        const uint8_t *pixels = dataset_image(tr, idx, &h, &w);
+        to_unit_float(src, pixels, (size_t)tr->c * h * w);
         if (spec->crop == CROP_INCEPTION) {
-            CropBox box = inception_crop_box(&rng, tr->h, tr->w, spec->crop_area_min, spec->crop_area_max);
-            resize_bilinear(out, s, s, src, tr->c, tr->h, tr->w, box);
+            CropBox box = inception_crop_box(&rng, h, w, spec->crop_area_min, spec->crop_area_max);
+            resize_bilinear(out, s, s, src, tr->c, h, w, box);
         } else if (spec->crop == CROP_RANDOM) {
             /* zero-pad by S/8 on every side, then a random S x S window */
-            int pad = s / 8, ph = tr->h + 2 * pad, pw = tr->w + 2 * pad;
+            int pad = s / 8, ph = h + 2 * pad, pw = w + 2 * pad;
             memset(work, 0, sizeof(float) * tr->c * ph * pw);
             for (int c = 0; c < tr->c; c++)
-                for (int y = 0; y < tr->h; y++)
-                    memcpy(work + ((size_t)c * ph + y + pad) * pw + pad, src + ((size_t)c * tr->h + y) * tr->w,
-                           sizeof(float) * tr->w);
+                for (int y = 0; y < h; y++)
+                    memcpy(work + ((size_t)c * ph + y + pad) * pw + pad, src + ((size_t)c * h + y) * w,
+                           sizeof(float) * w);
             int ch = s < ph ? s : ph, cw = s < pw ? s : pw;
             CropBox box = {(int)rng_below(&rng, (uint32_t)(ph - ch + 1)), (int)rng_below(&rng, (uint32_t)(pw - cw + 1)), ch, cw};
             resize_bilinear(out, s, s, work, tr->c, ph, pw, box);
         } else {
-            resize_bilinear(out, s, s, src, tr->c, tr->h, tr->w, (CropBox){0, 0, tr->h, tr->w});
+            resize_bilinear(out, s, s, src, tr->c, h, w, (CropBox){0, 0, h, w});
         }
         if (spec->flip && (rng_next(&rng) & 1)) flip_horizontal(out, m->in_channels, s, s);
         normalize(out, m);
@@ -214,24 +264,25 @@ void data_train_batch(JobData *d, const JobSpec *spec, long step, float *images,
 
 int data_eval_batch(const JobData *d, const JobSpec *spec, int split, int start, int count, float *images,
                     int32_t *labels, float *scratch) {
-    const Dataset *ds = split == SPLIT_VAL ? &d->train : &d->test;
+    const Dataset *ds = split == SPLIT_TEST ? &d->test : d->val.n > 0 ? &d->val : &d->train;
     const int total = data_split_size(d, split);
     const ModelConfig *m = &spec->model;
     const int s = m->image_size;
     const size_t src_floats = (size_t)ds->c * ds->h * ds->w, out_floats = (size_t)m->in_channels * s * s;
     float *src = scratch, *resized = scratch + src_floats;
-    /* resize the short side to eval_resize, then take the central eval_crop */
-    int rh, rw;
-    eval_resized_dims(ds, spec, &rh, &rw);
     int n = 0;
     for (int i = start; i < total && n < count; i++, n++) {
         int32_t idx = split == SPLIT_VAL ? d->val_index[i] : i;
         float *out = images + (size_t)n * out_floats;
-        to_unit_float(src, ds->pixels + (size_t)idx * src_floats, src_floats);
-        if (rh == ds->h && rw == ds->w) {
-            resize_bilinear(out, s, s, src, ds->c, ds->h, ds->w, central_crop_box(ds->h, ds->w, s, s));
+        int h, w, rh, rw;
+        const uint8_t *pixels = dataset_image(ds, idx, &h, &w);
+        to_unit_float(src, pixels, (size_t)ds->c * h * w);
+        /* resize the short side to eval_resize, then take the central eval_crop */
+        eval_resized_dims(h, w, spec, &rh, &rw);
+        if (rh == h && rw == w) {
+            resize_bilinear(out, s, s, src, ds->c, h, w, central_crop_box(h, w, s, s));
         } else {
-            resize_bilinear(resized, rh, rw, src, ds->c, ds->h, ds->w, (CropBox){0, 0, ds->h, ds->w});
+            resize_bilinear(resized, rh, rw, src, ds->c, h, w, (CropBox){0, 0, h, w});
             resize_bilinear(out, s, s, resized, ds->c, rh, rw, central_crop_box(rh, rw, s, s));
         }
         normalize(out, m);

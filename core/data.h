@@ -19,9 +19,10 @@ enum { SPLIT_VAL = 0, SPLIT_TEST = 1 };
 
 typedef struct {
     Dataset train, test;
+    Dataset val;          /* the source's own validation split (n = 0: none) */
     int32_t *train_index; /* images of `train` the job trains on */
     int train_count;
-    int32_t *val_index;   /* images of `train` held out for validation */
+    int32_t *val_index;   /* images of `val`, or else of `train` held out, for validation */
     int val_count;
     int test_count;       /* the first test_count images of `test` are evaluated */
     /* memo of the current epoch's permutation */
@@ -29,8 +30,9 @@ typedef struct {
     long perm_epoch;
 } JobData;
 
-/* Loads the spec's dataset and makes the splits (spec->dataset). */
-int data_open(const DatasetSpec *spec, JobData *d, char *err);
+/* Loads the spec's dataset and makes the splits (spec->dataset). Photo
+ * datasets are decoded once into cache_dir (images.h; NULL: no cache). */
+int data_open(const DatasetSpec *spec, const char *cache_dir, JobData *d, char *err);
 void data_close(JobData *d);
 
 /* Floats of scratch data_train_batch needs. */

@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -1408,8 +1409,13 @@ int idx_read(const char *path, IdxFile *out, char *err) {
 
 void dataset_free(Dataset *d) {
     if (!d) return;
-    free(d->pixels);
+    if (d->map) munmap(d->map, d->map_size);
+    else if (d->owned_block) free(d->owned_block);
+    else free(d->pixels);
     free(d->labels);
+    free(d->offsets);
+    free(d->heights);
+    free(d->widths);
     memset(d, 0, sizeof *d);
 }
 

@@ -105,7 +105,27 @@ typedef struct {
     int n, c, h, w, num_classes;
     uint8_t *pixels;                   /* (n, c, h, w) */
     int32_t *labels;                   /* (n) */
+    /* Images of their own sizes (photo folders, images.h): image i is
+     * (c, heights[i], widths[i]) at pixels + offsets[i], and h, w are the
+     * largest. NULL when every image is (c, h, w). */
+    uint64_t *offsets;
+    int32_t *heights, *widths;
+    void *map;                         /* pixels lie in this read-only mapping of map_size bytes */
+    size_t map_size;
+    void *owned_block;                 /* or in this malloc'd block (freed with the dataset) */
 } Dataset;
+
+/* Image i: its pixels (c, *h, *w). */
+static inline const uint8_t *dataset_image(const Dataset *d, int i, int *h, int *w) {
+    if (!d->offsets) {
+        *h = d->h;
+        *w = d->w;
+        return d->pixels + (size_t)i * d->c * d->h * d->w;
+    }
+    *h = d->heights[i];
+    *w = d->widths[i];
+    return d->pixels + d->offsets[i];
+}
 
 #define DATASET_BUILTIN_ROOT "/usr/share/datasets"
 

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "images.h"
 #include "util.h"
 
 /* ---- typed getters: each names the key on failure ---- */
@@ -118,17 +119,25 @@ static int parse_dataset(json_t *obj, DatasetSpec *d, char *err) {
         } else if (strcmp(key, "subset_seed") == 0) {
             if (get_int(v, "dataset.subset_seed", 0, 0x7fffffffL, &x, err)) return -1;
             d->subset_seed = (uint64_t)x;
+        } else if (strcmp(key, "resize_small") == 0) {
+            if (get_int(v, "dataset.resize_small", 8, 4096, &x, err)) return -1;
+            d->resize_small = (int)x;
         } else {
             return set_error(err, "dataset.%s: unknown key (known: name, format, path, val_size, test_size, "
-                                  "subset_size, subset_seed)", key);
+                                  "subset_size, subset_seed, resize_small)", key);
         }
     }
     if (d->name[0] && (d->format[0] || d->path[0]))
         return set_error(err, "dataset: give either a built-in \"name\" or a \"format\" and \"path\", not both");
     if (!d->name[0] && !d->path[0]) return set_error(err, "dataset: needs a built-in \"name\" or a \"path\"");
     if (d->path[0] && !d->format[0]) snprintf(d->format, sizeof d->format, "idx");
-    if (d->format[0] && strcmp(d->format, "idx") != 0)
-        return set_error(err, "dataset.format: \"%s\" is not supported (supported: idx)", d->format);
+    if (d->format[0] && strcmp(d->format, "idx") && strcmp(d->format, "folder") && strcmp(d->format, "flowers102"))
+        return set_error(err, "dataset.format: \"%s\" is not supported (supported: idx, folder, flowers102)",
+                         d->format);
+    int photos = !strcmp(d->format, "folder") || !strcmp(d->format, "flowers102");
+    if (d->resize_small && !photos)
+        return set_error(err, "dataset.resize_small: only for photo formats (folder, flowers102)");
+    if (photos && !d->resize_small) d->resize_small = IMAGES_DEFAULT_RESIZE;
     return 0;
 }
 
@@ -306,6 +315,7 @@ int jobspec_resolve(JobSpec *s, int train_size, int dataset_classes, int image_c
         return set_error(err, "model.num_classes: %d, but the dataset has %d classes", m->num_classes, dataset_classes);
     if (model_config_validate(m, err)) return -1;
     if (!s->eval_crop) s->eval_crop = m->image_size;
+    if (!s->eval_resize && s->dataset.resize_small) s->eval_resize = s->dataset.resize_small; /* photos: 160 -> 128 */
     if (!s->eval_resize) s->eval_resize = s->eval_crop == image_size ? image_size : s->eval_crop * 8 / 7;
     if (s->eval_crop != m->image_size)
         return set_error(err, "eval_crop: %d, but the model takes %d-px images", s->eval_crop, m->image_size);
@@ -349,6 +359,7 @@ char *jobspec_to_json(const JobSpec *s) {
     if (s->dataset.path[0]) json_object_set_new(d, "path", json_string(s->dataset.path));
     json_object_set_new(d, "val_size", json_integer(s->dataset.val_size));
     if (s->dataset.test_size) json_object_set_new(d, "test_size", json_integer(s->dataset.test_size));
+    if (s->dataset.resize_small) json_object_set_new(d, "resize_small", json_integer(s->dataset.resize_small));
     if (s->dataset.subset_size) {
         json_object_set_new(d, "subset_size", json_integer(s->dataset.subset_size));
         json_object_set_new(d, "subset_seed", json_integer((json_int_t)s->dataset.subset_seed));

@@ -19,8 +19,9 @@ enum { CROP_INCEPTION = 0, CROP_RANDOM = 1, CROP_NONE = 2 };
 
 typedef struct {
     char name[64];             /* built-in dataset ("fashion-mnist", "mnist"), or "" */
-    char format[16];           /* "idx" (with path) */
+    char format[16];           /* "idx", "folder" (JPEGs, a sub-folder per class) or "flowers102", with path */
     char path[SPEC_PATH_MAX];  /* folder holding the files of `format` */
+    int resize_small;          /* photos: short side of the decoded, cached images (images.h) */
     int val_size;              /* images held out of the training split for validation */
     int test_size;             /* evaluate on the first test_size test images; 0 = all */
     int subset_size;           /* 0 = the whole training split; else a class-balanced subset */

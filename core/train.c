@@ -177,16 +177,19 @@ int train_latest_checkpoint(const char *run_dir, char *path, size_t size) {
     return 0;
 }
 
-int train_run(const JobSpec *spec_in, const char *run_dir, const char *resume_from, const TrainCallbacks *cb,
-              TrainResult *result, char *err) {
+int train_run(const JobSpec *spec_in, const char *run_dir, const char *cache_dir, const char *resume_from,
+              const TrainCallbacks *cb, TrainResult *result, char *err) {
     Run r = {.spec = *spec_in};
     JobSpec *s = &r.spec;
     memset(result, 0, sizeof *result);
     int threads = train_threads(s->threads);
     if (make_dir(run_dir, err)) return -1;
-    if (data_open(&s->dataset, &r.data, err)) return -1;
+    if (data_open(&s->dataset, cache_dir, &r.data, err)) return -1;
     const Dataset *tr = &r.data.train;
-    if (jobspec_resolve(s, r.data.train_count, tr->num_classes, tr->c, tr->h, err)) {
+    /* photos have sizes of their own: the model's default input is a crop of
+     * 4/5 of the short side (128 of 160, as big_vision's Flowers configs) */
+    int image_size = tr->offsets ? s->dataset.resize_small * 4 / 5 : tr->h;
+    if (jobspec_resolve(s, r.data.train_count, tr->num_classes, tr->c, image_size, err)) {
         run_free(&r);
         return -1;
     }

@@ -46,9 +46,11 @@ enum { TRAIN_DONE = 0, TRAIN_STOPPED = 1 };
  * records checkpoints elsewhere always finds the one it recorded), the final
  * weights to run_dir/weights.safetensors. resume_from (may be NULL) is a
  * checkpoint to continue from; it must have been written for the same spec.
+ * cache_dir (may be NULL) keeps decoded photo datasets (images.h).
  * Returns TRAIN_DONE, TRAIN_STOPPED (should_stop asked; checkpoint written),
  * or -1. */
-int train_run(const JobSpec *spec, const char *run_dir, const char *resume_from, const TrainCallbacks *cb,
+int train_run(const JobSpec *spec, const char *run_dir, const char *cache_dir, const char *resume_from,
+              const TrainCallbacks *cb,
               TrainResult *result, char *err);
 
 /* The newest run_dir/checkpoint-<step>.safetensors; -1 if there is none. */

@@ -1,7 +1,7 @@
 /* main.c - the distilld program.
  *
  *   distilld [serve] [--listen ADDR] [--data-dir DIR] [--workers N] [--threads N] ...   the daemon
- *   distilld run SPEC.json [--run-dir DIR] [--resume]   one job in the foreground
+ *   distilld run SPEC.json [--run-dir DIR] [--cache-dir DIR] [--resume]   one job in the foreground
  *   distilld predict --weights W --input X.npy --output Y.npy [--threads N]
  *   distilld export --weights W --onnx OUT.onnx          the model as ONNX (core/onnx.h)
  *   distilld version
@@ -41,7 +41,7 @@ static void usage(FILE *f) {
                "  distilld [serve] [--listen ADDR] [--data-dir DIR] [--workers N] [--threads N]\n"
                "                   [--max-streams N] [--migrations DIR] [--web DIR] [--first-job SPEC.json]\n"
                "      the daemon: HTTP API on ADDR (default 127.0.0.1:8080), data in DIR (default ./var)\n"
-               "  distilld run SPEC.json [--run-dir DIR] [--resume]\n"
+               "  distilld run SPEC.json [--run-dir DIR] [--cache-dir DIR] [--resume]\n"
                "      train or distill one job in the foreground; DIR defaults to runs/<spec name>\n"
                "  distilld predict --weights W.safetensors --input X.npy --output Y.npy [--threads N]\n"
                "      X: float32 [N,C,H,W], already normalized; Y: float32 logits [N,K]\n"
@@ -165,11 +165,12 @@ static void print_checkpoint(void *ctx, long step, const char *path) {
 }
 
 static int cmd_run(int argc, char **argv) {
-    const char *spec_path = NULL, *run_dir = NULL;
+    const char *spec_path = NULL, *run_dir = NULL, *cache_dir = NULL;
     int resume = 0;
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "--resume") == 0) resume = 1;
         else if (strcmp(argv[i], "--run-dir") == 0 && i + 1 < argc) run_dir = argv[++i];
+        else if (strcmp(argv[i], "--cache-dir") == 0 && i + 1 < argc) cache_dir = argv[++i];
         else if (argv[i][0] == '-') {
             fprintf(stderr, "distilld run: unknown option %s\n", argv[i]);
             return 2;
@@ -220,7 +221,16 @@ static int cmd_run(int argc, char **argv) {
     } else if (resume) {
         printf("no checkpoint in %s: starting from step 0\n", run_dir);
     }
-    rc = train_run(&spec, run_dir, resume_from, &cb, &result, err);
+    /* decoded photo datasets: $XDG_CACHE_HOME/distilld or ~/.cache/distilld */
+    char cache[SPEC_PATH_MAX];
+    if (!cache_dir && getenv("XDG_CACHE_HOME") && getenv("XDG_CACHE_HOME")[0]) {
+        snprintf(cache, sizeof cache, "%s/distilld", getenv("XDG_CACHE_HOME"));
+        cache_dir = cache;
+    } else if (!cache_dir && getenv("HOME") && getenv("HOME")[0]) {
+        snprintf(cache, sizeof cache, "%s/.cache/distilld", getenv("HOME"));
+        cache_dir = cache;
+    }
+    rc = train_run(&spec, run_dir, cache_dir, resume_from, &cb, &result, err);
     if (progress.metrics) fclose(progress.metrics);
     if (rc < 0) {
         fprintf(stderr, "distilld: %s\n", err);

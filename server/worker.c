@@ -182,7 +182,9 @@ static void run_job(Workers *w, DbJob *job) {
     TrainResult result;
     /* resume from the checkpoint the database recorded: its metrics are stored */
     const char *resume_from = job->checkpoint_step >= 0 && job->checkpoint_path[0] ? job->checkpoint_path : NULL;
-    int rc = train_run(&spec, run_dir, resume_from, &cb, &result, err);
+    char cache_dir[SPEC_PATH_MAX + 16];
+    snprintf(cache_dir, sizeof cache_dir, "%s/cache", w->cfg.data_dir);
+    int rc = train_run(&spec, run_dir, cache_dir, resume_from, &cb, &result, err);
     flush(&r);
     json_decref(r.events);
     if (rc == TRAIN_DONE) finish(w->cfg.db, job->id, "succeeded", NULL);

@@ -359,6 +359,7 @@ static uint8_t pixel_value(int i, int c, int y, int x, int h, int w) {
 }
 
 static void make_dataset(Dataset *ds, int n, int c, int h, int w, int classes, int salt) {
+    memset(ds, 0, sizeof *ds);
     ds->n = n, ds->c = c, ds->h = h, ds->w = w, ds->num_classes = classes;
     ds->pixels = xcalloc((size_t)n * c * h * w, 1);
     ds->labels = xcalloc((size_t)n, sizeof(int32_t));

@@ -57,7 +57,7 @@ static int run_spec(const char *json, const char *dir, int resume, Watch *w, Tra
     TrainCallbacks cb = {.ctx = w, .on_step = on_step, .on_eval = on_eval, .should_stop = should_stop};
     char checkpoint[1024];
     const char *from = resume && train_latest_checkpoint(dir, checkpoint, sizeof checkpoint) == 0 ? checkpoint : NULL;
-    return train_run(&spec, dir, from, &cb, r, err);
+    return train_run(&spec, dir, NULL, from, &cb, r, err);
 }
 
 static int files_equal(const char *a, const char *b) {
