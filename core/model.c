@@ -225,7 +225,8 @@ size_t model_config_param_count(const ModelConfig *c) {
     return m.num_floats;
 }
 
-int model_create(Model **out, const ModelConfig *c, int batch_capacity, char *err) {
+/* inference: weights, standardized kernels and activations only */
+static int model_build(Model **out, const ModelConfig *c, int batch_capacity, int inference, char *err) {
     *out = NULL;
     if (model_config_validate(c, err) != 0) return -1;
     if (batch_capacity < 1) return set_error(err, "batch size must be at least 1");
@@ -247,25 +248,38 @@ int model_create(Model **out, const ModelConfig *c, int batch_capacity, char *er
     /* the big blocks may not fit: a job asking too much must fail, not abort the process */
     m->threads = omp_get_max_threads();
     size_t argmax = m->has_pool ? (size_t)batch_capacity * m->pool.channels * m->pool.out_h * m->pool.out_w : 1;
+    m->inference = inference;
     m->weights = calloc(m->num_floats, sizeof(float));
-    m->grads = calloc(m->num_floats, sizeof(float));
-    m->adam_m = calloc(m->num_floats, sizeof(float));
-    m->adam_v = calloc(m->num_floats, sizeof(float));
     m->w_hat = calloc(m->num_floats, sizeof(float));
-    m->dw_hat = calloc(m->num_floats, sizeof(float));
     m->ws_rstd = calloc(sizes.rstd, sizeof(float));
     m->scratch = calloc(sizes.scratch ? sizes.scratch : 1, sizeof(float));
     m->acts = calloc(m->num_acts, sizeof(float));
-    m->grad_acts = calloc(m->num_acts, sizeof(float));
     m->pool_argmax = calloc(argmax, sizeof(int32_t));
-    if (!m->weights || !m->grads || !m->adam_m || !m->adam_v || !m->w_hat || !m->dw_hat || !m->ws_rstd ||
-        !m->scratch || !m->acts || !m->grad_acts || !m->pool_argmax) {
-        double mb = ((6.0 * m->num_floats + 2.0 * m->num_acts + sizes.scratch) * sizeof(float)) / (1024.0 * 1024.0);
+    int training_ok = 1;
+    if (!inference) {
+        m->grads = calloc(m->num_floats, sizeof(float));
+        m->adam_m = calloc(m->num_floats, sizeof(float));
+        m->adam_v = calloc(m->num_floats, sizeof(float));
+        m->dw_hat = calloc(m->num_floats, sizeof(float));
+        m->grad_acts = calloc(m->num_acts, sizeof(float));
+        training_ok = m->grads && m->adam_m && m->adam_v && m->dw_hat && m->grad_acts;
+    }
+    if (!m->weights || !m->w_hat || !m->ws_rstd || !m->scratch || !m->acts || !m->pool_argmax || !training_ok) {
+        double blocks = inference ? 2.0 * m->num_floats + m->num_acts : 6.0 * m->num_floats + 2.0 * m->num_acts;
+        double mb = ((blocks + sizes.scratch) * sizeof(float)) / (1024.0 * 1024.0);
         model_free(m);
         return set_error(err, "not enough memory for this model at batch size %d (%.0f MB)", batch_capacity, mb);
     }
     *out = m;
     return 0;
+}
+
+int model_create(Model **out, const ModelConfig *c, int batch_capacity, char *err) {
+    return model_build(out, c, batch_capacity, 0, err);
+}
+
+int model_create_inference(Model **out, const ModelConfig *c, int batch_capacity, char *err) {
+    return model_build(out, c, batch_capacity, 1, err);
 }
 
 void model_free(Model *m) {
@@ -301,9 +315,19 @@ void model_init_bit(Model *m, uint64_t seed) {
             for (size_t k = 0; k < p->size; k++) w[k] = v;
         }
     }
-    memset(m->adam_m, 0, m->num_floats * sizeof(float));
-    memset(m->adam_v, 0, m->num_floats * sizeof(float));
+    if (!m->inference) {
+        memset(m->adam_m, 0, m->num_floats * sizeof(float));
+        memset(m->adam_v, 0, m->num_floats * sizeof(float));
+    }
     m->w_hat_valid = 0;
+}
+
+/* Training calls on a model built for inference are programming errors. */
+static void require_training(const Model *m, const char *what) {
+    if (m->inference) {
+        fprintf(stderr, "distilld: %s on a model built for inference (no gradients)\n", what);
+        abort();
+    }
 }
 
 /* ----------------------------------------------------------------- forward */
@@ -382,9 +406,13 @@ float *model_forward(Model *m, const float *images, int batch) {
 
 /* ---------------------------------------------------------------- backward */
 
-void model_zero_grad(Model *m) { memset(m->grads, 0, m->num_floats * sizeof(float)); }
+void model_zero_grad(Model *m) {
+    require_training(m, "model_zero_grad");
+    memset(m->grads, 0, m->num_floats * sizeof(float));
+}
 
 void model_backward(Model *m, const float *dlogits, int batch) {
+    require_training(m, "model_backward");
     omp_set_num_threads(m->threads);
     float *a = m->acts, *d = m->grad_acts;
     const ModelConfig *c = &m->cfg;
@@ -801,7 +829,7 @@ int model_load_sized(Model **out, const char *path, int batch_capacity, int imag
     Model *m = NULL;
     int rc = npz ? npz_normalize_names(&f, path, err) : 0;
     if (!rc) rc = npz ? config_from_npz(&c, &f, image_size, path, err) : config_from_file(&c, &f, path, err);
-    if (!rc) rc = model_create(&m, &c, batch_capacity, err);
+    if (!rc) rc = model_create_inference(&m, &c, batch_capacity, err);
     if (!rc && npz) rc = npz_check_tensors(m, &f, path, err);
     const char *prefixes[] = {""};
     if (!rc) rc = block_from_file(m, m->weights, "", &f, path, err);
@@ -826,6 +854,7 @@ int model_load(Model **out, const char *path, int batch_capacity, char *err) {
 #define OPT_V_PREFIX "optimizer/adam_v/"
 
 int model_save_checkpoint(const Model *m, long step, const char *spec_json, const char *path, char *err) {
+    if (m->inference) return set_error(err, "%s: a model built for inference has no optimizer state", path);
     char step_text[32];
     snprintf(step_text, sizeof step_text, "%ld", step);
     const float *blocks[] = {m->weights, m->adam_m, m->adam_v};
@@ -835,6 +864,7 @@ int model_save_checkpoint(const Model *m, long step, const char *spec_json, cons
 }
 
 int model_load_checkpoint(Model *m, const char *path, long *step, char **spec_json, char *err) {
+    if (m->inference) return set_error(err, "%s: a model built for inference has no optimizer state", path);
     StFile f = {0};
     if (safetensors_read(path, &f, err) != 0) return -1;
     ModelConfig c;

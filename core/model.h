@@ -94,6 +94,7 @@ typedef struct {
     float *acts, *grad_acts;
     float *scratch;        /* convolution scratch (see conv_scratch_size) */
     int threads;           /* OpenMP threads when created: forward/backward run on this many */
+    int inference;         /* built for inference: grads, adam_m/v, dw_hat and grad_acts are NULL */
     int32_t *pool_argmax;
     size_t act_input, act_stem_conv, act_stem_out, act_head, act_pooled, act_logits;
 } Model;
@@ -109,6 +110,11 @@ size_t model_config_param_count(const ModelConfig *c);
  * Forward and backward run on as many OpenMP threads as the calling thread
  * had when the model was created (see train_threads). */
 int model_create(Model **out, const ModelConfig *c, int batch_capacity, char *err);
+/* The same for forward passes only (a teacher, predict, export): weights,
+ * standardized kernels and activations, without gradients, Adam moments or
+ * activation gradients (a third of the memory or less). model_backward,
+ * model_zero_grad, the optimizer and checkpoints refuse such a model. */
+int model_create_inference(Model **out, const ModelConfig *c, int batch_capacity, char *err);
 void model_free(Model *m);
 
 /* BiT initialisation: He-normal kernels, GroupNorm gamma 1 / beta 0, zero head. */
@@ -122,8 +128,9 @@ void model_backward(Model *m, const float *dlogits, int batch);
 
 /* Weights I/O: safetensors with BiT names, HWIO kernels, architecture in __metadata__. */
 int model_save(const Model *m, const char *path, char *err);
-/* Reads a weights file's architecture and builds a model with its weights.
- * The file is our safetensors (architecture in __metadata__) or a BiT .npz
+/* Reads a weights file's architecture and builds a model with its weights,
+ * for inference (model_create_inference: a teacher, predict, export). The
+ * file is our safetensors (architecture in __metadata__) or a BiT .npz
  * checkpoint (told apart by the zip magic, not the name): its architecture
  * is inferred from the tensors - depth from the block{s}/unit{NN} names,
  * base_width*width from the root conv's output channels (written 64 x w when

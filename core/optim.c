@@ -3,6 +3,8 @@
 #include "optim.h"
 
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 
 float schedule_multiplier(long step, long warmup_steps, long total_steps) {
     if (step < warmup_steps) return (float)step / (float)warmup_steps;
@@ -19,6 +21,10 @@ float grad_global_norm(const Model *m) {
 }
 
 float optimizer_step(Model *m, const OptimConfig *o, long step) {
+    if (m->inference) {
+        fprintf(stderr, "distilld: optimizer_step on a model built for inference\n");
+        abort();
+    }
     float norm = grad_global_norm(m);
     float clip = (o->clip_norm > 0.0f && norm > o->clip_norm) ? o->clip_norm / norm : 1.0f;
     const float sched = schedule_multiplier(step, o->warmup_steps, o->total_steps);

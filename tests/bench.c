@@ -28,14 +28,14 @@ static int compare_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-static Model *make_model(const char *json, int batch) {
+static Model *make_model(const char *json, int batch, int inference) {
     char err[ERR_LEN];
     json_error_t jerr;
     json_t *o = json_loads(json, 0, &jerr);
     ModelConfig c;
     model_config_defaults(&c);
     Model *m = NULL;
-    if (!o || jobspec_parse_model(o, &c, err) != 0 || model_create(&m, &c, batch, err) != 0) {
+    if (!o || jobspec_parse_model(o, &c, err) != 0 || (inference ? model_create_inference(&m, &c, batch, err) : model_create(&m, &c, batch, err)) != 0) {
         fprintf(stderr, "bench: model %s: %s\n", json, o ? err : jerr.text);
         exit(2);
     }
@@ -82,7 +82,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     train_threads(threads);
-    Model *student = make_model(student_json, batch), *teacher = is_distill ? make_model(teacher_json, batch) : NULL;
+    /* the teacher (and inference) without gradients, as a job runs it */
+    Model *student = make_model(student_json, batch, !is_train && !is_distill);
+    Model *teacher = is_distill ? make_model(teacher_json, batch, 1) : NULL;
     const ModelConfig *c = &student->cfg;
     const int k = c->num_classes;
     const size_t image_floats = (size_t)c->in_channels * c->image_size * c->image_size;

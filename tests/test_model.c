@@ -1343,12 +1343,65 @@ static void test_blas(void) {
     expect_core(0, 0, "Nehalem", NULL);
 }
 
+/* The same weights in a training model and in one built for inference:
+ * bit-equal logits, no gradient blocks, no checkpoints; model_load builds
+ * the inference kind. */
+static void inference_matches(const ModelConfig *c, uint64_t seed) {
+    char err[ERR_LEN] = "";
+    const int batch = 3;
+    Model *train = new_model(c, batch), *infer = NULL;
+    model_init_bit(train, seed);
+    Rng rng = rng_derive(seed, 9, 0);
+    for (size_t i = 0; i < train->num_floats; i++) train->weights[i] += 0.05f * (float)rng_normal(&rng);
+    CHECK(model_create_inference(&infer, c, batch, err) == 0 && infer, "model_create_inference: %s", err);
+    if (!infer) {
+        model_free(train);
+        return;
+    }
+    CHECK(infer->inference && !infer->grads && !infer->adam_m && !infer->adam_v && !infer->dw_hat && !infer->grad_acts,
+          "an inference model holds training blocks");
+    memcpy(infer->weights, train->weights, train->num_floats * sizeof(float));
+    const size_t image = (size_t)c->in_channels * c->image_size * c->image_size;
+    float *x = xcalloc(batch * image, sizeof(float));
+    for (size_t i = 0; i < batch * image; i++) x[i] = (float)rng_normal(&rng);
+    const size_t k = (size_t)batch * c->num_classes;
+    float *want = xcalloc(k, sizeof(float));
+    memcpy(want, model_forward(train, x, batch), k * sizeof(float));
+    float max_abs = 0;
+    for (size_t i = 0; i < k; i++) max_abs = fmaxf(max_abs, fabsf(want[i]));
+    CHECK(max_abs > 1e-3f, "logits are all near zero (%g): the comparison would prove nothing", max_abs);
+    CHECK(same_bits(model_forward(infer, x, batch), want, k), "inference logits differ from the training model's");
+    CHECK(model_save_checkpoint(infer, 1, "{}", tmp_path("inference.ckpt"), err) != 0 && strstr(err, "inference"),
+          "a checkpoint of an inference model: %s", err);
+    const char *path = tmp_path("inference.safetensors");
+    CHECK(model_save(train, path, err) == 0, "model_save: %s", err);
+    Model *loaded = NULL;
+    CHECK(model_load(&loaded, path, batch, err) == 0 && loaded && loaded->inference, "model_load: %s", err);
+    if (loaded) CHECK(same_bits(model_forward(loaded, x, batch), want, k), "a loaded model's logits differ");
+    model_free(loaded);
+    free(x);
+    free(want);
+    model_free(infer);
+    model_free(train);
+}
+
+static void test_inference_model(void) {
+    ModelConfig c;
+    TEST_CASE("inference model (stem=bit): same logits bit for bit, no gradients, no checkpoints");
+    bit_config(&c);
+    inference_matches(&c, 21);
+    TEST_CASE("inference model (stem=small): same logits bit for bit, no gradients, no checkpoints");
+    small_config(&c);
+    inference_matches(&c, 22);
+}
+
 int main(void) {
     if (!mkdtemp(tmp_dir)) die("mkdtemp", tmp_dir);
     test_round_trip();
     test_file_layout();
     test_bad_files();
     test_checkpoints();
+    test_inference_model();
     test_init();
     test_schedule();
     test_optimizer();
