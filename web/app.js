@@ -1044,11 +1044,13 @@
       cancel: h('button', {type: 'button', id: 'cancel-job', class: 'danger', onclick: () => act('cancel')}, 'Cancel'),
       csv: h('button', {type: 'button', id: 'export-csv', onclick: () => exportCsv()}, 'Export CSV'),
       weights: h('a', {class: 'button', id: 'weights', href: API + '/jobs/' + enc(id) + '/weights', download: id + '.safetensors'}, 'Weights'),
+      onnx: h('a', {class: 'button', id: 'weights-onnx', href: API + '/jobs/' + enc(id) + '/weights?format=onnx', download: id + '.onnx',
+        title: 'the student as ONNX, for deployment'}, 'ONNX'),
     };
     const badge = h('span');
     const kindBadge = h('span');
     const liveEl = h('span', {class: 'live loading', id: 'live-mode'}, 'loading');
-    title.append(kindBadge, badge, liveEl, h('span', {class: 'spacer'}), buttons.pause, buttons.resume, buttons.cancel, buttons.csv, buttons.weights);
+    title.append(kindBadge, badge, liveEl, h('span', {class: 'spacer'}), buttons.pause, buttons.resume, buttons.cancel, buttons.csv, buttons.weights, buttons.onnx);
     const bar = h('span', {style: 'width:0%'});
     const progressLine = h('div', {class: 'line'});
     const progress = h('div', {class: 'progress', id: 'progress'}, h('div', {class: 'bar'}, bar), progressLine);
@@ -1122,8 +1124,11 @@
       buttons.pause.disabled = !running || !!job.request;
       buttons.resume.disabled = job.state !== 'paused';
       buttons.cancel.disabled = !(running || job.state === 'queued') || job.request === 'cancel';
-      buttons.weights.hidden = job.state !== 'succeeded';
-      if (readsNeedToken && token()) buttons.weights.href = API + '/jobs/' + enc(id) + '/weights?access_token=' + enc(token());
+      buttons.weights.hidden = buttons.onnx.hidden = job.state !== 'succeeded';
+      if (readsNeedToken && token()) {
+        buttons.weights.href = API + '/jobs/' + enc(id) + '/weights?access_token=' + enc(token());
+        buttons.onnx.href = API + '/jobs/' + enc(id) + '/weights?format=onnx&access_token=' + enc(token());
+      }
 
       const p = progressOf(job);
       bar.style.width = (p * 100).toFixed(2) + '%';
