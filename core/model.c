@@ -74,10 +74,19 @@ int model_config_validate(const ModelConfig *c, char *err) {
 
 /* ------------------------------------------------------------------ layout */
 
+/* An inference model (nothing kept for backward) reuses activation memory:
+ * region 0 holds the input and the head, units alternate their outputs
+ * between regions 1 and 2, and everything inside a unit (and the stem conv
+ * before a pool) lives in region 3, reused by every unit. Offsets are laid
+ * out region-relative (the region in the top bits), then relocated. */
+enum { REGION_FIXED = 0, REGION_PING = 1, REGION_PONG = 2, REGION_UNIT = 3, REGION_SHIFT = 56 };
+
 typedef struct {
     Model *m;
     size_t params, acts, rstd, scratch;
     int capacity;
+    int reuse, region;
+    size_t cursor[4], size[4];
 } Layout;
 
 static size_t add_param(Layout *l, ParamKind kind, const char *name, int d0, int d1, int d2, int d3) {
@@ -93,9 +102,50 @@ static size_t add_param(Layout *l, ParamKind kind, const char *name, int d0, int
 }
 
 static size_t add_act(Layout *l, size_t per_image) {
-    size_t off = l->acts;
-    l->acts += per_image * l->capacity;
-    return off;
+    size_t n = per_image * l->capacity;
+    if (!l->reuse) {
+        size_t off = l->acts;
+        l->acts += n;
+        return off;
+    }
+    size_t off = l->cursor[l->region];
+    l->cursor[l->region] += n;
+    if (l->cursor[l->region] > l->size[l->region]) l->size[l->region] = l->cursor[l->region];
+    return (size_t)l->region << REGION_SHIFT | off;
+}
+
+/* Region-relative offsets to absolute ones, regions one after another. */
+static void relocate(Layout *l) {
+    size_t base[4] = {0};
+    for (int r = 1; r < 4; r++) base[r] = base[r - 1] + l->size[r - 1];
+    l->acts = base[3] + l->size[3];
+    Model *m = l->m;
+#define RELOCATE(field) ((field) = base[(field) >> REGION_SHIFT] + ((field) & (((size_t)1 << REGION_SHIFT) - 1)))
+    RELOCATE(m->act_input);
+    RELOCATE(m->act_stem_conv);
+    RELOCATE(m->act_stem_out);
+    RELOCATE(m->act_head);
+    RELOCATE(m->act_pooled);
+    RELOCATE(m->act_logits);
+    RELOCATE(m->head_norm.mean);
+    RELOCATE(m->head_norm.rstd);
+    for (int i = 0; i < m->num_units; i++) {
+        Unit *u = &m->units[i];
+        Norm *norms[3] = {&u->gn_a, &u->gn_b, &u->gn_c};
+        for (int k = 0; k < 3; k++) {
+            RELOCATE(norms[k]->mean);
+            RELOCATE(norms[k]->rstd);
+        }
+        RELOCATE(u->x);
+        RELOCATE(u->p);
+        RELOCATE(u->a);
+        RELOCATE(u->q);
+        RELOCATE(u->b);
+        RELOCATE(u->r);
+        if (u->has_proj) RELOCATE(u->sc);
+        RELOCATE(u->out);
+    }
+#undef RELOCATE
 }
 
 static Conv make_conv(Layout *l, const char *prefix, int cin, int cout, int k, int stride, int pad, int h, int w) {
@@ -137,12 +187,13 @@ typedef struct { size_t rstd, scratch; } ScratchSizes;
 
 static ScratchSizes model_layout(Model *m, int capacity) {
     const ModelConfig *c = &m->cfg;
-    Layout l = {.m = m, .capacity = capacity};
+    Layout l = {.m = m, .capacity = capacity, .reuse = m->inference, .region = REGION_FIXED};
     m->num_params = 0;
     int size = c->image_size, channels = c->base_width * c->width;
     char prefix[96];
 
     m->act_input = add_act(&l, (size_t)c->in_channels * size * size);
+    l.region = c->stem == STEM_BIT ? REGION_UNIT : REGION_PING; /* the stem's output is unit 1's input */
     if (c->stem == STEM_BIT)
         m->stem = make_conv(&l, "resnet/root_block", c->in_channels, channels, 7, 2, 3, size, size);
     else
@@ -156,6 +207,7 @@ static ScratchSizes model_layout(Model *m, int capacity) {
                               .kernel = 3, .stride = 2, .pad = 1};
         pool_shape_init(&m->pool);
         size = m->pool.out_h;
+        l.region = REGION_PING;
         m->act_stem_out = add_act(&l, (size_t)channels * size * size);
     }
 
@@ -168,6 +220,8 @@ static ScratchSizes model_layout(Model *m, int capacity) {
             int stride = (b == 0 && s > 0) ? 2 : 1;
             int hw = size * size;
             un->x = x;
+            l.region = REGION_UNIT;
+            l.cursor[REGION_UNIT] = 0;
             snprintf(prefix, sizeof prefix, "resnet/block%d/unit%02d/a/group_norm", s + 1, b + 1);
             un->gn_a = make_norm(&l, prefix, channels, hw);
             un->p = add_act(&l, (size_t)channels * hw);
@@ -193,12 +247,15 @@ static ScratchSizes model_layout(Model *m, int capacity) {
             snprintf(prefix, sizeof prefix, "resnet/block%d/unit%02d/c", s + 1, b + 1);
             un->conv_c = make_conv(&l, prefix, mid, out, 1, 1, 0, size, size);
             if (un->has_proj) un->sc = add_act(&l, (size_t)out * hw);
+            l.region = u % 2 ? REGION_PING : REGION_PONG; /* not the region of x */
+            l.cursor[l.region] = 0;
             un->out = add_act(&l, (size_t)out * hw);
             x = un->out;
             channels = out;
         }
     }
     m->head_channels = channels;
+    l.region = REGION_FIXED;
     m->head_norm = make_norm(&l, "resnet/group_norm", channels, size * size);
     m->act_head = add_act(&l, (size_t)channels * size * size);
     m->act_pooled = add_act(&l, channels);
@@ -206,6 +263,7 @@ static ScratchSizes model_layout(Model *m, int capacity) {
     m->head_bias = add_param(&l, PARAM_BIAS, "resnet/head/conv2d/bias", c->num_classes, 1, 1, 1);
     m->act_logits = add_act(&l, c->num_classes);
 
+    if (l.reuse) relocate(&l);
     m->num_floats = l.params;
     m->num_acts = l.acts;
     m->batch_capacity = capacity;
@@ -232,6 +290,7 @@ static int model_build(Model **out, const ModelConfig *c, int batch_capacity, in
     if (batch_capacity < 1) return set_error(err, "batch size must be at least 1");
     Model *m = xcalloc(1, sizeof *m);
     m->cfg = *c;
+    m->inference = inference; /* the layout reuses activation memory */
     for (int s = 0; s < c->num_stages; s++) m->num_units += c->depth[s];
     m->units = xcalloc(m->num_units, sizeof *m->units);
     m->params = xcalloc(count_params(c), sizeof *m->params);
@@ -248,7 +307,6 @@ static int model_build(Model **out, const ModelConfig *c, int batch_capacity, in
     /* the big blocks may not fit: a job asking too much must fail, not abort the process */
     m->threads = omp_get_max_threads();
     size_t argmax = m->has_pool ? (size_t)batch_capacity * m->pool.channels * m->pool.out_h * m->pool.out_w : 1;
-    m->inference = inference;
     m->weights = calloc(m->num_floats, sizeof(float));
     m->w_hat = calloc(m->num_floats, sizeof(float));
     m->ws_rstd = calloc(sizes.rstd, sizeof(float));

@@ -110,10 +110,12 @@ size_t model_config_param_count(const ModelConfig *c);
  * Forward and backward run on as many OpenMP threads as the calling thread
  * had when the model was created (see train_threads). */
 int model_create(Model **out, const ModelConfig *c, int batch_capacity, char *err);
-/* The same for forward passes only (a teacher, predict, export): weights,
- * standardized kernels and activations, without gradients, Adam moments or
- * activation gradients (a third of the memory or less). model_backward,
- * model_zero_grad, the optimizer and checkpoints refuse such a model. */
+/* The same for forward passes only (a teacher, predict, export): weights and
+ * standardized kernels, without gradients, Adam moments or activation
+ * gradients, and activations that reuse memory (only the current unit's and
+ * the previous unit's output are kept), so `acts` holds the input and the
+ * head, not every layer. model_backward, model_zero_grad, the optimizer and
+ * checkpoints refuse such a model. */
 int model_create_inference(Model **out, const ModelConfig *c, int batch_capacity, char *err);
 void model_free(Model *m);
 

@@ -1360,6 +1360,8 @@ static void inference_matches(const ModelConfig *c, uint64_t seed) {
     }
     CHECK(infer->inference && !infer->grads && !infer->adam_m && !infer->adam_v && !infer->dw_hat && !infer->grad_acts,
           "an inference model holds training blocks");
+    CHECK(infer->num_acts * 4 < train->num_acts * 3, "inference activations %zu floats, training %zu: no reuse",
+          infer->num_acts, train->num_acts);
     memcpy(infer->weights, train->weights, train->num_floats * sizeof(float));
     const size_t image = (size_t)c->in_channels * c->image_size * c->image_size;
     float *x = xcalloc(batch * image, sizeof(float));
@@ -1387,10 +1389,10 @@ static void inference_matches(const ModelConfig *c, uint64_t seed) {
 
 static void test_inference_model(void) {
     ModelConfig c;
-    TEST_CASE("inference model (stem=bit): same logits bit for bit, no gradients, no checkpoints");
+    TEST_CASE("inference model (stem=bit): activations reused, same logits bit for bit, no gradients, no checkpoints");
     bit_config(&c);
     inference_matches(&c, 21);
-    TEST_CASE("inference model (stem=small): same logits bit for bit, no gradients, no checkpoints");
+    TEST_CASE("inference model (stem=small): activations reused, same logits bit for bit, no gradients, no checkpoints");
     small_config(&c);
     inference_matches(&c, 22);
 }
