@@ -1,7 +1,7 @@
 # distilld in a container: Debian 12 with the same packages `make` installs.
 FROM debian:12
 RUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-        gcc make libc6-dev libopenblas-dev libjansson-dev libsqlite3-dev libmicrohttpd-dev zlib1g-dev \
+        gcc make libc6-dev libopenblas-dev libturbojpeg0-dev libjansson-dev libsqlite3-dev libmicrohttpd-dev zlib1g-dev \
         dataset-fashion-mnist \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
