@@ -119,6 +119,19 @@ def main(runs_dir, docs_dir):
             "{:,}".format(r["params"]), r["steps"], fmt_wall(r["wall"]), r["threads"]))
     for name, label in missing:
         lines.append("| %s | not run to the end: `make results` resumes it | | | | | |" % label)
+    # the claim, as numbers: the targets this reproduction set itself
+    top = {name: 100 * evals[-1]["test_top1"] for name, (_, _, evals) in data.items()}
+    lines += ["", "| check | target | measured | met |", "|---|---|---:|:-:|"]
+
+    def check(what, target, value, ok):
+        lines.append("| %s | %s | %s | %s |" % (what, target, value, "—" if ok is None else ("yes" if ok else "**no**")))
+
+    t, fm, lab = (top.get(n) for n in ("fmnist-teacher", "fmnist-fm-1k", "fmnist-labels-1k"))
+    check("teacher test top-1", ">= 91 %", "%.2f %%" % t if t else "—", None if t is None else t >= 91)
+    check("function matching above labels", ">= 4 points", "%+.2f" % (fm - lab) if fm and lab else "—",
+          None if not (fm and lab) else fm - lab >= 4)
+    check("function matching below its teacher", "<= 2 points", "%.2f" % (t - fm) if t and fm else "—",
+          None if not (t and fm) else t - fm <= 2)
     lines += ["", "![training loss and test accuracy](results/curves.png)", "",
               "Machine: %s, %d cores. Every number comes from `make results` (tools/results.sh) on the committed"
               % (cpu_model(), os.cpu_count()),
