@@ -476,7 +476,7 @@ static int cache_open(const char *path, uint64_t fingerprint, int resize_small, 
     const CacheHeader *hd = map;
     int ok = memcmp(hd->magic, CACHE_MAGIC, 8) == 0 && hd->fingerprint == fingerprint &&
              hd->resize_small == (uint32_t)resize_small && hd->channels == 3 && hd->n > 0 && hd->n < (1u << 28) &&
-             size == sizeof *hd + hd->n * sizeof(CacheRecord) + hd->pixel_bytes;
+             hd->pixel_bytes < size && size == sizeof *hd + hd->n * sizeof(CacheRecord) + hd->pixel_bytes;
     const CacheRecord *rec = (const CacheRecord *)(hd + 1);
     for (uint32_t i = 0; ok && i < hd->n; i++) /* every record inside the pixel block */
         ok = rec[i].h > 0 && rec[i].w > 0 && rec[i].h < 65536 && rec[i].w < 65536 && rec[i].label >= 0 &&
@@ -512,11 +512,12 @@ static int decode_list(const FileList *l, int resize_small, uint64_t fingerprint
             if (!tj) {
                 set_error(my_err, "libjpeg-turbo: %s", tjGetErrorStr2(NULL));
             } else if (decode_jpeg(tj, l->paths[i], resize_small, &images[i], &hs[i], &ws[i], my_err) == 0) {
-#pragma omp atomic
-                done++;
-                if (omp_get_thread_num() == 0 && now_seconds() - last_report > 5) {
+                int so_far;
+#pragma omp atomic capture
+                so_far = ++done;
+                if (omp_get_thread_num() == 0 && now_seconds() - last_report > 5) { /* only thread 0 reports */
                     last_report = now_seconds();
-                    fprintf(stderr, "decoding %s: %d / %d images\n", what, done, l->n);
+                    fprintf(stderr, "decoding %s: %d / %d images\n", what, so_far, l->n);
                 }
                 continue;
             }
