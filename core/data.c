@@ -181,7 +181,9 @@ size_t data_scratch_size(const JobData *d, const JobSpec *spec) {
             int h, w, rh, rw;
             dataset_image(ds, i, &h, &w);
             eval_resized_dims(h, w, spec, &rh, &rw);
-            size_t a = (size_t)ds->c * h * w, b = (size_t)ds->c * rh * rw, c = (size_t)ds->c * (h + 2 * pad) * (w + 2 * pad);
+            /* the batch code puts its work area after c * h * w of the split's largest height and width */
+            size_t a = (size_t)ds->c * ds->h * ds->w, b = (size_t)ds->c * rh * rw;
+            size_t c = (size_t)ds->c * (h + 2 * pad) * (w + 2 * pad);
             if (a > src) src = a;
             if (b > resized) resized = b;
             if (c > padded) padded = c;

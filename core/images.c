@@ -47,7 +47,7 @@ static int mat_type_size(uint32_t type) {
 static double mat_number(const MatBuf *b, const unsigned char *q, uint32_t type) {
     unsigned char v[8];
     int size = mat_type_size(type);
-    for (int i = 0; i < size; i++) v[i] = b->swap ? q[size - 1 - i] : q[i];
+    for (int i = 0; i < size && i < 8; i++) v[i] = b->swap ? q[size - 1 - i] : q[i];
     switch (type) {
     case MI_INT8: return (int8_t)v[0];
     case MI_UINT8: return v[0];
@@ -175,7 +175,7 @@ int mat_read_array(const char *path, const char *name, double **data, int64_t *c
     } else if (!(file[126] == 'I' && file[127] == 'M') && !(file[126] == 'M' && file[127] == 'I')) {
         rc = set_error(err, "%s: bad MAT endian indicator", path);
     }
-    MatBuf b = {file, len, file[126] == 'M'};
+    MatBuf b = {file, len, rc == 0 && file[126] == 'M'};
     for (size_t at = 128; rc == 0 && at < len;) {
         uint32_t type;
         const unsigned char *d;
