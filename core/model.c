@@ -564,7 +564,7 @@ static char *config_depth_json(const ModelConfig *c) {
     return out;
 }
 
-static char *config_normalization_json(const ModelConfig *c) {
+char *model_normalization_json(const ModelConfig *c) {
     json_t *o = json_object(), *mean = json_array(), *std = json_array();
     for (int i = 0; i < c->in_channels; i++) {
         json_array_append_new(mean, json_real(c->norm_mean[i]));
@@ -600,7 +600,7 @@ static int save_blocks(const Model *m, const float *const *blocks, const char *c
     char ints[6][16];
     int vals[6] = {c->base_width, c->width, c->gn_groups, c->in_channels, c->num_classes, c->image_size};
     for (int i = 0; i < 6; i++) snprintf(ints[i], sizeof ints[i], "%d", vals[i]);
-    char *depth = config_depth_json(c), *norm = config_normalization_json(c);
+    char *depth = config_depth_json(c), *norm = model_normalization_json(c);
     const char *keys[16] = {"format", "depth", "base_width", "width", "gn_groups", "stem",
                             "in_channels", "num_classes", "image_size", "normalization"};
     const char *values[16] = {WEIGHTS_FORMAT, depth, ints[0], ints[1], ints[2], c->stem == STEM_BIT ? "bit" : "small",

@@ -130,6 +130,8 @@ void model_backward(Model *m, const float *dlogits, int batch);
 
 /* Weights I/O: safetensors with BiT names, HWIO kernels, architecture in __metadata__. */
 int model_save(const Model *m, const char *path, char *err);
+/* The metadata value "normalization": {"mean":[...],"std":[...]} (malloc'd). */
+char *model_normalization_json(const ModelConfig *c);
 /* Reads a weights file's architecture and builds a model with its weights,
  * for inference (model_create_inference: a teacher, predict, export). The
  * file is our safetensors (architecture in __metadata__) or a BiT .npz

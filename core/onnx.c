@@ -380,19 +380,6 @@ static void put_metadata(Buf *model, const char *key, const char *value) {
     put_message(model, MODEL_METADATA_PROPS, &e);
 }
 
-static char *normalization_json(const ModelConfig *c) {
-    json_t *o = json_object(), *mean = json_array(), *std = json_array();
-    for (int i = 0; i < c->in_channels; i++) {
-        json_array_append_new(mean, json_real(c->norm_mean[i]));
-        json_array_append_new(std, json_real(c->norm_std[i]));
-    }
-    json_object_set_new(o, "mean", mean);
-    json_object_set_new(o, "std", std);
-    char *out = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
-    json_decref(o);
-    return out;
-}
-
 int onnx_encode(const Model *m, unsigned char **data, size_t *size, char *err) {
     *data = NULL;
     *size = 0;
@@ -438,7 +425,7 @@ int onnx_encode(const Model *m, unsigned char **data, size_t *size, char *err) {
     put_string(&opset, OPSET_DOMAIN, "");
     put_int(&opset, OPSET_VERSION, ONNX_OPSET);
     put_message(&model, MODEL_OPSET_IMPORT, &opset);
-    char *norm = normalization_json(c);
+    char *norm = model_normalization_json(c);
     char number[32];
     put_metadata(&model, "normalization", norm ? norm : "{}");
     free(norm);
