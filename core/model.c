@@ -74,11 +74,18 @@ int model_config_validate(const ModelConfig *c, char *err) {
 
 /* ------------------------------------------------------------------ layout */
 
-/* An inference model (nothing kept for backward) reuses activation memory:
- * region 0 holds the input and the head, units alternate their outputs
- * between regions 1 and 2, and everything inside a unit (and the stem conv
- * before a pool) lives in region 3, reused by every unit. Offsets are laid
- * out region-relative (the region in the top bits), then relocated. */
+/* A training model keeps every activation the backward pass reads, one
+ * after another in region 0. An inference model (nothing kept for backward)
+ * reuses memory, and so does a training model's block of activation
+ * gradients: region 0 holds the input, the head and the GroupNorm
+ * statistics, units alternate their outputs between regions 1 and 2, and
+ * everything inside a unit lives in region 3, reused by every unit, in two
+ * slots: p, then q and r over it (a unit's input has at least `mid`
+ * channels, so they fit), and a, then b over it. Each is dead when the next
+ * in its slot is written, forward and backward. The stem conv before a pool
+ * is read by nothing after the pool, so it is in region 3 in every layout.
+ * Offsets are laid out region-relative (the region in the top bits), then
+ * relocated. */
 enum { REGION_FIXED = 0, REGION_PING = 1, REGION_PONG = 2, REGION_UNIT = 3, REGION_SHIFT = 56 };
 
 typedef struct {
@@ -101,17 +108,21 @@ static size_t add_param(Layout *l, ParamKind kind, const char *name, int d0, int
     return p->offset;
 }
 
-static size_t add_act(Layout *l, size_t per_image) {
-    size_t n = per_image * l->capacity;
-    if (!l->reuse) {
-        size_t off = l->acts;
-        l->acts += n;
-        return off;
-    }
-    size_t off = l->cursor[l->region];
-    l->cursor[l->region] += n;
-    if (l->cursor[l->region] > l->size[l->region]) l->size[l->region] = l->cursor[l->region];
-    return (size_t)l->region << REGION_SHIFT | off;
+static size_t place(Layout *l, int region, size_t per_image) {
+    size_t off = l->cursor[region];
+    l->cursor[region] += per_image * l->capacity;
+    if (l->cursor[region] > l->size[region]) l->size[region] = l->cursor[region];
+    return (size_t)region << REGION_SHIFT | off;
+}
+
+static size_t add_act(Layout *l, size_t per_image) { return place(l, l->reuse ? l->region : REGION_FIXED, per_image); }
+
+/* An activation read only by the op right after it: region 3 in every layout. */
+static size_t add_temp(Layout *l, size_t per_image) { return place(l, REGION_UNIT, per_image); }
+
+/* In a reusing layout, the next activation of the unit goes at `offset` of region 3. */
+static void unit_rewind(Layout *l, size_t offset) {
+    if (l->reuse) l->cursor[REGION_UNIT] = offset & (((size_t)1 << REGION_SHIFT) - 1);
 }
 
 /* Region-relative offsets to absolute ones, regions one after another. */
@@ -142,7 +153,6 @@ static void relocate(Layout *l) {
         RELOCATE(u->q);
         RELOCATE(u->b);
         RELOCATE(u->r);
-        if (u->has_proj) RELOCATE(u->sc);
         RELOCATE(u->out);
     }
 #undef RELOCATE
@@ -170,8 +180,8 @@ static Norm make_norm(Layout *l, const char *prefix, int channels, int hw) {
     n.gamma = add_param(l, PARAM_GAMMA, name, channels, 1, 1, 1);
     snprintf(name, sizeof name, "%s/beta", prefix);
     n.beta = add_param(l, PARAM_BETA, name, channels, 1, 1, 1);
-    n.mean = add_act(l, l->m->cfg.gn_groups);
-    n.rstd = add_act(l, l->m->cfg.gn_groups);
+    n.mean = place(l, REGION_FIXED, l->m->cfg.gn_groups);
+    n.rstd = place(l, REGION_FIXED, l->m->cfg.gn_groups);
     return n;
 }
 
@@ -185,9 +195,9 @@ static int count_params(const ModelConfig *c) {
  * Returns the sizes of the buffers that are not per-parameter or per-activation. */
 typedef struct { size_t rstd, scratch; } ScratchSizes;
 
-static ScratchSizes model_layout(Model *m, int capacity) {
+static ScratchSizes model_layout(Model *m, int capacity, int reuse) {
     const ModelConfig *c = &m->cfg;
-    Layout l = {.m = m, .capacity = capacity, .reuse = m->inference, .region = REGION_FIXED};
+    Layout l = {.m = m, .capacity = capacity, .reuse = reuse, .region = REGION_FIXED};
     m->num_params = 0;
     int size = c->image_size, channels = c->base_width * c->width;
     char prefix[96];
@@ -199,9 +209,12 @@ static ScratchSizes model_layout(Model *m, int capacity) {
     else
         m->stem = make_conv(&l, "resnet/root_block", c->in_channels, channels, 3, 1, 1, size, size);
     size = m->stem.shape.out_h;
-    m->act_stem_conv = add_act(&l, (size_t)channels * size * size);
-    m->act_stem_out = m->act_stem_conv;
     m->has_pool = c->stem == STEM_BIT;
+    if (m->has_pool)
+        m->act_stem_conv = add_temp(&l, (size_t)channels * size * size);
+    else
+        m->act_stem_conv = add_act(&l, (size_t)channels * size * size);
+    m->act_stem_out = m->act_stem_conv;
     if (m->has_pool) {
         m->pool = (PoolShape){.batch = capacity, .channels = channels, .in_h = size, .in_w = size,
                               .kernel = 3, .stride = 2, .pad = 1};
@@ -235,18 +248,20 @@ static ScratchSizes model_layout(Model *m, int capacity) {
             un->a = add_act(&l, (size_t)mid * hw);
             snprintf(prefix, sizeof prefix, "resnet/block%d/unit%02d/b/group_norm", s + 1, b + 1);
             un->gn_b = make_norm(&l, prefix, mid, hw);
+            unit_rewind(&l, un->p);
             un->q = add_act(&l, (size_t)mid * hw);
             snprintf(prefix, sizeof prefix, "resnet/block%d/unit%02d/b", s + 1, b + 1);
             un->conv_b = make_conv(&l, prefix, mid, mid, 3, stride, 1, size, size);
             size = un->conv_b.shape.out_h;
             hw = size * size;
+            unit_rewind(&l, un->a);
             un->b = add_act(&l, (size_t)mid * hw);
             snprintf(prefix, sizeof prefix, "resnet/block%d/unit%02d/c/group_norm", s + 1, b + 1);
             un->gn_c = make_norm(&l, prefix, mid, hw);
+            unit_rewind(&l, un->p);
             un->r = add_act(&l, (size_t)mid * hw);
             snprintf(prefix, sizeof prefix, "resnet/block%d/unit%02d/c", s + 1, b + 1);
             un->conv_c = make_conv(&l, prefix, mid, out, 1, 1, 0, size, size);
-            if (un->has_proj) un->sc = add_act(&l, (size_t)out * hw);
             l.region = u % 2 ? REGION_PING : REGION_PONG; /* not the region of x */
             l.cursor[l.region] = 0;
             un->out = add_act(&l, (size_t)out * hw);
@@ -263,7 +278,7 @@ static ScratchSizes model_layout(Model *m, int capacity) {
     m->head_bias = add_param(&l, PARAM_BIAS, "resnet/head/conv2d/bias", c->num_classes, 1, 1, 1);
     m->act_logits = add_act(&l, c->num_classes);
 
-    if (l.reuse) relocate(&l);
+    relocate(&l);
     m->num_floats = l.params;
     m->num_acts = l.acts;
     m->batch_capacity = capacity;
@@ -277,7 +292,7 @@ size_t model_config_param_count(const ModelConfig *c) {
     for (int s = 0; s < c->num_stages; s++) m.num_units += c->depth[s];
     m.units = xcalloc(m.num_units, sizeof *m.units);
     m.params = xcalloc(count_params(c), sizeof *m.params);
-    model_layout(&m, 1);
+    model_layout(&m, 1, 0);
     free(m.units);
     free(m.params);
     return m.num_floats;
@@ -290,11 +305,21 @@ static int model_build(Model **out, const ModelConfig *c, int batch_capacity, in
     if (batch_capacity < 1) return set_error(err, "batch size must be at least 1");
     Model *m = xcalloc(1, sizeof *m);
     m->cfg = *c;
-    m->inference = inference; /* the layout reuses activation memory */
+    m->inference = inference; /* no gradients; the activations' layout reuses memory */
     for (int s = 0; s < c->num_stages; s++) m->num_units += c->depth[s];
     m->units = xcalloc(m->num_units, sizeof *m->units);
     m->params = xcalloc(count_params(c), sizeof *m->params);
-    ScratchSizes sizes = model_layout(m, batch_capacity);
+    if (!inference) { /* the gradients' layout first: the activations' is the model's */
+        model_layout(m, batch_capacity, 1);
+        m->grad_units = xcalloc(m->num_units, sizeof *m->grad_units);
+        memcpy(m->grad_units, m->units, m->num_units * sizeof *m->units);
+        m->num_grad_acts = m->num_acts;
+        m->grad_stem_conv = m->act_stem_conv;
+        m->grad_stem_out = m->act_stem_out;
+        m->grad_head = m->act_head;
+        m->grad_pooled = m->act_pooled;
+    }
+    ScratchSizes sizes = model_layout(m, batch_capacity, inference);
     m->convs = xcalloc((size_t)m->num_units * 4 + 1, sizeof *m->convs);
     m->convs[m->num_convs++] = &m->stem;
     for (int i = 0; i < m->num_units; i++) {
@@ -319,11 +344,11 @@ static int model_build(Model **out, const ModelConfig *c, int batch_capacity, in
         m->adam_m = calloc(m->num_floats, sizeof(float));
         m->adam_v = calloc(m->num_floats, sizeof(float));
         m->dw_hat = calloc(m->num_floats, sizeof(float));
-        m->grad_acts = calloc(m->num_acts, sizeof(float));
+        m->grad_acts = calloc(m->num_grad_acts, sizeof(float));
         training_ok = m->grads && m->adam_m && m->adam_v && m->dw_hat && m->grad_acts;
     }
     if (!m->weights || !m->w_hat || !m->ws_rstd || !m->scratch || !m->acts || !m->pool_argmax || !training_ok) {
-        double blocks = inference ? 2.0 * m->num_floats + m->num_acts : 6.0 * m->num_floats + 2.0 * m->num_acts;
+        double blocks = inference ? 2.0 * m->num_floats + m->num_acts : 6.0 * m->num_floats + m->num_acts + m->num_grad_acts;
         double mb = ((blocks + sizes.scratch) * sizeof(float)) / (1024.0 * 1024.0);
         model_free(m);
         return set_error(err, "not enough memory for this model at batch size %d (%.0f MB)", batch_capacity, mb);
@@ -343,6 +368,7 @@ int model_create_inference(Model **out, const ModelConfig *c, int batch_capacity
 void model_free(Model *m) {
     if (!m) return;
     free(m->units);
+    free(m->grad_units);
     free(m->convs);
     free(m->params);
     free(m->weights);
@@ -396,9 +422,9 @@ static ConvShape at_batch(const Conv *c, int batch) {
     return s;
 }
 
-static void conv_forward(Model *m, const Conv *c, float *out, const float *in, int batch) {
+static void conv_forward(Model *m, const Conv *c, float *out, const float *in, int accumulate, int batch) {
     ConvShape s = at_batch(c, batch);
-    conv2d_forward(out, in, m->w_hat + c->weight, &s, m->scratch);
+    conv2d_forward(out, in, m->w_hat + c->weight, &s, accumulate, m->scratch);
 }
 
 static void conv_backward(Model *m, const Conv *c, float *din, const float *dout, const float *in, int batch) {
@@ -436,7 +462,7 @@ float *model_forward(Model *m, const float *images, int batch) {
     const ModelConfig *c = &m->cfg;
     standardize_all(m);
     memcpy(a + m->act_input, images, (size_t)batch * c->in_channels * c->image_size * c->image_size * sizeof(float));
-    conv_forward(m, &m->stem, a + m->act_stem_conv, a + m->act_input, batch);
+    conv_forward(m, &m->stem, a + m->act_stem_conv, a + m->act_input, 0, batch);
     if (m->has_pool) {
         PoolShape ps = m->pool;
         ps.batch = batch;
@@ -446,13 +472,16 @@ float *model_forward(Model *m, const float *images, int batch) {
         const Unit *u = &m->units[i];
         size_t out_size = (size_t)batch * u->conv_c.shape.out_channels * u->conv_c.shape.out_h * u->conv_c.shape.out_w;
         norm_relu_forward(m, &u->gn_a, a + u->p, a + u->x, batch);
-        if (u->has_proj) conv_forward(m, &u->proj, a + u->sc, a + u->p, batch);
-        conv_forward(m, &u->conv_a, a + u->a, a + u->p, batch);
+        /* out starts as the shortcut, and conv_c adds to it */
+        if (u->has_proj)
+            conv_forward(m, &u->proj, a + u->out, a + u->p, 0, batch);
+        else
+            memcpy(a + u->out, a + u->x, out_size * sizeof(float));
+        conv_forward(m, &u->conv_a, a + u->a, a + u->p, 0, batch);
         norm_relu_forward(m, &u->gn_b, a + u->q, a + u->a, batch);
-        conv_forward(m, &u->conv_b, a + u->b, a + u->q, batch);
+        conv_forward(m, &u->conv_b, a + u->b, a + u->q, 0, batch);
         norm_relu_forward(m, &u->gn_c, a + u->r, a + u->b, batch);
-        conv_forward(m, &u->conv_c, a + u->out, a + u->r, batch);
-        add_forward(a + u->out, a + u->out, a + (u->has_proj ? u->sc : u->x), out_size);
+        conv_forward(m, &u->conv_c, a + u->out, a + u->r, 1, batch);
     }
     size_t last = m->num_units ? m->units[m->num_units - 1].out : m->act_stem_out;
     norm_relu_forward(m, &m->head_norm, a + m->act_head, a + last, batch);
@@ -469,40 +498,56 @@ void model_zero_grad(Model *m) {
     memset(m->grads, 0, m->num_floats * sizeof(float));
 }
 
+/* The activation-gradient block reuses memory (see model_layout), so every
+ * buffer the ops accumulate into (+=) is zeroed just before its first use. */
+static float *zeroed(float *p, size_t n) {
+    memset(p, 0, n * sizeof(float));
+    return p;
+}
+
 void model_backward(Model *m, const float *dlogits, int batch) {
     require_training(m, "model_backward");
     omp_set_num_threads(m->threads);
-    float *a = m->acts, *d = m->grad_acts;
+    const float *a = m->acts;
+    float *d = m->grad_acts;
     const ModelConfig *c = &m->cfg;
-    memset(d, 0, m->num_acts * sizeof(float));
     memset(m->dw_hat, 0, m->num_floats * sizeof(float));
 
     size_t last = m->num_units ? m->units[m->num_units - 1].out : m->act_stem_out;
-    dense_backward(d + m->act_pooled, m->grads + m->head_kernel, m->grads + m->head_bias, dlogits, a + m->act_pooled,
+    size_t dlast = m->num_units ? m->grad_units[m->num_units - 1].out : m->grad_stem_out;
+    size_t head_size = (size_t)batch * m->head_channels * m->head_norm.hw;
+    float *dpooled = zeroed(d + m->grad_pooled, (size_t)batch * m->head_channels);
+    dense_backward(dpooled, m->grads + m->head_kernel, m->grads + m->head_bias, dlogits, a + m->act_pooled,
                    m->weights + m->head_kernel, batch, m->head_channels, c->num_classes);
-    avgpool_backward(d + m->act_head, d + m->act_pooled, batch, m->head_channels, m->head_norm.hw);
-    norm_relu_backward(m, &m->head_norm, d + last, d + m->act_head, a + m->act_head, a + last, batch);
+    avgpool_backward(zeroed(d + m->grad_head, head_size), dpooled, batch, m->head_channels, m->head_norm.hw);
+    norm_relu_backward(m, &m->head_norm, zeroed(d + dlast, head_size), d + m->grad_head, a + m->act_head, a + last,
+                       batch);
 
     for (int i = m->num_units - 1; i >= 0; i--) {
-        const Unit *u = &m->units[i];
+        const Unit *u = &m->units[i], *g = &m->grad_units[i];
         size_t out_size = (size_t)batch * u->conv_c.shape.out_channels * u->conv_c.shape.out_h * u->conv_c.shape.out_w;
-        if (u->has_proj)
-            conv_backward(m, &u->proj, d + u->p, d + u->out, a + u->p, batch);
-        else /* identity shortcut: the residual add passes dout to x unchanged */
-            for (size_t k = 0; k < out_size; k++) d[u->x + k] += d[u->out + k];
-        conv_backward(m, &u->conv_c, d + u->r, d + u->out, a + u->r, batch);
-        norm_relu_backward(m, &u->gn_c, d + u->b, d + u->r, a + u->r, a + u->b, batch);
-        conv_backward(m, &u->conv_b, d + u->q, d + u->b, a + u->q, batch);
-        norm_relu_backward(m, &u->gn_b, d + u->a, d + u->q, a + u->q, a + u->a, batch);
-        conv_backward(m, &u->conv_a, d + u->p, d + u->a, a + u->p, batch);
-        norm_relu_backward(m, &u->gn_a, d + u->x, d + u->p, a + u->p, a + u->x, batch);
+        size_t in_size = (size_t)batch * u->gn_a.channels * u->gn_a.hw;
+        size_t mid_in = (size_t)batch * u->gn_b.channels * u->gn_b.hw, mid_out = (size_t)batch * u->gn_c.channels * u->gn_c.hw;
+        /* dr, dq and dp share one slot, db and da another (see model_layout) */
+        float *dout = d + g->out, *dx = zeroed(d + g->x, in_size);
+        if (!u->has_proj) /* identity shortcut: the residual add passes dout to x unchanged */
+            for (size_t k = 0; k < out_size; k++) dx[k] += dout[k];
+        conv_backward(m, &u->conv_c, zeroed(d + g->r, mid_out), dout, a + u->r, batch);
+        norm_relu_backward(m, &u->gn_c, zeroed(d + g->b, mid_out), d + g->r, a + u->r, a + u->b, batch);
+        conv_backward(m, &u->conv_b, zeroed(d + g->q, mid_in), d + g->b, a + u->q, batch);
+        norm_relu_backward(m, &u->gn_b, zeroed(d + g->a, mid_in), d + g->q, a + u->q, a + u->a, batch);
+        float *dp = zeroed(d + g->p, in_size);
+        conv_backward(m, &u->conv_a, dp, d + g->a, a + u->p, batch);
+        if (u->has_proj) conv_backward(m, &u->proj, dp, dout, a + u->p, batch);
+        norm_relu_backward(m, &u->gn_a, dx, dp, a + u->p, a + u->x, batch);
     }
     if (m->has_pool) {
         PoolShape ps = m->pool;
         ps.batch = batch;
-        maxpool_backward(d + m->act_stem_conv, d + m->act_stem_out, m->pool_argmax, &ps);
+        size_t conv_size = (size_t)batch * ps.channels * ps.in_h * ps.in_w;
+        maxpool_backward(zeroed(d + m->grad_stem_conv, conv_size), d + m->grad_stem_out, m->pool_argmax, &ps);
     }
-    conv_backward(m, &m->stem, NULL, d + m->act_stem_conv, a + m->act_input, batch);
+    conv_backward(m, &m->stem, NULL, d + m->grad_stem_conv, a + m->act_input, batch);
 
     /* chain the kernels' gradients through weight standardization */
     for (int i = 0; i < m->num_convs; i++) {

@@ -60,8 +60,7 @@ typedef struct {
     size_t q;  /* relu(gn_b(a))       (B, mid, H, W) */
     size_t b;  /* conv_b(q)           (B, mid, Ho, Wo) */
     size_t r;  /* relu(gn_c(b))       (B, mid, Ho, Wo) */
-    size_t sc; /* proj(p) if has_proj (B, Cout, Ho, Wo) */
-    size_t out;/* conv_c(r) + shortcut */
+    size_t out;/* conv_c(r) + shortcut: x, or proj(p) if has_proj  (B, Cout, Ho, Wo) */
 } Unit;
 
 typedef struct {
@@ -91,7 +90,14 @@ typedef struct {
     /* activations for up to batch_capacity images */
     int batch_capacity;
     size_t num_acts;
-    float *acts, *grad_acts;
+    float *acts;
+    /* activation gradients (training): laid out as an inference model's
+     * activations, so only the unit being differentiated and its input and
+     * output gradients are live; grad_units holds the units' offsets in it */
+    float *grad_acts;
+    size_t num_grad_acts;
+    Unit *grad_units;
+    size_t grad_stem_conv, grad_stem_out, grad_head, grad_pooled;
     float *scratch;        /* convolution scratch (see conv_scratch_size) */
     int threads;           /* OpenMP threads when created: forward/backward run on this many */
     int inference;         /* built for inference: grads, adam_m/v, dw_hat and grad_acts are NULL */

@@ -100,7 +100,7 @@ static void col2im_add(float *img, const float *col, const ConvShape *s) {
     }
 }
 
-void conv2d_forward(float *out, const float *in, const float *w, const ConvShape *s, float *scratch) {
+void conv2d_forward(float *out, const float *in, const float *w, const ConvShape *s, int accumulate, float *scratch) {
     const int m = s->out_channels, n = s->out_h * s->out_w;
     const int k = s->in_channels * s->kernel_h * s->kernel_w;
     const size_t in_size = (size_t)s->in_channels * s->in_h * s->in_w;
@@ -114,7 +114,7 @@ void conv2d_forward(float *out, const float *in, const float *w, const ConvShape
             im2col(mine, col, s);
             col = mine;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, w, k, col, n, 0.0f,
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, w, k, col, n, accumulate ? 1.0f : 0.0f,
                     out + (size_t)b * m * n, n);
     }
 }
@@ -380,19 +380,6 @@ void avgpool_backward(float *din, const float *dout, int batch, int channels, in
     for (size_t p = 0; p < (size_t)batch * channels; p++) {
         float g = dout[p] / hw;
         for (int i = 0; i < hw; i++) din[p * hw + i] += g;
-    }
-}
-
-/* ------------------------------------------------------------ residual */
-
-void add_forward(float *out, const float *a, const float *b, size_t n) {
-    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
-}
-
-void add_backward(float *da, float *db, const float *dout, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        da[i] += dout[i];
-        db[i] += dout[i];
     }
 }
 

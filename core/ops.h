@@ -29,10 +29,10 @@ int conv_shape_init(ConvShape *s);
  * single-threaded and sized to stay in cache. */
 size_t conv_scratch_size(const ConvShape *s);
 
-void conv2d_forward(float *out,        /* (B, Cout, Ho, Wo) */
+void conv2d_forward(float *out,        /* (B, Cout, Ho, Wo); += when accumulate (a residual unit's last conv) */
                     const float *in,   /* (B, Cin, H, W) */
                     const float *w,    /* (Cout, Cin, KH, KW) */
-                    const ConvShape *s, float *scratch);
+                    const ConvShape *s, int accumulate, float *scratch);
 void conv2d_backward(float *din,       /* (B, Cin, H, W) += ; may be NULL */
                      float *dw,        /* (Cout, Cin, KH, KW) += */
                      const float *dout,/* (B, Cout, Ho, Wo) */
@@ -83,10 +83,6 @@ void maxpool_backward(float *din /* += */, const float *dout, const int32_t *arg
 /* ---- global average pool ---- */
 void avgpool_forward(float *out /* (B, C) */, const float *in /* (B, C, HW) */, int batch, int channels, int hw);
 void avgpool_backward(float *din /* += */, const float *dout, int batch, int channels, int hw);
-
-/* ---- residual add ---- */
-void add_forward(float *out, const float *a, const float *b, size_t n);
-void add_backward(float *da, float *db /* += */, const float *dout, size_t n);
 
 /* ---- dense head: out = in . w^T + bias ---- */
 void dense_forward(float *out,      /* (B, K) */

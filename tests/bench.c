@@ -6,9 +6,12 @@
  * distill (augmentation + mixup of the batch, teacher forward, student
  * forward/backward on T^2 KL, Adam), infer (forward only). Random weights and
  * images; the work per step does not depend on their values. Prints one JSON
- * line: median images/s over the timed iterations, GFLOP/s achieved, and the
- * peak resident memory of the process. */
+ * line: median images/s over the timed iterations, GFLOP/s achieved, the
+ * sgemm ceiling on the step's own GEMM shapes, and the peak resident memory
+ * of the process. */
+#include <cblas.h>
 #include <jansson.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +58,46 @@ static double forward_flops(const Model *m) {
         f += 2.0 * s->out_channels * s->out_h * s->out_w * s->in_channels * s->kernel_h * s->kernel_w;
     }
     return f + 2.0 * m->head_channels * m->cfg.num_classes;
+}
+
+/* Seconds that OpenBLAS alone needs for the GEMMs of a step's convolutions,
+ * at the shapes the step runs them: per image, the batch split over the
+ * threads as conv2d_forward/backward split it, forward (W . col) and, for a
+ * training step, both backward products (dout . col^T and W^T . dout). Best
+ * of 3. Nothing else is timed: the step's FLOPs over this is the fastest the
+ * step could go with the same GEMMs. */
+static double conv_gemm_seconds(const Model *m, int batch, int backward) {
+    const int threads = omp_get_max_threads();
+    double total = 0;
+    for (int i = 0; i < m->num_convs; i++) {
+        const ConvShape *s = &m->convs[i]->shape;
+        const int M = s->out_channels, N = s->out_h * s->out_w, K = s->in_channels * s->kernel_h * s->kernel_w;
+        float *w = xcalloc((size_t)M * K, sizeof(float));
+        float *col = xcalloc((size_t)threads * K * N, sizeof(float)), *out = xcalloc((size_t)threads * M * N, sizeof(float));
+        float *dw = xcalloc((size_t)threads * M * K, sizeof(float)), *dcol = xcalloc((size_t)threads * K * N, sizeof(float));
+        for (size_t j = 0; j < (size_t)M * K; j++) w[j] = 0.01f * (float)(j % 13);
+        for (size_t j = 0; j < (size_t)threads * K * N; j++) col[j] = 0.01f * (float)(j % 7);
+        double best = 1e30;
+        for (int rep = 0; rep < 3; rep++) {
+            double t0 = now_seconds();
+#pragma omp parallel for schedule(static)
+            for (int b = 0; b < batch; b++) {
+                const int t = omp_get_thread_num();
+                float *c = col + (size_t)t * K * N, *o = out + (size_t)t * M * N;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, w, K, c, N, 0.0f, o, N);
+                if (!backward) continue;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, K, N, 1.0f, o, N, c, N, 1.0f,
+                            dw + (size_t)t * M * K, K);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, N, M, 1.0f, w, K, o, N, 0.0f,
+                            dcol + (size_t)t * K * N, N);
+            }
+            double dt = now_seconds() - t0;
+            if (dt < best) best = dt;
+        }
+        total += best;
+        free(w), free(col), free(out), free(dw), free(dcol);
+    }
+    return total;
 }
 
 int main(int argc, char **argv) {
@@ -137,12 +180,14 @@ int main(int argc, char **argv) {
     double median = iters % 2 ? times[iters / 2] : 0.5 * (times[iters / 2 - 1] + times[iters / 2]);
     double flops = forward_flops(student) * (is_train || is_distill ? 3.0 : 1.0) * batch;
     if (teacher) flops += forward_flops(teacher) * batch;
+    double gemm = conv_gemm_seconds(student, batch, is_train || is_distill);
+    if (teacher) gemm += conv_gemm_seconds(teacher, batch, 0);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     printf("{\"impl\": \"distilld\", \"kind\": \"%s\", \"batch\": %d, \"threads\": %d, \"images_per_second\": %.1f, "
-           "\"gflops\": %.1f, \"peak_rss_mb\": %.1f, \"params\": %zu, \"blas\": \"%s\"}\n",
-           kind, batch, threads, batch / median, flops / median * 1e-9, ru.ru_maxrss / 1024.0, student->num_floats,
-           blas_describe());
+           "\"gflops\": %.1f, \"sgemm_gflops\": %.1f, \"peak_rss_mb\": %.1f, \"params\": %zu, \"blas\": \"%s\"}\n",
+           kind, batch, threads, batch / median, flops / median * 1e-9, flops / gemm * 1e-9, ru.ru_maxrss / 1024.0,
+           student->num_floats, blas_describe());
     model_free(student);
     model_free(teacher);
     return 0;

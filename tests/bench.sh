@@ -37,7 +37,7 @@ else
 fi
 
 FM_T='{"depth":[2,2,2,2],"base_width":16,"width":1,"gn_groups":8,"stem":"small","in_channels":1,"num_classes":10,"image_size":28}'
-FM_S='{"depth":[1,1,1],"base_width":16,"width":1,"gn_groups":8,"stem":"small","in_channels":1,"num_classes":10,"image_size":28}'
+FM_S='{"depth":[1,1,1],"base_width":24,"width":1,"gn_groups":8,"stem":"small","in_channels":1,"num_classes":10,"image_size":28}'
 BIT_T='{"depth":[2,2,2,2],"base_width":32,"width":1,"gn_groups":8,"stem":"bit","in_channels":3,"num_classes":102,"image_size":128}'
 BIT_S='{"depth":[1,1,1,1],"base_width":16,"width":1,"gn_groups":8,"stem":"bit","in_channels":3,"num_classes":102,"image_size":128}'
 
@@ -165,14 +165,16 @@ def f(r, key, fmt):
         return "FAIL"
     return fmt % r[key]
 hdr = ["config", "kind", "thr", "distilld img/s", "PyTorch img/s", "ratio", "distilld GFLOP/s",
-       "distilld MB", "PyTorch MB"]
+       "sgemm GFLOP/s", "% of sgemm", "distilld MB", "PyTorch MB"]
 table = []
 for k in keys:
     d, t = by[k].get("distilld"), by[k].get("pytorch")
     ok = d and t and not d.get("failed") and not t.get("failed")
     ratio = "%.2f" % (d["images_per_second"] / t["images_per_second"]) if ok else "-"
+    share = "%.0f" % (100 * d["gflops"] / d["sgemm_gflops"]) if d and not d.get("failed") else "-"
     table.append([k[0], k[1], str(k[2]), f(d, "images_per_second", "%.1f"), f(t, "images_per_second", "%.1f"),
-                  ratio, f(d, "gflops", "%.1f"), f(d, "peak_rss_mb", "%.0f"), f(t, "peak_rss_mb", "%.0f")])
+                  ratio, f(d, "gflops", "%.1f"), f(d, "sgemm_gflops", "%.1f"), share, f(d, "peak_rss_mb", "%.0f"),
+                  f(t, "peak_rss_mb", "%.0f")])
 w = [max([len(hdr[i])] + [len(r[i]) for r in table]) for i in range(len(hdr))]
 line = lambda cells: "| " + " | ".join(c.ljust(w[i]) if i < 2 else c.rjust(w[i]) for i, c in enumerate(cells)) + " |"
 print()
@@ -185,6 +187,8 @@ EOF
 echo
 echo "images/s: median over the timed steps; ratio > 1 means distilld is faster. batch $BATCH."
 echo "GFLOP/s: conv + head multiply-adds x2 (x3 for a training step, + teacher forward for distill)."
+echo "sgemm GFLOP/s: the same FLOPs over the time OpenBLAS alone takes for the step's conv GEMMs at their own"
+echo "  shapes and threading (bench.c, best of 3): the ceiling for this step; % of sgemm = distilld / it."
 echo "machine:  $CPU, $(nproc) cores ($FLAGS), $(uname -r)"
 echo "distilld: ${BLAS_LINE:-OpenBLAS core unknown}"
 echo "PyTorch:  $("$PY" -c 'import torch; print(torch.__version__)'), OPENBLAS_NUM_THREADS=1, $ALLOC"

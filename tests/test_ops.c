@@ -298,10 +298,19 @@ static void test_conv(const char *name, int batch, int in_channels, int in_h, in
 
     fill_constant(out, n_out, OUT_GARBAGE);
     if (scratch) fill_constant(scratch, n_scratch, OUT_GARBAGE);
-    conv2d_forward(out, in, w, &s, scratch);
+    conv2d_forward(out, in, w, &s, 0, scratch);
     ConvProblem p = {s, as_doubles(in, n_in), as_doubles(w, n_w), as_doubles(r, n_out), new_doubles(n_out), n_out};
     conv_reference(p.out, p.in, p.w, &s);
     check_forward("conv forward", out, p.out, n_out);
+
+    /* accumulate: out += conv(in), as a residual unit adds its last conv to the shortcut */
+    double *sum = new_doubles(n_out);
+    for (size_t i = 0; i < n_out; i++) {
+        out[i] = r[i];
+        sum[i] = p.out[i] + (double)r[i];
+    }
+    conv2d_forward(out, in, w, &s, 1, scratch);
+    check_forward("conv forward, accumulated", out, sum, n_out);
 
     float *din = new_floats(n_in), *dw = new_floats(n_w);
     fill_constant(din, n_in, GRAD_PREFILL);
@@ -647,43 +656,6 @@ static void test_avgpool(void) {
     free_tracked();
 }
 
-/* ------------------------------------------------------------ residual add */
-
-typedef struct {
-    size_t n;
-    double *a, *b;
-    const double *r;
-} AddProblem;
-
-static double add_objective(void *ctx) {
-    AddProblem *p = ctx;
-    double s = 0.0;
-    for (size_t i = 0; i < p->n; i++) s += (p->a[i] + p->b[i]) * p->r[i];
-    return s;
-}
-
-static void test_add(void) {
-    TEST_CASE("residual add");
-    const size_t n = 37;
-    float *a = new_floats(n), *b = new_floats(n), *out = new_floats(n), *r = new_floats(n);
-    float *da = new_floats(n), *db = new_floats(n);
-    fill_uniform(a, n, -1.0, 1.0);
-    fill_uniform(b, n, -1.0, 1.0);
-    fill_uniform(r, n, -1.0, 1.0);
-    fill_constant(out, n, OUT_GARBAGE);
-    add_forward(out, a, b, n);
-    AddProblem p = {n, as_doubles(a, n), as_doubles(b, n), as_doubles(r, n)};
-    double *want = new_doubles(n);
-    for (size_t i = 0; i < n; i++) want[i] = p.a[i] + p.b[i];
-    check_forward("add forward", out, want, n);
-    fill_constant(da, n, GRAD_PREFILL);
-    fill_constant(db, n, GRAD_PREFILL);
-    add_backward(da, db, r, n);
-    check_gradient("add d/d a", add_objective, &p, p.a, n, da);
-    check_gradient("add d/d b", add_objective, &p, p.b, n, db);
-    free_tracked();
-}
-
 /* ----------------------------------------------------------------- dense */
 
 static void dense_reference(double *out, const double *in, const double *w, const double *bias, int batch,
@@ -959,7 +931,6 @@ int main(void) {
     test_maxpool("maxpool 3x3 s2 p1 on 7x7 (zero padding wins on a negative plane)", 7, 7, 4, 4);
     test_maxpool("maxpool 3x3 s2 p1 on 8x6", 8, 6, 4, 3);
     test_avgpool();
-    test_add();
     test_dense();
 
     test_softmax_rows();
