@@ -1362,6 +1362,8 @@ static void inference_matches(const ModelConfig *c, uint64_t seed) {
           "an inference model holds training blocks");
     CHECK(infer->num_acts * 4 < train->num_acts * 3, "inference activations %zu floats, training %zu: no reuse",
           infer->num_acts, train->num_acts);
+    CHECK(train->num_grad_acts == infer->num_acts, "training activation gradients %zu floats, not laid out as the "
+          "inference activations (%zu)", train->num_grad_acts, infer->num_acts);
     memcpy(infer->weights, train->weights, train->num_floats * sizeof(float));
     const size_t image = (size_t)c->in_channels * c->image_size * c->image_size;
     float *x = xcalloc(batch * image, sizeof(float));
