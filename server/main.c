@@ -1,7 +1,7 @@
 /* main.c - the distilld program.
  *
  *   distilld [serve] [--listen ADDR] [--data-dir DIR] [--workers N] [--threads N] ...   the daemon
- *   distilld run SPEC.json [--run-dir DIR] [--cache-dir DIR] [--resume]   one job in the foreground
+ *   distilld run SPEC.json [--run-dir DIR] [--cache-dir DIR] [--threads N] [--resume]   one job in the foreground
  *   distilld predict --weights W --input X.npy --output Y.npy [--threads N]
  *   distilld export --weights W --onnx OUT.onnx          the model as ONNX (core/onnx.h)
  *   distilld version
@@ -41,8 +41,9 @@ static void usage(FILE *f) {
                "  distilld [serve] [--listen ADDR] [--data-dir DIR] [--workers N] [--threads N]\n"
                "                   [--max-streams N] [--migrations DIR] [--web DIR] [--first-job SPEC.json]\n"
                "      the daemon: HTTP API on ADDR (default 127.0.0.1:8080), data in DIR (default ./var)\n"
-               "  distilld run SPEC.json [--run-dir DIR] [--cache-dir DIR] [--resume]\n"
-               "      train or distill one job in the foreground; DIR defaults to runs/<spec name>\n"
+               "  distilld run SPEC.json [--run-dir DIR] [--cache-dir DIR] [--threads N] [--resume]\n"
+               "      train or distill one job in the foreground; DIR defaults to runs/<spec name>;\n"
+               "      --threads overrides the spec's \"threads\"\n"
                "  distilld predict --weights W.safetensors --input X.npy --output Y.npy [--threads N]\n"
                "      X: float32 [N,C,H,W], already normalized; Y: float32 logits [N,K]\n"
                "  distilld export --weights W.safetensors --onnx OUT.onnx\n"
@@ -166,9 +167,19 @@ static void print_checkpoint(void *ctx, long step, const char *path) {
 
 static int cmd_run(int argc, char **argv) {
     const char *spec_path = NULL, *run_dir = NULL, *cache_dir = NULL;
-    int resume = 0;
+    int resume = 0, threads = -1;
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "--resume") == 0) resume = 1;
+        else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
+            char *end;
+            long n = strtol(argv[++i], &end, 10);
+            if (*end || end == argv[i] || n < 0 || n > 1024) {
+                fprintf(stderr, "distilld run: --threads must be an integer from 0 (every core) to 1024, got %s\n",
+                        argv[i]);
+                return 2;
+            }
+            threads = (int)n;
+        }
         else if (strcmp(argv[i], "--run-dir") == 0 && i + 1 < argc) run_dir = argv[++i];
         else if (strcmp(argv[i], "--cache-dir") == 0 && i + 1 < argc) cache_dir = argv[++i];
         else if (argv[i][0] == '-') {
@@ -198,6 +209,7 @@ static int cmd_run(int argc, char **argv) {
         fprintf(stderr, "distilld: %s: %s\n", spec_path, err);
         return 1;
     }
+    if (threads >= 0) spec.threads = threads;
     char dir[SPEC_PATH_MAX];
     if (!run_dir) {
         char copy[SPEC_PATH_MAX];

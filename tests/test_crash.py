@@ -5,8 +5,9 @@ A small job is submitted to a real daemon; the daemon is killed with SIGKILL
 at several points (mid-step, right after a checkpoint, while idle) and
 restarted each time. The job must end `succeeded`, every (metric, step) must
 appear exactly once, and its final weights must be bit-for-bit those of the
-same spec run uninterrupted with `distilld run` on the same thread count. A
-SIGTERM must checkpoint the running job, put it back in the queue and exit 0.
+same spec run uninterrupted with `distilld run --threads 1` (the daemon's
+thread count). A SIGTERM must checkpoint the running job, put it back in the
+queue and exit 0.
 
 Run from the repository root: /usr/bin/python3 tests/test_crash.py [BUILD_DIR]
 """
@@ -29,7 +30,6 @@ SPEC = {
     "model": {"depth": [1], "base_width": 8, "gn_groups": 4, "stem": "small"},
     "batch_size": 32, "steps": 400, "warmup_steps": 20, "lr": 0.003,
     "eval_every": 200, "checkpoint_every": 50, "crop": "inception", "mixup": True, "seed": 5,
-    "threads": 1,
 }
 passed = failed = 0
 
@@ -102,7 +102,8 @@ def main():
         spec_path = os.path.join(tmp, "spec.json")
         json.dump(SPEC, open(spec_path, "w"))
         ref_dir = os.path.join(tmp, "reference")
-        subprocess.run([DISTILLD, "run", spec_path, "--run-dir", ref_dir], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([DISTILLD, "run", spec_path, "--run-dir", ref_dir, "--threads", "1"], check=True,
+                       stdout=subprocess.DEVNULL)
         reference = open(os.path.join(ref_dir, "weights.safetensors"), "rb").read()
 
         d = Daemon(os.path.join(tmp, "var"))

@@ -5,6 +5,7 @@ Reads each run's metrics.jsonl (written by `distilld run`), weights file (for
 the parameter count) and wall time, and writes DOCS_DIR/RESULTS.md and PNG
 plots in DOCS_DIR/results/.
 """
+import glob
 import json
 import os
 import platform
@@ -83,13 +84,15 @@ def main(runs_dir, docs_dir):
             continue
         steps, evals = read_metrics(os.path.join(d, "metrics.jsonl"))
         params, meta = param_count(os.path.join(d, "weights.safetensors"))
-        spec = json.load(open(os.path.join("recipes", name + ".json")))
+        # the spec the run resolved (threads included) is in its checkpoints
+        ckpts = sorted(glob.glob(os.path.join(d, "checkpoint-*.safetensors")))
+        spec = json.loads(param_count(ckpts[-1])[1].get("spec", "{}")) if ckpts else {}
         wall = wall_seconds(steps)
         last = evals[-1]
         data[name] = (label, steps, evals)
         rows.append({"label": label, "test": last["test_top1"], "agree": last.get("test_agreement"),
                      "params": params, "steps": steps[-1]["step"], "wall": wall,
-                     "threads": spec.get("threads", os.cpu_count()), "depth": meta.get("depth"),
+                     "threads": spec.get("threads") or os.cpu_count(), "depth": meta.get("depth"),
                      "width": meta.get("base_width")})
 
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
