@@ -210,10 +210,8 @@ static ScratchSizes model_layout(Model *m, int capacity, int reuse) {
         m->stem = make_conv(&l, "resnet/root_block", c->in_channels, channels, 3, 1, 1, size, size);
     size = m->stem.shape.out_h;
     m->has_pool = c->stem == STEM_BIT;
-    if (m->has_pool)
-        m->act_stem_conv = add_temp(&l, (size_t)channels * size * size);
-    else
-        m->act_stem_conv = add_act(&l, (size_t)channels * size * size);
+    size_t stem_size = (size_t)channels * size * size;
+    m->act_stem_conv = m->has_pool ? add_temp(&l, stem_size) : add_act(&l, stem_size);
     m->act_stem_out = m->act_stem_conv;
     if (m->has_pool) {
         m->pool = (PoolShape){.batch = capacity, .channels = channels, .in_h = size, .in_w = size,
@@ -529,9 +527,11 @@ void model_backward(Model *m, const float *dlogits, int batch) {
         size_t in_size = (size_t)batch * u->gn_a.channels * u->gn_a.hw;
         size_t mid_in = (size_t)batch * u->gn_b.channels * u->gn_b.hw, mid_out = (size_t)batch * u->gn_c.channels * u->gn_c.hw;
         /* dr, dq and dp share one slot, db and da another (see model_layout) */
-        float *dout = d + g->out, *dx = zeroed(d + g->x, in_size);
-        if (!u->has_proj) /* identity shortcut: the residual add passes dout to x unchanged */
-            for (size_t k = 0; k < out_size; k++) dx[k] += dout[k];
+        float *dout = d + g->out, *dx = d + g->x;
+        if (u->has_proj)
+            zeroed(dx, in_size);
+        else /* identity shortcut: the residual add passes dout to x unchanged */
+            memcpy(dx, dout, out_size * sizeof(float));
         conv_backward(m, &u->conv_c, zeroed(d + g->r, mid_out), dout, a + u->r, batch);
         norm_relu_backward(m, &u->gn_c, zeroed(d + g->b, mid_out), d + g->r, a + u->r, a + u->b, batch);
         conv_backward(m, &u->conv_b, zeroed(d + g->q, mid_in), d + g->b, a + u->q, batch);
