@@ -45,6 +45,14 @@ import torch.nn.functional as F
 # |got - want| / (max|want| + |want|), which is <= 1e-4 exactly when the element passes.
 RTOL = 1e-4
 ATOL_FRAC = 1e-4
+# Weights after several Adam steps: elements where the reference itself moves by more than the
+# tolerance when its gradients get noise of GRAD_NOISE * max|g| (the float32 C gradients agree
+# with float64 to about 1e-6 of max|g|) are allowed NOISE_MARGIN times that movement; if more
+# than LOOSE_MAX of all elements pass only thanks to it, the check fails all the same.
+GRAD_NOISE = 1e-6
+NOISE_DRAWS = 3
+NOISE_MARGIN = 3.0
+LOOSE_MAX = 0.01
 
 WS_EPS = 1e-10   # weight standardization: (w - mean) / sqrt(var + 1e-10), population var
 GN_EPS = 1e-5    # GroupNorm
@@ -308,9 +316,11 @@ def schedule(t, cfg):
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def reference_after(P0, x, y, cfg):
+def reference_after(P0, x, y, cfg, grad_noise=0.0, seed=0):
     """opt_steps steps of clip -> Adam -> w -= s(t) * (lr*u + wd*w), float64, by hand, each on
-    torch's gradient at the reference's own weights."""
+    torch's gradient at the reference's own weights. With grad_noise > 0 every gradient gets
+    Gaussian noise of grad_noise * max|g| per tensor added first (see after_noise_floor)."""
+    gen = torch.Generator().manual_seed(seed)
     W = {n: p.clone() for n, p in P0.items()}
     m = {n: torch.zeros_like(p) for n, p in W.items()}
     v = {n: torch.zeros_like(p) for n, p in W.items()}
@@ -318,6 +328,9 @@ def reference_after(P0, x, y, cfg):
     info = []
     for t in range(cfg["opt_steps"]):
         _logits, loss, G = loss_and_grads(W, x, y, cfg)
+        if grad_noise > 0:
+            G = {n: g + grad_noise * float(g.abs().max()) * torch.randn(g.shape, generator=gen, dtype=g.dtype)
+                 for n, g in G.items()}
         norm = math.sqrt(sum(float((g * g).sum()) for g in G.values()))
         scale = clip / norm if (clip > 0 and norm > clip) else 1.0
         s = schedule(t, cfg)
@@ -334,12 +347,28 @@ def reference_after(P0, x, y, cfg):
     return W, info
 
 
+def after_noise_floor(P0, x, y, cfg, A):
+    """Per element: how far the reference's own weights after opt_steps move when its gradients
+    carry float32-sized noise (GRAD_NOISE of each tensor's max, a few draws). Adam divides each
+    gradient element by its own running magnitude, so an element whose gradient is near zero at
+    some step takes a full-size step in a direction set by rounding, and the difference then
+    propagates to its neighbours through later gradients. Where the reference itself is that
+    sensitive, float32 C cannot be held tighter; everywhere else the floor is ~0 and the strict
+    tolerance stands."""
+    floor = {n: np.zeros(a.shape) for n, a in A.items()}
+    for seed in range(NOISE_DRAWS):
+        B, _ = reference_after(P0, x, y, cfg, grad_noise=GRAD_NOISE, seed=seed + 1)
+        for n in floor:
+            floor[n] = np.maximum(floor[n], np.abs(B[n].numpy() - A[n].numpy()))
+    return {n: NOISE_MARGIN * f for n, f in floor.items()}
+
+
 # ----------------------------------------------------------------------------------------
 # comparison
 
-def compare(got, want):
-    """got: float32 ndarray from C; want: float64 ndarray reference. Reports the element
-    furthest out of tolerance."""
+def compare(got, want, floor=None):
+    """got: float32 ndarray from C; want: float64 ndarray reference; floor: optional per-element
+    absolute tolerance added to the usual one. Reports the element furthest out of tolerance."""
     got = np.asarray(got, dtype=np.float64)
     want = np.asarray(want, dtype=np.float64)
     if got.shape != want.shape:
@@ -350,6 +379,10 @@ def compare(got, want):
     scale = float(np.max(np.abs(want)))
     diff = np.abs(got - want)
     tol = ATOL_FRAC * scale + RTOL * np.abs(want)
+    loose = 0
+    if floor is not None:
+        loose = int(((diff > tol) & (diff <= tol + floor)).sum())
+        tol = tol + floor
     bad = ~(diff <= tol)  # NaN/inf in got counts as bad
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(tol > 0, diff / np.where(tol > 0, tol, 1.0), np.where(diff == 0, 0.0, np.inf))
@@ -362,7 +395,7 @@ def compare(got, want):
         rel = float("inf")
     return {"ok": not bad.any(), "rel": rel, "ratio": float(ratio[flat]),
             "idx": tuple(int(i) for i in idx), "got": float(got.reshape(-1)[flat]), "want": w,
-            "nbad": int(bad.sum()), "n": int(want.size), "scale": scale}
+            "nbad": int(bad.sum()), "n": int(want.size), "scale": scale, "loose": loose}
 
 
 def describe(name, r):
@@ -382,9 +415,9 @@ def check_one(res, name, got, want):
     return r
 
 
-def compare_set(spec, got, want):
+def compare_set(spec, got, want, floors=None):
     """name -> compare() result for every name in spec present in got."""
-    return {n: compare(got[n], want[n]) for n in spec if n in got}
+    return {n: compare(got[n], want[n], floors[n] if floors else None) for n in spec if n in got}
 
 
 def report_set(res, name, spec, results, note="", details=(), max_details=5):
@@ -531,8 +564,16 @@ def check_outdir(res, outdir):
                details=["global grad norm: got %.9g want %.9g" % (gnorm_c, gnorm_ref)])
 
     A, steps = reference_after(P0, x, y, cfg)
-    ares = compare_set(spec, Ac, {n: a.numpy() for n, a in A.items()})
-    report_set(res, "%s:after" % label, spec, ares, details=["reference steps: " + "; ".join(steps)])
+    floors = after_noise_floor(P0, x, y, cfg, A)
+    ares = compare_set(spec, Ac, {n: a.numpy() for n, a in A.items()}, floors)
+    loose = sum(r["loose"] for r in ares.values())
+    total = sum(r["n"] for r in ares.values())
+    note = "%d of %d elements within the reference's noise floor only" % (loose, total)
+    if loose > LOOSE_MAX * total:
+        res.fail("%s:after-conditioning" % label,
+                 "%s: more than %g%% of them, too many to be rounding" % (note, 100 * LOOSE_MAX))
+    report_set(res, "%s:after" % label, spec, ares, note=note,
+               details=["reference steps: " + "; ".join(steps)])
 
 
 def main(argv):
