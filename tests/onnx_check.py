@@ -22,18 +22,18 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import cv2
 import numpy as np
 import onnx
 import onnx.numpy_helper
+
+from daemon import Daemon, StartError
 
 RELATIVE_TOLERANCE = 1e-4
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -161,55 +161,25 @@ def check_case(res, build, case_dir):
 
 # ---- HTTP ----
 
-class Daemon:
-    def __init__(self, build, data_dir):
-        self.lines, self.port = [], None
-        self.proc = subprocess.Popen(
-            [os.path.join(build, "distilld"), "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir,
-             "--workers", "1", "--threads", "1"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        ready = threading.Event()
-
-        def read_log():
-            for line in self.proc.stderr:
-                self.lines.append(line.rstrip("\n"))
-                if self.port is None and "listening on http://127.0.0.1:" in line:
-                    tail = line.split("listening on http://127.0.0.1:", 1)[1]
-                    self.port = int("".join(ch for ch in tail.split()[0] if ch.isdigit()))
-                    ready.set()
-            ready.set()
-
-        self.reader = threading.Thread(target=read_log, daemon=True)
-        self.reader.start()
-        ready.wait(30)
-
-    def get(self, path):
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        try:
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            return resp.status, resp, resp.read()
-        finally:
-            conn.close()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.reader.join(10)
+def get(daemon, path):
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=60)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp, resp.read()
+    finally:
+        conn.close()
 
 
 def check_http(res, build, case_dir):
     print("== http: GET /api/v1/jobs/{id}/weights?format=...", flush=True)
     data_dir = tempfile.mkdtemp(prefix="onnx-http-")
-    daemon = Daemon(build, data_dir)
+    daemon = Daemon(build, data_dir, "--workers", "1", "--threads", "1")
     try:
-        if daemon.port is None:
-            res.check("http:daemon", "the daemon did not start: %s" % "\n".join(daemon.lines[-10:]))
+        try:
+            daemon.start()
+        except StartError as e:
+            res.check("http:daemon", str(e))
             return
         # A finished job without training one (the endpoint needs a job row and its weights file):
         # the row goes straight into the daemon's database, which allows a second writer (WAL).
@@ -228,7 +198,7 @@ def check_http(res, build, case_dir):
             weights_bytes = f.read()
         base = "/api/v1/jobs/%s/weights" % job
 
-        status, resp, body = daemon.get(base + "?format=onnx")
+        status, resp, body = get(daemon, base + "?format=onnx")
         disposition = resp.getheader("Content-Disposition", "")
         problem = None
         if status != 200:
@@ -242,13 +212,13 @@ def check_http(res, build, case_dir):
         res.check("http:onnx", problem, "%d bytes, the same as `distilld export`" % len(body))
 
         for query in ("?format=safetensors", ""):
-            status, resp, body = daemon.get(base + query)
+            status, resp, body = get(daemon, base + query)
             disposition = resp.getheader("Content-Disposition", "")
             ok = status == 200 and body == weights_bytes and 'filename="%s.safetensors"' % job in disposition
             res.check("http:safetensors" + (query or " (no format)"),
                       None if ok else "status %d, %d bytes, Content-Disposition %r" % (status, len(body), disposition))
 
-        status, resp, body = daemon.get(base + "?format=tflite")
+        status, resp, body = get(daemon, base + "?format=tflite")
         try:
             error = json.loads(body)["error"]
             shaped = set(error) == {"code", "message"} and error["code"] == "bad_request"
@@ -259,7 +229,7 @@ def check_http(res, build, case_dir):
                   None if status == 400 and shaped and names else "status %d, body %r" % (status, error),
                   error["message"] if shaped else "")
 
-        status, _, body = daemon.get("/api/v1/jobs/j00000000000000e2/weights?format=onnx")
+        status, _, body = get(daemon, "/api/v1/jobs/j00000000000000e2/weights?format=onnx")
         res.check("http:unknown job is 404", None if status == 404 else "status %d: %r" % (status, body[:200]))
     finally:
         daemon.stop()

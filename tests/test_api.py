@@ -15,17 +15,18 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
+from daemon import Daemon, StartError
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BINARY = os.path.join(ROOT, sys.argv[1] if len(sys.argv) > 1 else os.environ.get("BUILD", "build"), "distilld")
+BUILD = os.path.join(ROOT, sys.argv[1] if len(sys.argv) > 1 else os.environ.get("BUILD", "build"))
+BINARY = os.path.join(BUILD, "distilld")
 API = "/api/v1"
 STATES = ("queued", "running", "paused", "succeeded", "failed", "canceled")
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -54,44 +55,6 @@ def check(condition, why):
 
 
 # ---- the daemon ----
-
-class Daemon:
-    def __init__(self, data_dir):
-        self.data_dir = data_dir
-        self.lines = []
-        self.port = None
-        self.proc = subprocess.Popen(
-            [BINARY, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir, "--workers", "1", "--threads", "1",
-             "--max-streams", "2"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        ready = threading.Event()
-
-        def read_log():
-            for line in self.proc.stderr:
-                self.lines.append(line.rstrip("\n"))
-                if self.port is None and "listening on http://127.0.0.1:" in line:
-                    tail = line.split("listening on http://127.0.0.1:", 1)[1]
-                    self.port = int("".join(c for c in tail.split()[0] if c.isdigit()))
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=read_log, daemon=True).start()
-        ready.wait(30)
-        if self.port is None:
-            self.stop()
-            raise Failure("the daemon did not say where it listens:\n" + "\n".join(self.lines[-20:]))
-        with open(os.path.join(data_dir, "token")) as f:
-            self.token = f.read().strip()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
 
 D = None  # the Daemon
 
@@ -649,8 +612,9 @@ def main():
     passed = failed = 0
     try:
         try:
-            D = Daemon(os.path.join(tmp, "data"))
-        except Failure as e:
+            D = Daemon(BUILD, os.path.join(tmp, "data"), "--workers", "1", "--threads", "1",
+                       "--max-streams", "2").start()
+        except StartError as e:
             print("FAIL daemon starts: %s" % e)
             print("0 passed, 1 failed")
             return 1
@@ -679,7 +643,6 @@ def main():
     finally:
         if D:
             D.stop()
-            time.sleep(0.2)  # the last lines of its log
             if failed:
                 print("daemon log (last lines):\n  " + "\n  ".join(D.lines[-15:]))
             if os.environ.get("TEST_API_LOG"):  # the whole log, to look into a failure

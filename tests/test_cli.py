@@ -26,10 +26,11 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
+
+from daemon import Daemon, StartError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(ROOT, sys.argv[1] if len(sys.argv) > 1 else os.environ.get("BUILD", "build"))
@@ -61,52 +62,6 @@ def check(condition, why):
 
 
 # ---- the daemon ----
-
-class Daemon:
-    def __init__(self, data_dir):
-        self.data_dir = data_dir
-        self.proc = None
-        self.port = 0
-        self.lines = []
-        self.start()
-        with open(os.path.join(data_dir, "token")) as f:
-            self.token = f.read().strip()
-
-    @property
-    def url(self):
-        return "http://127.0.0.1:%d" % self.port
-
-    def start(self):
-        """On an ephemeral port the first time, on the same port after that."""
-        self.proc = subprocess.Popen(
-            [DAEMON, "serve", "--listen", "127.0.0.1:%d" % self.port, "--data-dir", self.data_dir, "--workers", "1",
-             "--threads", "1"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        ready = threading.Event()
-        marker = "listening on http://127.0.0.1:"
-
-        def read_log(proc):
-            for line in proc.stderr:
-                self.lines.append(line.rstrip("\n"))
-                if marker in line:
-                    self.port = int(re.match(r"\d+", line.split(marker, 1)[1]).group(0))
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=read_log, args=(self.proc,), daemon=True).start()
-        ready.wait(30)
-        if self.proc.poll() is not None or not self.port:
-            self.stop()
-            raise Failure("the daemon did not start:\n  " + "\n  ".join(self.lines[-15:]))
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
 
 D = None
 
@@ -438,9 +393,9 @@ def watch_reconnects_across_a_daemon_restart():
         while job(job_id)["step"] < 20:
             check(time.time() < deadline and job(job_id)["state"] != "succeeded", "the job went too fast or stuck")
             time.sleep(0.05)
-        D.stop()
+        D.stop(30)
         time.sleep(1)
-        D.start()
+        D.start(D.port)  # the same port: the watcher reconnects to it
         out, err = watcher.communicate(timeout=90)
     finally:
         if watcher.poll() is None:
@@ -528,8 +483,8 @@ def main():
     passed = failed = 0
     try:
         try:
-            D = Daemon(os.path.join(TMP, "data"))
-        except Failure as e:
+            D = Daemon(BUILD, os.path.join(TMP, "data"), "--workers", "1", "--threads", "1").start()
+        except StartError as e:
             print("FAIL daemon starts: %s" % e)
             print("0 passed, 1 failed")
             return 1
@@ -549,7 +504,7 @@ def main():
             print("FAIL daemon stays up: it exited with %s" % D.proc.returncode)
     finally:
         if D:
-            D.stop()
+            D.stop(30)
             if failed:
                 print("daemon log (last lines):\n  " + "\n  ".join(D.lines[-15:]))
         shutil.rmtree(TMP, ignore_errors=True)

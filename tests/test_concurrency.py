@@ -7,14 +7,14 @@ Run from the repository root: /usr/bin/python3 tests/test_concurrency.py [BUILD_
 """
 import json
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
+
+from daemon import Daemon
 
 BUILD = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("BUILD", "build")
 passed = failed = 0
@@ -39,18 +39,10 @@ def spec(seed):
 
 def main():
     tmp = tempfile.mkdtemp(prefix="distilld-concurrency-")
-    proc = subprocess.Popen([os.path.join(BUILD, "distilld"), "serve", "--listen", "127.0.0.1:0", "--data-dir",
-                             os.path.join(tmp, "var"), "--workers", "2", "--threads", "1"],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    daemon = Daemon(BUILD, os.path.join(tmp, "var"), "--workers", "2", "--threads", "1")
     try:
-        base = None
-        for line in proc.stderr:
-            m = re.search(r"listening on (http://[0-9.]+:\d+)", line)
-            if m:
-                base = m.group(1) + "/api/v1"
-                break
-        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-        token = open(os.path.join(tmp, "var", "token")).read().strip()
+        daemon.start()
+        base, token = daemon.url + "/api/v1", daemon.token
 
         def call(method, path, body=None):
             req = urllib.request.Request(base + path, method=method,
@@ -106,8 +98,8 @@ def main():
             steps = [p["step"] for p in pts]
             check("job %s: loss for steps 1..150 once each" % j, steps == list(range(1, 151)), len(steps))
     finally:
-        proc.kill()
-        proc.wait()
+        if daemon.proc:
+            daemon.kill()
         shutil.rmtree(tmp, ignore_errors=True)
     print("%d passed, %d failed" % (passed, failed))
     return 1 if failed else 0

@@ -13,7 +13,6 @@ Run from the repository root: /usr/bin/python3 tests/test_crash.py [BUILD_DIR]
 """
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -21,6 +20,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+
+from daemon import Daemon
 
 BUILD = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("BUILD", "build")
 DISTILLD = os.path.join(BUILD, "distilld")
@@ -44,45 +45,16 @@ def check(name, cond, why=""):
         print("FAIL %s: %s" % (name, why), flush=True)
 
 
-class Daemon:
-    def __init__(self, data_dir):
-        self.data_dir = data_dir
-        self.proc = None
-        self.base = None
-
-    def start(self):
-        self.proc = subprocess.Popen([DISTILLD, "serve", "--listen", "127.0.0.1:0", "--data-dir", self.data_dir,
-                                      "--workers", "1", "--threads", "1"],
-                                     stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                break
-            m = re.search(r"listening on (http://[0-9.]+:\d+)", line)
-            if m:
-                self.base = m.group(1) + "/api/v1"
-                self.token = open(os.path.join(self.data_dir, "token")).read().strip()
-                # keep draining stderr so the daemon never blocks on a full pipe
-                self.log = []
-                import threading
-                threading.Thread(target=lambda: [self.log.append(l) for l in self.proc.stderr], daemon=True).start()
-                return
-        raise RuntimeError("daemon did not start")
-
-    def kill(self, sig=signal.SIGKILL):
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout=120)
-
-    def call(self, method, path, body=None):
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base + path, data=data, method=method)
-        req.add_header("Authorization", "Bearer " + self.token)
-        if data:
-            req.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(req, timeout=30) as r:
-            raw = r.read()
-            return json.loads(raw) if raw and r.headers.get("Content-Type", "").startswith("application/json") else raw
+def call(d, method, path, body=None):
+    """The parsed JSON (else the bytes) of a request to daemon `d`, with its token; HTTPError on an error status."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(d.url + "/api/v1" + path, data=data, method=method)
+    req.add_header("Authorization", "Bearer " + d.token)
+    if data:
+        req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        raw = r.read()
+        return json.loads(raw) if raw and r.headers.get("Content-Type", "").startswith("application/json") else raw
 
 
 def wait_for(pred, timeout=300, every=0.05):
@@ -106,11 +78,11 @@ def main():
                        stdout=subprocess.DEVNULL)
         reference = open(os.path.join(ref_dir, "weights.safetensors"), "rb").read()
 
-        d = Daemon(os.path.join(tmp, "var"))
+        d = Daemon(BUILD, os.path.join(tmp, "var"), "--workers", "1", "--threads", "1")
         d.start()
-        job = d.call("POST", "/jobs", SPEC)
+        job = call(d, "POST", "/jobs", SPEC)
         jid = job["id"]
-        get = lambda: d.call("GET", "/jobs/" + jid)
+        get = lambda: call(d, "GET", "/jobs/" + jid)
 
         def running_between(lo, hi):
             j = get()
@@ -145,7 +117,7 @@ def main():
 
         points, after = [], -1
         while True:
-            page = d.call("GET", "/jobs/%s/metrics?after_step=%d&limit=1000" % (jid, after))
+            page = call(d, "GET", "/jobs/%s/metrics?after_step=%d&limit=1000" % (jid, after))
             points += page["points"]
             if page.get("next_after_step") is None:
                 break
@@ -158,7 +130,7 @@ def main():
         check("every metric step stored exactly once", not dupes, dupes[:5])
         check("loss recorded for steps 1..400 with no gap", loss_steps == list(range(1, 401)),
               "got %d steps" % len(loss_steps))
-        weights = d.call("GET", "/jobs/%s/weights" % jid)
+        weights = call(d, "GET", "/jobs/%s/weights" % jid)
         check("final weights bit-for-bit equal to an uninterrupted run", weights == reference,
               "%d vs %d bytes" % (len(weights), len(reference)))
         d.kill()

@@ -1,0 +1,91 @@
+"""daemon.py - `distilld serve` for the tests that talk to a real daemon.
+
+Daemon(build, data_dir, *extra_args).start() runs BUILD/distilld serve on 127.0.0.1 with the
+given data directory and returns once the daemon's log says where it listens; then port, url,
+token and the log lines so far are set. start() takes a port (0, the default, is an ephemeral
+one), so a restart on the same data directory can keep the port or take a new one.
+stop() is SIGTERM, then SIGKILL if the daemon outlives the timeout; kill() sends any signal
+(SIGKILL by default) and waits. Both return the exit status.
+
+A thread reads the daemon's stderr to its end into `lines` (every start's, in order), so the
+daemon never blocks on a full pipe and the log can be shown when a test fails.
+Standard library only.
+"""
+import os
+import re
+import signal
+import subprocess
+import threading
+
+LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
+
+
+class StartError(Exception):
+    """The daemon exited or did not say where it listens; the message ends with its last log lines."""
+
+
+class Daemon:
+    def __init__(self, build, data_dir, *extra_args):
+        self.binary = os.path.join(build, "distilld")
+        self.data_dir = data_dir
+        self.extra_args = list(extra_args)
+        self.proc = None
+        self.port = None
+        self.token = None
+        self.lines = []
+        self.reader = None
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d" % self.port
+
+    def start(self, port=0, timeout=30):
+        """Start and wait up to `timeout` seconds until it listens; StartError if it does not."""
+        self.port = None
+        self.proc = subprocess.Popen(
+            [self.binary, "serve", "--listen", "127.0.0.1:%d" % port, "--data-dir", self.data_dir] + self.extra_args,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        ready = threading.Event()
+
+        def read_log(proc):
+            for line in proc.stderr:
+                self.lines.append(line.rstrip("\n"))
+                found = LISTENING.search(line)
+                if found and not ready.is_set():
+                    self.port = int(found.group(1))
+                    ready.set()
+            ready.set()  # it exited without listening
+
+        self.reader = threading.Thread(target=read_log, args=(self.proc,), daemon=True)
+        self.reader.start()
+        ready.wait(timeout)
+        if self.proc.poll() is not None or self.port is None:
+            self.stop()
+            raise StartError("the daemon did not start:\n  " + "\n  ".join(self.lines[-15:]))
+        with open(os.path.join(self.data_dir, "token")) as f:
+            self.token = f.read().strip()
+        return self
+
+    def stop(self, timeout=20):
+        """SIGTERM; SIGKILL after `timeout` seconds. Returns the exit status (None if never started)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._finish_log()
+        return self.proc.returncode if self.proc else None
+
+    def kill(self, sig=signal.SIGKILL, timeout=120):
+        """Send `sig` and wait up to `timeout` seconds for the exit (TimeoutExpired beyond). Returns its status."""
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=timeout)
+        self._finish_log()
+        return code
+
+    def _finish_log(self):
+        """The last lines of the log (a sanitizer's report comes at exit)."""
+        if self.reader:
+            self.reader.join(10)
