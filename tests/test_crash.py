@@ -69,6 +69,7 @@ def wait_for(pred, timeout=300, every=0.05):
 
 def main():
     tmp = tempfile.mkdtemp(prefix="distilld-crash-")
+    d = None
     try:
         # the reference: the same spec, uninterrupted, in the foreground
         spec_path = os.path.join(tmp, "spec.json")
@@ -135,6 +136,8 @@ def main():
               "%d vs %d bytes" % (len(weights), len(reference)))
         d.kill()
     finally:
+        if d:
+            d.stop()  # a check that raised must not leave the daemon running on a deleted data dir
         shutil.rmtree(tmp, ignore_errors=True)
     print("%d passed, %d failed" % (passed, failed))
     return 1 if failed else 0
