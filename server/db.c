@@ -486,13 +486,42 @@ static int job_set_progress_locked(Db *db, const char *id, long step_number, cha
     return rc;
 }
 
-static int job_delete_locked(Db *db, const char *id, char *err) {
+/* The first unfinished job whose spec names `weights` as its teacher, into
+ * user/user_state; 0 if there is one, SQLITE_DONE if none. */
+static int teacher_user(Db *db, const char *weights, char user[DB_ID_LEN], char user_state[DB_STATE_LEN], char *err) {
+    sqlite3_stmt *st = statement(db, err,
+                                 "SELECT id, state FROM jobs WHERE state IN ('queued', 'running', 'paused') "
+                                 "AND json_extract(spec, '$.teacher') = ? ORDER BY seq LIMIT 1",
+                                 "t", weights);
+    if (!st) return DB_ERROR;
+    int rc = step(db, st, err);
+    if (rc == SQLITE_ROW) {
+        copy_string(user, DB_ID_LEN, (const char *)sqlite3_column_text(st, 0));
+        copy_string(user_state, DB_STATE_LEN, (const char *)sqlite3_column_text(st, 1));
+        rc = 0;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int job_delete_locked(Db *db, const char *id, const char *weights, char *err) {
     if (tx_begin(db, 1, err) != 0) return DB_ERROR;
     char state[DB_STATE_LEN];
     int rc = job_state(db, id, state, NULL, err);
     if (rc == 0 && !is_terminal(state)) {
         set_error(err, "job %s is %s: only succeeded, failed or canceled jobs can be deleted", id, state);
         rc = DB_CONFLICT;
+    }
+    char user[DB_ID_LEN], user_state[DB_STATE_LEN];
+    if (rc == 0 && weights) {
+        rc = teacher_user(db, weights, user, user_state, err);
+        if (rc == 0) {
+            set_error(err, "job %s is the teacher of job %s, which is %s: cancel it, or let it finish, first", id,
+                      user, user_state);
+            rc = DB_CONFLICT;
+        } else if (rc == SQLITE_DONE) {
+            rc = 0;
+        }
     }
     /* metrics, checkpoints and events go with it (ON DELETE CASCADE) */
     if (rc == 0) rc = execute(db, err, "DELETE FROM jobs WHERE id = ?", "t", id);
@@ -1191,8 +1220,8 @@ int db_job_request(Db *db, const char *id, const char *request, char *err) {
     LOCKED(db, job_request_locked(db, id, request, err));
 }
 
-int db_job_delete(Db *db, const char *id, char *err) {
-    LOCKED(db, job_delete_locked(db, id, err));
+int db_job_delete(Db *db, const char *id, const char *weights, char *err) {
+    LOCKED(db, job_delete_locked(db, id, weights, err));
 }
 
 int db_metrics_insert(Db *db, const char *job_id, const DbMetric *points, int count, char *err) {

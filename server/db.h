@@ -80,8 +80,10 @@ int db_job_set_progress(Db *db, const char *id, long step, char *err);
  * it polls the request every step, checkpoints, and makes the transition.
  * DB_CONFLICT if the job is not running. A transition clears the request. */
 int db_job_request(Db *db, const char *id, const char *request, char *err);
-/* Terminal jobs only (succeeded, failed, canceled); removes metrics, checkpoints, events. */
-int db_job_delete(Db *db, const char *id, char *err);
+/* Terminal jobs only (succeeded, failed, canceled); removes metrics, checkpoints, events.
+ * `weights` (may be NULL) is the job's weights file: DB_CONFLICT while a queued, running
+ * or paused job's spec names it as its teacher. */
+int db_job_delete(Db *db, const char *id, const char *weights, char *err);
 
 /* ---- metrics: each (job, name, step) stored once (a repeat is ignored) ---- */
 int db_metrics_insert(Db *db, const char *job_id, const DbMetric *points, int count, char *err);

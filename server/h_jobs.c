@@ -341,9 +341,10 @@ static int remove_run_dir(const HttpServer *s, const char *id) {
 }
 
 enum MHD_Result h_job_delete(HttpRequest *r) {
-    char err[ERR_LEN];
-    int rc = db_job_delete(r->cfg->db, r->id, err);
-    if (rc == DB_CONFLICT) return reply_job(r, 0, "delete", 1);
+    char err[ERR_LEN], weights[PATH_MAX];
+    weights_path(r->server, r->id, weights, sizeof weights);
+    int rc = db_job_delete(r->cfg->db, r->id, weights, err);
+    if (rc == DB_CONFLICT) return http_reply_error(r, MHD_HTTP_CONFLICT, "conflict", "cannot delete: %s", err);
     if (rc) return http_reply_db_error(r, rc, r->id, err);
     if (remove_run_dir(r->server, r->id) != 0)
         log_msg(LOG_WARN, "job %s deleted, but its run directory could not be removed fully", r->id);

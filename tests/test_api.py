@@ -546,6 +546,7 @@ def distill_names_a_finished_job_as_teacher():
     check(data["kind"] == "distill", "kind %r" % data["kind"])
     expect_error(api("POST", "/jobs", spec(kind="distill", teacher={"job": data["id"]})), 400, "invalid_spec",
                  "teacher.job")  # a distill job that has not succeeded
+    expect_error(api("DELETE", "/jobs/" + tiny), 409, "conflict", data["id"])  # its teacher stays while it may run
     cancel_and_wait(data["id"])
 
 

@@ -893,7 +893,7 @@ static void test_recover_and_delete(void) {
     for (int i = 0; i < 3; i++) {
         char id[DB_ID_LEN];
         job_in_state(db, unfinished[i], id);
-        CHECK(db_job_delete(db, id, err) == DB_CONFLICT && strstr(err, unfinished[i]), "delete of a %s job: %s",
+        CHECK(db_job_delete(db, id, NULL, err) == DB_CONFLICT && strstr(err, unfinished[i]), "delete of a %s job: %s",
               unfinished[i], err);
         job_state_of(db, id, state);
         CHECK(!strcmp(state, unfinished[i]), "state changed by a refused delete");
@@ -905,7 +905,7 @@ static void test_recover_and_delete(void) {
         insert_series(db, id, "loss", 1, 5, 0);
         db_checkpoint_record(db, id, 5, "/ckpt/x", err);
         metric_event(db, id, 5, &event_id);
-        CHECK(db_job_delete(db, id, err) == 0, "delete of a %s job: %s", finished[i], err);
+        CHECK(db_job_delete(db, id, NULL, err) == 0, "delete of a %s job: %s", finished[i], err);
         CHECK(db_job_get(db, id, &job, err) == DB_NOT_FOUND, "still there");
         CHECK(metric_rows(path, id) == 0 &&
                   raw_long(path, "SELECT COUNT(*) FROM checkpoints WHERE job_id = ?", id) == 0 &&
@@ -913,7 +913,21 @@ static void test_recover_and_delete(void) {
               "rows left after deleting a %s job", finished[i]);
     }
     CHECK(metric_rows(path, done) == 4, "another job's rows deleted");
-    CHECK(db_job_delete(db, "jffffffffffffffff", err) == DB_NOT_FOUND, "unknown id");
+
+    TEST_CASE("delete: refused while an unfinished job names the job's weights as its teacher");
+    char teacher[DB_ID_LEN], student[DB_ID_LEN];
+    job_in_state(db, "succeeded", teacher);
+    CHECK(db_job_create(db, "distill", "{\"kind\":\"distill\",\"teacher\":\"/d/runs/T/weights.safetensors\"}", 100,
+                        &job, err) == 0, "create: %s", err);
+    memcpy(student, job.id, DB_ID_LEN);
+    db_job_free(&job);
+    CHECK(db_job_delete(db, teacher, "/d/runs/T/weights.safetensors", err) == DB_CONFLICT && strstr(err, student) &&
+              strstr(err, "queued"), "delete of a queued job's teacher: %s", err);
+    CHECK(db_job_get(db, teacher, &job, err) == 0, "the teacher is gone: %s", err);
+    db_job_free(&job);
+    move(db, student, "queued", "canceled");
+    CHECK(db_job_delete(db, teacher, "/d/runs/T/weights.safetensors", err) == 0, "after its student ended: %s", err);
+    CHECK(db_job_delete(db, "jffffffffffffffff", NULL, err) == DB_NOT_FOUND, "unknown id");
     db_close(db);
 }
 
@@ -1031,7 +1045,7 @@ static void *mixed_traffic(void *arg) {
             note_error(w, "checkpoint", db_checkpoint_record(w->db, job.id, 7, "/ckpt", err), err);
             const char *const running[] = {"running", NULL};
             note_error(w, "finish", db_job_transition(w->db, job.id, running, "succeeded", NULL, err), err);
-            if (w->operations % 3 == 0) note_error(w, "delete", db_job_delete(w->db, job.id, err), err);
+            if (w->operations % 3 == 0) note_error(w, "delete", db_job_delete(w->db, job.id, NULL, err), err);
             db_job_free(&job);
         }
         DbJob *jobs;
