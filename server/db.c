@@ -815,42 +815,54 @@ static int recover_locked(Db *db, int *requeued, char *err) {
     *requeued = 0;
     if (tx_begin(db, 1, err) != 0) return DB_ERROR;
     /* collect first: the updates below move rows out of the index being read */
-    char (*ids)[DB_ID_LEN] = NULL;
-    long *checkpoint_steps = NULL;
+    struct {
+        char id[DB_ID_LEN];
+        long checkpoint_step;
+        char request[16];
+    } *jobs = NULL;
     int n = 0, capacity = 0, rc;
-    sqlite3_stmt *st =
-        statement(db, err, "SELECT id, checkpoint_step FROM jobs WHERE state = 'running' ORDER BY seq", "");
+    sqlite3_stmt *st = statement(
+        db, err, "SELECT id, checkpoint_step, request FROM jobs WHERE state = 'running' ORDER BY seq", "");
     if (!st) return tx_end(db, DB_ERROR, err);
     while ((rc = step(db, st, err)) == SQLITE_ROW) {
         if (n == capacity) {
             capacity = capacity ? 2 * capacity : 16;
-            char(*grown_ids)[DB_ID_LEN] = realloc(ids, (size_t)capacity * sizeof *ids);
-            if (grown_ids) ids = grown_ids;
-            long *grown_steps = realloc(checkpoint_steps, (size_t)capacity * sizeof *checkpoint_steps);
-            if (grown_steps) checkpoint_steps = grown_steps;
-            if (!grown_ids || !grown_steps) {
+            void *grown = realloc(jobs, (size_t)capacity * sizeof *jobs);
+            if (!grown) {
                 rc = set_error(err, "out of memory recovering jobs");
                 break;
             }
+            jobs = grown;
         }
-        copy_string(ids[n], DB_ID_LEN, (const char *)sqlite3_column_text(st, 0));
-        checkpoint_steps[n++] = (long)sqlite3_column_int64(st, 1);
+        copy_string(jobs[n].id, DB_ID_LEN, (const char *)sqlite3_column_text(st, 0));
+        jobs[n].checkpoint_step = (long)sqlite3_column_int64(st, 1);
+        copy_string(jobs[n++].request, sizeof jobs->request, (const char *)sqlite3_column_text(st, 2));
     }
     sqlite3_finalize(st);
     rc = rc == SQLITE_DONE ? 0 : rc;
     static const char *const from_running[] = {"running", NULL};
+    int queued = 0;
     for (int i = 0; i < n && rc == 0; i++) {
+        /* a cancel asked for before the crash is carried out: the job keeps
+         * what it recorded and never runs again */
+        if (!strcmp(jobs[i].request, "cancel")) {
+            rc = transition_locked(db, jobs[i].id, from_running, "canceled", NULL, err);
+            continue;
+        }
         /* the resumed run recomputes these steps; its metric and eval events
          * stay (appending them again is ignored), so the stream stays exact */
-        rc = execute(db, err, "DELETE FROM metrics WHERE job_id = ? AND step > ?", "tl", ids[i], checkpoint_steps[i]);
+        rc = execute(db, err, "DELETE FROM metrics WHERE job_id = ? AND step > ?", "tl", jobs[i].id,
+                     jobs[i].checkpoint_step);
         if (rc == 0)
-            rc = execute(db, err, "UPDATE jobs SET step = MAX(checkpoint_step, 0) WHERE id = ?", "t", ids[i]);
-        if (rc == 0) rc = transition_locked(db, ids[i], from_running, "queued", NULL, err);
+            rc = execute(db, err, "UPDATE jobs SET step = MAX(checkpoint_step, 0) WHERE id = ?", "t", jobs[i].id);
+        /* a pause asked for before the crash holds: the job waits for resume */
+        int pause = !strcmp(jobs[i].request, "pause");
+        if (rc == 0) rc = transition_locked(db, jobs[i].id, from_running, pause ? "paused" : "queued", NULL, err);
+        queued += !pause;
     }
-    free(ids);
-    free(checkpoint_steps);
+    free(jobs);
     rc = tx_end(db, rc, err);
-    if (rc == 0) *requeued = n;
+    if (rc == 0) *requeued = queued;
     return rc;
 }
 

@@ -111,7 +111,10 @@ int db_checkpoints_list(Db *db, const char *job_id, long **steps, char ***paths,
 /* ---- crash recovery, at start-up ---- */
 /* Every job left running goes back to queued and, in the same transaction,
  * its metric rows after its last checkpoint step are deleted (all of them if
- * it has no checkpoint), so a resumed run records each step exactly once. */
+ * it has no checkpoint), so a resumed run records each step exactly once.
+ * A pause or cancel asked for and not yet carried out is: the job becomes
+ * paused (at its checkpoint, as above) or canceled (keeping what it recorded).
+ * *requeued counts the jobs queued. */
 int db_recover(Db *db, int *requeued, char *err);
 
 /* ---- events (what GET /jobs/{id}/events streams) ----

@@ -833,10 +833,13 @@ static void test_recover_and_delete(void) {
     const char *path = tmp_path("recover.db");
     Db *db = open_or_die(path, "migrations");
 
-    TEST_CASE("recover: running jobs go back to the queue at their checkpoint");
+    TEST_CASE("recover: running jobs go back to the queue at their checkpoint, or carry out a pause or cancel");
     char with_ckpt[DB_ID_LEN], without[DB_ID_LEN], queued[DB_ID_LEN], done[DB_ID_LEN];
+    char to_pause[DB_ID_LEN], to_cancel[DB_ID_LEN];
     job_in_state(db, "running", with_ckpt);
     job_in_state(db, "running", without);
+    job_in_state(db, "running", to_pause);
+    job_in_state(db, "running", to_cancel);
     job_in_state(db, "queued", queued);
     job_in_state(db, "succeeded", done);
     insert_series(db, with_ckpt, "loss", 1, 15, 0);
@@ -845,7 +848,13 @@ static void test_recover_and_delete(void) {
     for (long s = 1; s <= 15; s++) metric_event(db, with_ckpt, s, &event_id);
     CHECK(db_checkpoint_record(db, with_ckpt, 10, "/ckpt/a-10", err) == 0, "%s", err);
     db_job_set_progress(db, with_ckpt, 15, err);
-    CHECK(db_job_request(db, with_ckpt, "pause", err) == 0, "%s", err);
+    for (int i = 0; i < 2; i++) { /* asked to pause or cancel; the daemon died before the worker did it */
+        const char *id = i ? to_cancel : to_pause;
+        insert_series(db, id, "loss", 1, 8, 0);
+        CHECK(db_checkpoint_record(db, id, 5, "/ckpt/b-5", err) == 0, "%s", err);
+        db_job_set_progress(db, id, 8, err);
+        CHECK(db_job_request(db, id, i ? "cancel" : "pause", err) == 0, "%s", err);
+    }
     insert_series(db, without, "loss", 1, 5, 0);
     db_job_set_progress(db, without, 5, err);
     insert_series(db, queued, "loss", 1, 3, 0); /* not running: untouched */
@@ -874,6 +883,16 @@ static void test_recover_and_delete(void) {
     db_job_free(&job);
     CHECK(metric_rows(path, without) == 0, "metrics of a job without checkpoint kept");
     CHECK(metric_rows(path, queued) == 3 && metric_rows(path, done) == 4, "other jobs' metrics touched");
+    CHECK(db_job_get(db, to_pause, &job, err) == 0 && !strcmp(job.state, "paused") && job.step == 5 &&
+              !job.request[0] && max_metric_step(path, to_pause) == 5,
+          "a pause asked for: %s at step %ld, request \"%s\", metrics to %ld", job.state, job.step, job.request,
+          max_metric_step(path, to_pause));
+    db_job_free(&job);
+    CHECK(db_job_get(db, to_cancel, &job, err) == 0 && !strcmp(job.state, "canceled") && job.step == 8 &&
+              !job.request[0] && metric_rows(path, to_cancel) == 8,
+          "a cancel asked for: %s at step %ld, request \"%s\", %ld metric rows", job.state, job.step, job.request,
+          metric_rows(path, to_cancel));
+    db_job_free(&job);
     char state[DB_STATE_LEN];
     job_state_of(db, done, state);
     CHECK(!strcmp(state, "succeeded"), "a finished job moved: %s", state);
