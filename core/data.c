@@ -10,7 +10,7 @@
 #include "images.h"
 #include "util.h"
 
-enum { RNG_VAL_SPLIT = 1, RNG_SUBSET = 2, RNG_EPOCH = 3, RNG_AUGMENT = 4, RNG_MIXUP = 5 };
+enum { RNG_VAL_SPLIT = 1, RNG_SUBSET = 2, RNG_EPOCH = 3, RNG_AUGMENT = 4, RNG_MIXUP = 5, RNG_EVAL_AUGMENT = 6 };
 
 static void shuffle(int32_t *a, int n, Rng *rng) {
     for (int i = n - 1; i > 0; i--) {
@@ -221,6 +221,37 @@ static int32_t train_image_at(JobData *d, const JobSpec *spec, long position) {
     return d->perm[position % d->train_count];
 }
 
+/* One image of ds into out (C, S, S), cropped and flipped as the spec's
+ * training images are, with draws from rng; normalized. src and work are
+ * scratch (data_scratch_size). */
+static void augment_image(const Dataset *ds, int32_t idx, const JobSpec *spec, Rng *rng, float *out, float *src,
+                          float *work) {
+    const ModelConfig *m = &spec->model;
+    const int s = m->image_size;
+    int h, w;
+    const uint8_t *pixels = dataset_image(ds, idx, &h, &w);
+    to_unit_float(src, pixels, (size_t)ds->c * h * w);
+    if (spec->crop == CROP_INCEPTION) {
+        CropBox box = inception_crop_box(rng, h, w, spec->crop_area_min, spec->crop_area_max);
+        resize_bilinear(out, s, s, src, ds->c, h, w, box);
+    } else if (spec->crop == CROP_RANDOM) {
+        /* zero-pad by S/8 on every side, then a random S x S window */
+        int pad = s / 8, ph = h + 2 * pad, pw = w + 2 * pad;
+        memset(work, 0, sizeof(float) * ds->c * ph * pw);
+        for (int c = 0; c < ds->c; c++)
+            for (int y = 0; y < h; y++)
+                memcpy(work + ((size_t)c * ph + y + pad) * pw + pad, src + ((size_t)c * h + y) * w, sizeof(float) * w);
+        int ch = s < ph ? s : ph, cw = s < pw ? s : pw;
+        CropBox box = {(int)rng_below(rng, (uint32_t)(ph - ch + 1)), (int)rng_below(rng, (uint32_t)(pw - cw + 1)), ch,
+                       cw};
+        resize_bilinear(out, s, s, work, ds->c, ph, pw, box);
+    } else {
+        resize_bilinear(out, s, s, src, ds->c, h, w, (CropBox){0, 0, h, w});
+    }
+    if (spec->flip && (rng_next(rng) & 1)) flip_horizontal(out, m->in_channels, s, s);
+    normalize(out, m);
+}
+
 void data_train_batch(JobData *d, const JobSpec *spec, long step, float *images, float *targets, int32_t *labels,
                       float *scratch) {
     const Dataset *tr = &d->train;
@@ -231,29 +262,7 @@ void data_train_batch(JobData *d, const JobSpec *spec, long step, float *images,
     for (int j = 0; j < b_size; j++) {
         int32_t idx = train_image_at(d, spec, step * b_size + j);
         Rng rng = rng_derive(spec->seed, RNG_AUGMENT, (uint64_t)step * 65536u + (uint64_t)j);
-        float *out = images + (size_t)j * out_floats;
-        int h, w;
-        const uint8_t *pixels = dataset_image(tr, idx, &h, &w);
-        to_unit_float(src, pixels, (size_t)tr->c * h * w);
-        if (spec->crop == CROP_INCEPTION) {
-            CropBox box = inception_crop_box(&rng, h, w, spec->crop_area_min, spec->crop_area_max);
-            resize_bilinear(out, s, s, src, tr->c, h, w, box);
-        } else if (spec->crop == CROP_RANDOM) {
-            /* zero-pad by S/8 on every side, then a random S x S window */
-            int pad = s / 8, ph = h + 2 * pad, pw = w + 2 * pad;
-            memset(work, 0, sizeof(float) * tr->c * ph * pw);
-            for (int c = 0; c < tr->c; c++)
-                for (int y = 0; y < h; y++)
-                    memcpy(work + ((size_t)c * ph + y + pad) * pw + pad, src + ((size_t)c * h + y) * w,
-                           sizeof(float) * w);
-            int ch = s < ph ? s : ph, cw = s < pw ? s : pw;
-            CropBox box = {(int)rng_below(&rng, (uint32_t)(ph - ch + 1)), (int)rng_below(&rng, (uint32_t)(pw - cw + 1)), ch, cw};
-            resize_bilinear(out, s, s, work, tr->c, ph, pw, box);
-        } else {
-            resize_bilinear(out, s, s, src, tr->c, h, w, (CropBox){0, 0, h, w});
-        }
-        if (spec->flip && (rng_next(&rng) & 1)) flip_horizontal(out, m->in_channels, s, s);
-        normalize(out, m);
+        augment_image(tr, idx, spec, &rng, images + (size_t)j * out_floats, src, work);
         labels[j] = tr->labels[idx];
         for (int c = 0; c < k; c++) targets[(size_t)j * k + c] = c == labels[j] ? 1.0f : 0.0f;
     }
@@ -264,17 +273,39 @@ void data_train_batch(JobData *d, const JobSpec *spec, long step, float *images,
     }
 }
 
+/* The dataset and image index of evaluation image i of a split. */
+static const Dataset *eval_image(const JobData *d, int split, int i, int32_t *idx) {
+    *idx = split == SPLIT_VAL ? d->val_index[i] : i;
+    return split == SPLIT_TEST ? &d->test : d->val.n > 0 ? &d->val : &d->train;
+}
+
+int data_augmented_eval_batch(const JobData *d, const JobSpec *spec, int split, int start, int count, float *images,
+                              int32_t *labels, float *scratch) {
+    const int total = data_split_size(d, split);
+    const size_t out_floats = (size_t)spec->model.in_channels * spec->model.image_size * spec->model.image_size;
+    int n = 0;
+    for (int i = start; i < total && n < count; i++, n++) {
+        int32_t idx;
+        const Dataset *ds = eval_image(d, split, i, &idx);
+        Rng rng = rng_derive(spec->seed, RNG_EVAL_AUGMENT, (uint64_t)split << 32 | (uint64_t)i);
+        augment_image(ds, idx, spec, &rng, images + (size_t)n * out_floats, scratch,
+                      scratch + (size_t)ds->c * ds->h * ds->w);
+        labels[n] = ds->labels[idx];
+    }
+    return n;
+}
+
 int data_eval_batch(const JobData *d, const JobSpec *spec, int split, int start, int count, float *images,
                     int32_t *labels, float *scratch) {
-    const Dataset *ds = split == SPLIT_TEST ? &d->test : d->val.n > 0 ? &d->val : &d->train;
     const int total = data_split_size(d, split);
     const ModelConfig *m = &spec->model;
     const int s = m->image_size;
-    const size_t src_floats = (size_t)ds->c * ds->h * ds->w, out_floats = (size_t)m->in_channels * s * s;
-    float *src = scratch, *resized = scratch + src_floats;
+    const size_t out_floats = (size_t)m->in_channels * s * s;
     int n = 0;
     for (int i = start; i < total && n < count; i++, n++) {
-        int32_t idx = split == SPLIT_VAL ? d->val_index[i] : i;
+        int32_t idx;
+        const Dataset *ds = eval_image(d, split, i, &idx);
+        float *src = scratch, *resized = scratch + (size_t)ds->c * ds->h * ds->w;
         float *out = images + (size_t)n * out_floats;
         int h, w, rh, rw;
         const uint8_t *pixels = dataset_image(ds, idx, &h, &w);

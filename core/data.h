@@ -48,6 +48,11 @@ void data_train_batch(JobData *d, const JobSpec *spec, long step, float *images,
  * cropped, normalized. Returns how many were written. */
 int data_eval_batch(const JobData *d, const JobSpec *spec, int split, int start, int count, float *images,
                     int32_t *labels, float *scratch);
+/* The same images augmented as training images are (crop and flip, no mixup),
+ * image i's draws a function of (seed, split, i): what a teacher sees when the
+ * student trains, on images neither trained on. */
+int data_augmented_eval_batch(const JobData *d, const JobSpec *spec, int split, int start, int count, float *images,
+                              int32_t *labels, float *scratch);
 int data_split_size(const JobData *d, int split);
 
 #endif

@@ -62,7 +62,7 @@ typedef struct {
     float *images, *targets, *dlogits, *probs, *teacher_probs, *teacher_logits, *scratch;
     int32_t *labels;
     int teacher_evaluated;
-    float teacher_val_top1, teacher_test_top1;
+    float teacher_val_top1, teacher_test_top1, teacher_aug_top1;
 } Run;
 
 /* Student (and teacher) top-1 on a split; agreement and distillation loss
@@ -94,6 +94,21 @@ static void evaluate_split(Run *r, int split, float *top1, float *teacher_top1, 
     if (distill_loss) *distill_loss = total ? (float)(loss / total) : 0.0f;
 }
 
+/* The teacher's top-1 on the test images augmented as the student's training
+ * images: how well it knows the function the student learns to match. */
+static float teacher_augmented_top1(Run *r) {
+    const JobSpec *s = &r->spec;
+    const int k = s->model.num_classes, total = data_split_size(&r->data, SPLIT_TEST);
+    long correct = 0;
+    for (int start = 0; start < total; start += s->batch_size) {
+        int n = data_augmented_eval_batch(&r->data, s, SPLIT_TEST, start, s->batch_size, r->images, r->labels,
+                                          r->scratch);
+        float *logits = model_forward(r->teacher, r->images, n);
+        for (int i = 0; i < n; i++) correct += argmax_row(logits + (size_t)i * k, k) == r->labels[i];
+    }
+    return total ? (float)correct / total : 0.0f;
+}
+
 static EvalMetrics evaluate(Run *r, long step) {
     EvalMetrics e = {.step = step, .has_val = r->data.val_count > 0, .has_teacher = r->teacher != NULL};
     float t_val = 0, t_test = 0, agree_val = 0;
@@ -101,9 +116,11 @@ static EvalMetrics evaluate(Run *r, long step) {
     evaluate_split(r, SPLIT_TEST, &e.test_top1, &t_test, &e.test_agreement, NULL);
     if (r->teacher && !r->teacher_evaluated) {
         r->teacher_val_top1 = t_val, r->teacher_test_top1 = t_test;
+        r->teacher_aug_top1 = teacher_augmented_top1(r);
         r->teacher_evaluated = 1;
     }
     e.teacher_val_top1 = r->teacher_val_top1, e.teacher_test_top1 = r->teacher_test_top1;
+    e.teacher_aug_top1 = r->teacher_aug_top1;
     return e;
 }
 

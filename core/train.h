@@ -18,6 +18,8 @@ typedef struct {
     int has_val, has_teacher;
     float val_top1, test_top1;             /* student */
     float teacher_val_top1, teacher_test_top1; /* distill only; computed once */
+    float teacher_aug_top1;                /* distill only, once: on the test images augmented as
+                                              training images (data_augmented_eval_batch) */
     float test_agreement;                  /* student vs teacher top-1 agreement on test */
     float val_distill_loss;                /* T^2 KL on validation images */
 } EvalMetrics;

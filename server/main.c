@@ -141,6 +141,7 @@ static void print_eval(void *ctx, const EvalMetrics *e) {
     if (e->has_val) json_object_set_new(line, "val_top1", json_real(e->val_top1));
     if (e->has_teacher) {
         json_object_set_new(line, "teacher_test_top1", json_real(e->teacher_test_top1));
+        json_object_set_new(line, "teacher_aug_top1", json_real(e->teacher_aug_top1));
         json_object_set_new(line, "test_agreement", json_real(e->test_agreement));
         if (e->has_val) {
             json_object_set_new(line, "teacher_val_top1", json_real(e->teacher_val_top1));
@@ -152,7 +153,8 @@ static void print_eval(void *ctx, const EvalMetrics *e) {
     if (e->has_val) printf("  val top-1 %.2f%%", 100 * e->val_top1);
     printf("  test top-1 %.2f%%", 100 * e->test_top1);
     if (e->has_teacher) {
-        printf("  teacher test top-1 %.2f%%  agreement %.2f%%", 100 * e->teacher_test_top1, 100 * e->test_agreement);
+        printf("  teacher test top-1 %.2f%% (augmented %.2f%%)  agreement %.2f%%", 100 * e->teacher_test_top1,
+               100 * e->teacher_aug_top1, 100 * e->test_agreement);
         if (e->has_val) printf("  val distill loss %.4f", e->val_distill_loss);
     }
     printf("\n");

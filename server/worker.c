@@ -118,8 +118,10 @@ static void on_eval(void *ctx, const EvalMetrics *e) {
     }
     if (e->has_teacher) {
         add_point(r, "teacher_test_top1", e->step, e->teacher_test_top1);
+        add_point(r, "teacher_aug_top1", e->step, e->teacher_aug_top1);
         add_point(r, "test_agreement", e->step, e->test_agreement);
         json_object_set_new(data, "teacher_test_top1", json_real(e->teacher_test_top1));
+        json_object_set_new(data, "teacher_aug_top1", json_real(e->teacher_aug_top1));
         json_object_set_new(data, "test_agreement", json_real(e->test_agreement));
         if (e->has_val) {
             add_point(r, "teacher_val_top1", e->step, e->teacher_val_top1);

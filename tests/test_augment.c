@@ -695,6 +695,65 @@ static void test_eval_batches(const Dataset *train, const Dataset *test) {
     free_jobdata(&d);
 }
 
+/* data_augmented_eval_batch with a guarded scratch of data_scratch_size. */
+static int augmented_batch(const JobData *d, const JobSpec *s, int split, int start, int count, float *images,
+                           int32_t *labels, size_t *overrun) {
+    size_t n = data_scratch_size(d, s);
+    float *scratch = new_floats(n + GUARD);
+    for (size_t i = n; i < n + GUARD; i++) scratch[i] = GUARD_VALUE;
+    int got = data_augmented_eval_batch(d, s, split, start, count, images, labels, scratch);
+    for (size_t i = n; i < n + GUARD; i++) *overrun += scratch[i] != GUARD_VALUE;
+    free(scratch);
+    return got;
+}
+
+static void test_augmented_eval_batches(const Dataset *train, const Dataset *test) {
+    TEST_CASE("augmented eval batches: cropped and flipped as training images, never mixed, image i's draw its own");
+    JobData d;
+    make_jobdata(&d, train, test);
+    enum { N = 16 };
+    JobSpec plain = make_spec(8, CROP_NONE, 0, 1, 5), flip = make_spec(8, CROP_NONE, 1, 1, 5),
+            crop = make_spec(8, CROP_INCEPTION, 1, 1, 5), unmixed = make_spec(8, CROP_INCEPTION, 1, 0, 5),
+            reseeded = make_spec(8, CROP_INCEPTION, 1, 1, 6);
+    static float p[N * DS * DS], f[N * DS * DS], c[N * DS * DS], u[N * DS * DS], r[N * DS * DS], again[N * DS * DS];
+    int32_t lp[N], lc[N], lu[N];
+    size_t overrun = 0;
+    int got = augmented_batch(&d, &plain, SPLIT_TEST, 0, N, p, lp, &overrun);
+    augmented_batch(&d, &flip, SPLIT_TEST, 0, N, f, lp, &overrun);
+    augmented_batch(&d, &crop, SPLIT_TEST, 0, N, c, lc, &overrun);
+    augmented_batch(&d, &unmixed, SPLIT_TEST, 0, N, u, lu, &overrun);
+    augmented_batch(&d, &reseeded, SPLIT_TEST, 0, N, r, lu, &overrun);
+    /* the same images from batches that start elsewhere: 5..12 of [5, 13), then 0..4 and 13..15 */
+    augmented_batch(&d, &crop, SPLIT_TEST, 5, 8, again + 5 * DS * DS, lu, &overrun);
+    augmented_batch(&d, &crop, SPLIT_TEST, 0, 5, again, lu, &overrun);
+    augmented_batch(&d, &crop, SPLIT_TEST, 13, 3, again + 13 * DS * DS, lu, &overrun);
+    CHECK(got == N, "returned %d images, want %d", got, N);
+    int bad = 0, flipped = 0, unflipped = 0, neither = 0, cropped = 0, out_of_range = 0, other_seed = 0;
+    for (int j = 0; j < N; j++) {
+        const float *pj = p + (size_t)j * DS * DS, *fj = f + (size_t)j * DS * DS, *cj = c + (size_t)j * DS * DS;
+        bad += !(plain_error(test, j, pj) <= MIX_ATOL) || lp[j] != test->labels[j] || lc[j] != test->labels[j];
+        float mirror[DS * DS];
+        memcpy(mirror, pj, sizeof mirror);
+        flip_horizontal(mirror, 1, DS, DS);
+        if (memcmp(fj, pj, sizeof mirror) == 0) unflipped++;
+        else if (memcmp(fj, mirror, sizeof mirror) == 0) flipped++;
+        else neither++;
+        cropped += memcmp(cj, pj, sizeof mirror) != 0 && memcmp(cj, mirror, sizeof mirror) != 0;
+        other_seed += memcmp(cj, r + (size_t)j * DS * DS, sizeof mirror) != 0;
+        for (int q = 0; q < DS * DS; q++) out_of_range += !(cj[q] >= -1.0f - 1e-6f && cj[q] <= 1.0f + 1e-6f);
+    }
+    CHECK(bad == 0, "crop none, no flip: %d images or labels differ from the plain normalized test images", bad);
+    CHECK(neither == 0 && flipped > 2 && unflipped > 2, "flip: %d mirrored, %d not, %d neither, of %d", flipped,
+          unflipped, neither, N);
+    CHECK(cropped > N / 2 && out_of_range == 0, "inception crop: %d of %d differ from the image, %d values out of range",
+          cropped, N, out_of_range);
+    CHECK(memcmp(c, u, sizeof c) == 0, "mixup in the spec changed the augmented evaluation images");
+    CHECK(memcmp(c, again, sizeof c) == 0, "an image's crop depends on where its batch starts");
+    CHECK(other_seed > N / 2, "another seed gave the same crops for %d of %d images", N - other_seed, N);
+    CHECK(overrun == 0, "wrote %zu floats past data_scratch_size", overrun);
+    free_jobdata(&d);
+}
+
 static void test_eval_non_square(void) {
     TEST_CASE("eval batches of non-square images: short side resized, central crop, within data_scratch_size");
     /* an IDX folder may hold non-square images; train.c passes the same
@@ -857,6 +916,7 @@ int main(void) {
     test_batches_epochs(&train);
     test_batches_augmented(&train);
     test_eval_batches(&train, &test);
+    test_augmented_eval_batches(&train, &test);
     test_eval_non_square();
     dataset_free(&train);
     dataset_free(&test);

@@ -515,6 +515,7 @@ async function main() {
     const teacher = await page.$eval('[data-chart="accuracy"] .u-legend', l => l.textContent);
     assert(/teacher/.test(teacher), 'the accuracy chart has no teacher line: ' + teacher);
     assert(/%$/.test(await page.textContent('[data-stat=test_agreement] .v')), 'no agreement stat');
+    assert(/%$/.test(await page.textContent('[data-stat=teacher_aug_top1] .v')), 'no teacher-on-augmented-images stat');
     await page.screenshot({path: path.join(OUT_DIR, 'distill.png'), fullPage: true});
   });
 

@@ -32,6 +32,7 @@ typedef struct {
     long steps_seen;
     int evals;
     float last_loss;
+    EvalMetrics last_eval;
 } Watch;
 
 static void on_step(void *ctx, const StepMetrics *m) {
@@ -42,8 +43,8 @@ static void on_step(void *ctx, const StepMetrics *m) {
 
 static void on_eval(void *ctx, const EvalMetrics *e) {
     Watch *w = ctx;
-    (void)e;
     w->evals++;
+    w->last_eval = *e;
 }
 
 static int should_stop(void *ctx) {
@@ -124,6 +125,11 @@ static void test_resume(const char *root, const char *kind, const char *teacher,
     CHECK(files_equal(ra.weights_path, rb.weights_path), "resumed weights differ from the uninterrupted run's");
     CHECK(ra.final_test_top1 == rb.final_test_top1, "final accuracy differs: %f vs %f", ra.final_test_top1,
           rb.final_test_top1);
+    if (teacher) /* measured again by the resumed process: the same augmented images */
+        CHECK(wa.last_eval.has_teacher && wa.last_eval.teacher_aug_top1 == wb2.last_eval.teacher_aug_top1 &&
+                  wa.last_eval.teacher_aug_top1 > 0.0f && wa.last_eval.teacher_aug_top1 <= 1.0f,
+              "teacher top-1 on augmented test images: %f uninterrupted, %f resumed", wa.last_eval.teacher_aug_top1,
+              wb2.last_eval.teacher_aug_top1);
     rc = run_spec(spec, c, 0, &wc, &rc_, err);
     CHECK(rc == TRAIN_DONE && files_equal(ra.weights_path, rc_.weights_path),
           "two runs of the same spec must give the same weights");
@@ -156,6 +162,24 @@ static void test_teacher_mismatch(const char *root, const char *teacher) {
     CHECK(rc < 0 && strstr(err, "teacher"), "a 28-px teacher for a 32-px student must be refused: %d %s", rc, err);
 }
 
+static void test_teacher_augmented(const char *root, const char *teacher) {
+    TEST_CASE("distill: the teacher's top-1 on augmented test images; without crop or flip, its plain test top-1");
+    char spec[2048], dir[512], err[ERR_LEN];
+    snprintf(spec, sizeof spec,
+             "{\"kind\":\"distill\",\"teacher\":\"%s\",\"dataset\":{\"name\":\"fashion-mnist\",\"subset_size\":100,"
+             "\"test_size\":500},\"model\":{\"depth\":[1],\"base_width\":8,\"gn_groups\":4,\"stem\":\"small\"},"
+             "\"batch_size\":16,\"steps\":2,\"warmup_steps\":0,\"crop\":\"none\",\"flip\":false,\"mixup\":true}",
+             teacher);
+    snprintf(dir, sizeof dir, "%s/teacher-plain", root);
+    Watch w = {0};
+    TrainResult r;
+    int rc = run_spec(spec, dir, 0, &w, &r, err);
+    CHECK(rc == TRAIN_DONE && w.evals == 1 && w.last_eval.has_teacher, "run: %d %s, %d evaluations", rc, err, w.evals);
+    CHECK(w.last_eval.teacher_aug_top1 == w.last_eval.teacher_test_top1 && w.last_eval.teacher_test_top1 > 0.0f,
+          "crop none, no flip: %f on augmented images, %f on the test images", w.last_eval.teacher_aug_top1,
+          w.last_eval.teacher_test_top1);
+}
+
 static void test_recipes_parse(void) {
     TEST_CASE("every recipe in recipes/ is a valid spec");
     const char *names[] = {"demo", "fmnist-teacher", "fmnist-fm-1k", "fmnist-labels-1k"};
@@ -182,6 +206,7 @@ int main(void) {
     test_resume(root, "train", NULL, teacher);
     test_resume(root, "distill", teacher, NULL);
     test_teacher_mismatch(root, teacher);
+    test_teacher_augmented(root, teacher);
     test_learns(root);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", root);

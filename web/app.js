@@ -728,7 +728,7 @@
   // ---- CSV export ----
 
   const CSV_ORDER = ['loss', 'lr', 'grad_norm', 'images_per_second', 'test_top1', 'val_top1', 'teacher_test_top1',
-    'test_agreement', 'teacher_val_top1', 'val_distill_loss'];
+    'teacher_aug_top1', 'test_agreement', 'teacher_val_top1', 'val_distill_loss'];
 
   /* Every metric point of a job, paged from the API: one row per step,
    * "step,time,<metric>..." (time: Unix seconds of the step's first point). */
@@ -1169,7 +1169,8 @@
         stat('best test accuracy', acc && acc.n ? fmtPct(acc.max()) : '–', 'best_test_top1'),
         data.has('val_top1') ? stat('validation accuracy', fmtPct(last('val_top1')), 'val_top1') : null,
         data.has('test_agreement') ? stat('agreement', fmtPct(last('test_agreement')), 'test_agreement') : null,
-        data.has('teacher_test_top1') ? stat('teacher accuracy', fmtPct(last('teacher_test_top1')), 'teacher_test_top1') : null);
+        data.has('teacher_test_top1') ? stat('teacher accuracy', fmtPct(last('teacher_test_top1')), 'teacher_test_top1') : null,
+        data.has('teacher_aug_top1') ? stat('teacher on augmented images', fmtPct(last('teacher_aug_top1')), 'teacher_aug_top1') : null);
       redraw();
     }
     function markDirty() {
