@@ -627,15 +627,16 @@ static void test_batches_augmented(const Dataset *ds) {
     free_jobdata(&d);
 }
 
-/* Eval with a guarded scratch of data_scratch_size: train.c passes the same
- * scratch to data_train_batch and data_eval_batch. */
+/* data_eval_batch (or data_augmented_eval_batch) with a guarded scratch of
+ * data_scratch_size, as train.c passes it; floats written past it are added
+ * to *overrun. */
 static int eval_batch(const JobData *d, const JobSpec *s, int split, int start, int count, float *images,
-                      int32_t *labels, size_t *overrun) {
+                      int32_t *labels, int augmented, size_t *overrun) {
     size_t n = data_scratch_size(d, s);
     float *scratch = new_floats(n + GUARD);
     for (size_t i = n; i < n + GUARD; i++) scratch[i] = GUARD_VALUE;
-    int got = data_eval_batch(d, s, split, start, count, images, labels, scratch);
-    *overrun = 0;
+    int got = (augmented ? data_augmented_eval_batch : data_eval_batch)(d, s, split, start, count, images, labels,
+                                                                         scratch);
     for (size_t i = n; i < n + GUARD; i++) *overrun += scratch[i] != GUARD_VALUE;
     free(scratch);
     return got;
@@ -651,11 +652,11 @@ static void test_eval_batches(const Dataset *train, const Dataset *test) {
     JobSpec s = make_spec(8, CROP_INCEPTION, 1, 1, 3);
     float a[8 * DS * DS], b[8 * DS * DS];
     int32_t la[8], lb[8];
-    size_t overrun;
+    size_t overrun = 0;
     CHECK(data_split_size(&d, SPLIT_TEST) == test->n && data_split_size(&d, SPLIT_VAL) == 3, "split sizes %d, %d",
           data_split_size(&d, SPLIT_TEST), data_split_size(&d, SPLIT_VAL));
-    int n1 = eval_batch(&d, &s, SPLIT_TEST, 8, 8, a, la, &overrun);
-    int n2 = eval_batch(&d, &s, SPLIT_TEST, 8, 8, b, lb, &overrun);
+    int n1 = eval_batch(&d, &s, SPLIT_TEST, 8, 8, a, la, 0, &overrun);
+    int n2 = eval_batch(&d, &s, SPLIT_TEST, 8, 8, b, lb, 0, &overrun);
     CHECK(n1 == 8 && n2 == 8, "returned %d, %d images, want 8", n1, n2);
     CHECK(memcmp(a, b, sizeof a) == 0 && memcmp(la, lb, sizeof la) == 0, "the same eval batch twice differs");
     int bad = 0;
@@ -664,9 +665,9 @@ static void test_eval_batches(const Dataset *train, const Dataset *test) {
         bad += la[j] != test->labels[8 + j];
     }
     CHECK(bad == 0, "test images 8..15: %d images or labels differ from the plain normalized ones", bad);
-    int tail = eval_batch(&d, &s, SPLIT_TEST, test->n - 3, 8, a, la, &overrun);
+    int tail = eval_batch(&d, &s, SPLIT_TEST, test->n - 3, 8, a, la, 0, &overrun);
     CHECK(tail == 3, "3 images left: returned %d", tail);
-    int nv = eval_batch(&d, &s, SPLIT_VAL, 0, 8, a, la, &overrun);
+    int nv = eval_batch(&d, &s, SPLIT_VAL, 0, 8, a, la, 0, &overrun);
     bad = 0;
     for (int j = 0; j < 3; j++) {
         bad += !(plain_error(train, d.val_index[j], a + (size_t)j * DS * DS) <= MIX_ATOL);
@@ -676,7 +677,7 @@ static void test_eval_batches(const Dataset *train, const Dataset *test) {
 
     /* eval_resize 12: resize 8 -> 12, then the central 8x8 (box 2,2) */
     s.eval_resize = 12;
-    eval_batch(&d, &s, SPLIT_TEST, 0, 2, a, la, &overrun);
+    eval_batch(&d, &s, SPLIT_TEST, 0, 2, a, la, 0, &overrun);
     bad = 0;
     for (int j = 0; j < 2; j++) {
         float src[DS * DS], mid[12 * 12];
@@ -695,18 +696,6 @@ static void test_eval_batches(const Dataset *train, const Dataset *test) {
     free_jobdata(&d);
 }
 
-/* data_augmented_eval_batch with a guarded scratch of data_scratch_size. */
-static int augmented_batch(const JobData *d, const JobSpec *s, int split, int start, int count, float *images,
-                           int32_t *labels, size_t *overrun) {
-    size_t n = data_scratch_size(d, s);
-    float *scratch = new_floats(n + GUARD);
-    for (size_t i = n; i < n + GUARD; i++) scratch[i] = GUARD_VALUE;
-    int got = data_augmented_eval_batch(d, s, split, start, count, images, labels, scratch);
-    for (size_t i = n; i < n + GUARD; i++) *overrun += scratch[i] != GUARD_VALUE;
-    free(scratch);
-    return got;
-}
-
 static void test_augmented_eval_batches(const Dataset *train, const Dataset *test) {
     TEST_CASE("augmented eval batches: cropped and flipped as training images, never mixed, image i's draw its own");
     JobData d;
@@ -718,15 +707,15 @@ static void test_augmented_eval_batches(const Dataset *train, const Dataset *tes
     static float p[N * DS * DS], f[N * DS * DS], c[N * DS * DS], u[N * DS * DS], r[N * DS * DS], again[N * DS * DS];
     int32_t lp[N], lc[N], lu[N];
     size_t overrun = 0;
-    int got = augmented_batch(&d, &plain, SPLIT_TEST, 0, N, p, lp, &overrun);
-    augmented_batch(&d, &flip, SPLIT_TEST, 0, N, f, lp, &overrun);
-    augmented_batch(&d, &crop, SPLIT_TEST, 0, N, c, lc, &overrun);
-    augmented_batch(&d, &unmixed, SPLIT_TEST, 0, N, u, lu, &overrun);
-    augmented_batch(&d, &reseeded, SPLIT_TEST, 0, N, r, lu, &overrun);
+    int got = eval_batch(&d, &plain, SPLIT_TEST, 0, N, p, lp, 1, &overrun);
+    eval_batch(&d, &flip, SPLIT_TEST, 0, N, f, lp, 1, &overrun);
+    eval_batch(&d, &crop, SPLIT_TEST, 0, N, c, lc, 1, &overrun);
+    eval_batch(&d, &unmixed, SPLIT_TEST, 0, N, u, lu, 1, &overrun);
+    eval_batch(&d, &reseeded, SPLIT_TEST, 0, N, r, lu, 1, &overrun);
     /* the same images from batches that start elsewhere: 5..12 of [5, 13), then 0..4 and 13..15 */
-    augmented_batch(&d, &crop, SPLIT_TEST, 5, 8, again + 5 * DS * DS, lu, &overrun);
-    augmented_batch(&d, &crop, SPLIT_TEST, 0, 5, again, lu, &overrun);
-    augmented_batch(&d, &crop, SPLIT_TEST, 13, 3, again + 13 * DS * DS, lu, &overrun);
+    eval_batch(&d, &crop, SPLIT_TEST, 5, 8, again + 5 * DS * DS, lu, 1, &overrun);
+    eval_batch(&d, &crop, SPLIT_TEST, 0, 5, again, lu, 1, &overrun);
+    eval_batch(&d, &crop, SPLIT_TEST, 13, 3, again + 13 * DS * DS, lu, 1, &overrun);
     CHECK(got == N, "returned %d images, want %d", got, N);
     int bad = 0, flipped = 0, unflipped = 0, neither = 0, cropped = 0, out_of_range = 0, other_seed = 0;
     for (int j = 0; j < N; j++) {
@@ -758,7 +747,7 @@ static void test_eval_non_square(void) {
     TEST_CASE("eval batches of non-square images: short side resized, central crop, within data_scratch_size");
     /* an IDX folder may hold non-square images; train.c passes the same
      * data_scratch_size scratch to data_train_batch and data_eval_batch */
-    size_t overrun;
+    size_t overrun = 0;
     int bad;
     Dataset wide;
     make_dataset(&wide, 4, 1, 6, 12, DK, 0);
@@ -768,7 +757,7 @@ static void test_eval_non_square(void) {
     sw.eval_resize = 16;
     float out[2 * DS * DS];
     int32_t lw[2];
-    int nw = eval_batch(&dw, &sw, SPLIT_TEST, 0, 2, out, lw, &overrun);
+    int nw = eval_batch(&dw, &sw, SPLIT_TEST, 0, 2, out, lw, 0, &overrun);
     CHECK(nw == 2, "6x12 images: returned %d", nw);
     CHECK(overrun == 0, "6x12 images, eval_resize 16: data_eval_batch wrote %zu floats past data_scratch_size (%zu)",
           overrun, data_scratch_size(&dw, &sw));
