@@ -392,6 +392,20 @@ static int job_claim_next_locked(Db *db, DbJob *out, char *err) {
     return rc;
 }
 
+static int jobs_count_locked(Db *db, const char *state, long *count, char *err) {
+    *count = 0;
+    if (!is_state(state)) return set_error(err, "unknown job state \"%s\"", state);
+    sqlite3_stmt *st = statement(db, err, "SELECT COUNT(*) FROM jobs WHERE state = ?", "t", state);
+    if (!st) return DB_ERROR;
+    int rc = step(db, st, err);
+    if (rc == SQLITE_ROW) {
+        *count = (long)sqlite3_column_int64(st, 0);
+        rc = 0;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
 static int jobs_list_locked(Db *db, const char *state, const char *cursor, int limit, DbJob **jobs, int *count,
                             char next[DB_ID_LEN], char *err) {
     /* a caller may pass the same buffer as cursor and next */
@@ -1208,6 +1222,10 @@ void db_job_free(DbJob *job) {
 int db_jobs_list(Db *db, const char *state, const char *cursor, int limit, DbJob **jobs, int *count,
                  char next[DB_ID_LEN], char *err) {
     LOCKED(db, jobs_list_locked(db, state, cursor, limit, jobs, count, next, err));
+}
+
+int db_jobs_count(Db *db, const char *state, long *count, char *err) {
+    LOCKED(db, jobs_count_locked(db, state, count, err));
 }
 
 /* from == NULL allows any legal edge. */

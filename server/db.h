@@ -68,6 +68,8 @@ void db_job_free(DbJob *job);  /* frees spec_json */
  * the next page, "" at the end. limit is capped at 500. */
 int db_jobs_list(Db *db, const char *state, const char *cursor, int limit, DbJob **jobs, int *count,
                  char next[DB_ID_LEN], char *err);
+/* How many jobs are in `state`. */
+int db_jobs_count(Db *db, const char *state, long *count, char *err);
 /* Moves a job to `to` if its state is one of `from` (NULL-terminated list),
  * in one BEGIN IMMEDIATE transaction that also appends a "state" event.
  * error_text (may be NULL) is stored for failed jobs. */

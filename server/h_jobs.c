@@ -53,21 +53,11 @@ enum MHD_Result h_health(HttpRequest *r) {
     json_t *counts = json_object();
     char err[ERR_LEN];
     for (int i = 0; job_states[i]; i++) {
-        char cursor[DB_ID_LEN] = "", next[DB_ID_LEN];
-        long total = 0;
-        for (;;) { /* the store has no count: page through ids */
-            DbJob *jobs;
-            int count;
-            int rc = db_jobs_list(r->cfg->db, job_states[i], cursor, 500, &jobs, &count, next, err);
-            if (rc) {
-                json_decref(counts);
-                return http_reply_db_error(r, rc, "health", err);
-            }
-            for (int j = 0; j < count; j++) db_job_free(&jobs[j]);
-            free(jobs);
-            total += count;
-            if (!next[0]) break;
-            memcpy(cursor, next, sizeof cursor);
+        long total;
+        int rc = db_jobs_count(r->cfg->db, job_states[i], &total, err);
+        if (rc) {
+            json_decref(counts);
+            return http_reply_db_error(r, rc, "health", err);
         }
         json_object_set_new(counts, job_states[i], json_integer(total));
     }

@@ -390,6 +390,17 @@ static void test_jobs(void) {
     CHECK(db_jobs_list(db, NULL, "", 1 << 30, &jobs, &n, next, err) == 0 && n == N + 1 && !next[0], "huge limit");
     for (int i = 0; i < n; i++) db_job_free(&jobs[i]);
     free(jobs);
+
+    TEST_CASE("jobs: counted by state");
+    const char *states[] = {"queued", "running", "paused", "succeeded", "failed", "canceled"};
+    const long want[] = {N - 4 + 1, 3, 0, 0, 1, 0};
+    for (int i = 0; i < 6; i++) {
+        long in_state = -1;
+        CHECK(db_jobs_count(db, states[i], &in_state, err) == 0 && in_state == want[i], "%s: %ld, want %ld (%s)",
+              states[i], in_state, want[i], err);
+    }
+    long in_state = -1;
+    CHECK(db_jobs_count(db, "sleeping", &in_state, err) != 0 && strstr(err, "sleeping"), "unknown state: %s", err);
     db_close(db);
 }
 
