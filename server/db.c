@@ -899,8 +899,8 @@ static int event_append_checked(Db *db, const char *job_id, const char *type, lo
     return event_append_locked(db, job_id, type, step_number, data_json, id, err);
 }
 
-static int events_after_locked(Db *db, const char *job_id, long after_id, int limit, DbEvent **events, int *count,
-                               char *err) {
+static int events_after_locked(Db *db, const char *job_id, long after_id, long after_step, int limit,
+                               DbEvent **events, int *count, char *err) {
     *events = NULL;
     *count = 0;
     if (limit < 1) limit = 1;
@@ -909,8 +909,8 @@ static int events_after_locked(Db *db, const char *job_id, long after_id, int li
     if (rc != 0) return rc;
     sqlite3_stmt *st = statement(db, err,
                                  "SELECT id, job_id, type, step, data, time FROM events "
-                                 "WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?",
-                                 "tll", job_id, after_id, (long)limit);
+                                 "WHERE job_id = ? AND id > ? AND (step < 0 OR step > ?) ORDER BY id LIMIT ?",
+                                 "tlll", job_id, after_id, after_step < -1 ? -1L : after_step, (long)limit);
     if (!st) return DB_ERROR;
     DbEvent *list = NULL;
     int n = 0, capacity = 0;
@@ -1286,6 +1286,7 @@ int db_event_append(Db *db, const char *job_id, const char *type, long step_numb
     LOCKED(db, event_append_checked(db, job_id, type, step_number, data_json, id, err));
 }
 
-int db_events_after(Db *db, const char *job_id, long after_id, int limit, DbEvent **events, int *count, char *err) {
-    LOCKED(db, events_after_locked(db, job_id, after_id, limit, events, count, err));
+int db_events_after(Db *db, const char *job_id, long after_id, long after_step, int limit, DbEvent **events,
+                    int *count, char *err) {
+    LOCKED(db, events_after_locked(db, job_id, after_id, after_step, limit, events, count, err));
 }

@@ -126,7 +126,10 @@ int db_recover(Db *db, int *requeued, char *err);
  * twice. *id is 0 when the append was ignored. */
 int db_event_append(Db *db, const char *job_id, const char *type, long step, const char *data_json, long *id,
                     char *err);
-int db_events_after(Db *db, const char *job_id, long after_id, int limit, DbEvent **events, int *count, char *err);
+/* A job's events with ids after after_id, oldest first, at most limit; the
+ * metric and eval events of steps up to after_step are left out (-1: none). */
+int db_events_after(Db *db, const char *job_id, long after_id, long after_step, int limit, DbEvent **events,
+                    int *count, char *err);
 void db_events_free(DbEvent *events, int count);
 
 #endif

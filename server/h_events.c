@@ -8,7 +8,10 @@
  * been quiet for HEARTBEAT_SECONDS (which also keeps the connection timeout
  * from firing: MHD's timeout counts from the last byte sent or received), and
  * ends once the job is finished and every event of it was sent, with a last
- * "event: end" (no id) so a browser's EventSource stops reconnecting. */
+ * "event: end" (no id) so a browser's EventSource stops reconnecting.
+ * ?after_step=S leaves out the metric and eval events of steps up to S (a
+ * client that has read those through the metrics endpoint follows a long job
+ * live without its history); state and log events all come. */
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,7 +29,7 @@ typedef struct {
     HttpServer *server;
     Db *db;
     char job_id[DB_ID_LEN];
-    long last_id;
+    long last_id, after_step;
     int socket_fd;             /* to notice a client that hung up while the job is quiet */
     char *pending;             /* formatted text not yet handed to MHD */
     size_t pending_size, pending_sent, pending_capacity;
@@ -89,7 +92,7 @@ static int stream_poll(EventStream *e) {
     db_job_free(&job);
     DbEvent *events;
     int count;
-    if (db_events_after(e->db, e->job_id, e->last_id, EVENTS_PER_POLL, &events, &count, err)) return -1;
+    if (db_events_after(e->db, e->job_id, e->last_id, e->after_step, EVENTS_PER_POLL, &events, &count, err)) return -1;
     for (int i = 0; i < count; i++) {
         append_event(e, &events[i]);
         e->last_id = events[i].id;
@@ -174,6 +177,9 @@ enum MHD_Result h_job_events(HttpRequest *r) {
         enum MHD_Result reply;
         if (http_query_long(r, "last_event_id", 0, 4000000000000000000L, 0, &last_id, &reply)) return reply;
     }
+    long after_step;
+    enum MHD_Result reply;
+    if (http_query_long(r, "after_step", -1, 4000000000000000000L, -1, &after_step, &reply)) return reply;
 
     if (http_stream_acquire(r->server) != 0)
         return http_reply_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "too_many_streams",
@@ -183,6 +189,7 @@ enum MHD_Result h_job_events(HttpRequest *r) {
     e->db = r->cfg->db;
     memcpy(e->job_id, r->id, sizeof e->job_id);
     e->last_id = last_id;
+    e->after_step = after_step;
     e->last_write = now_seconds();
     const union MHD_ConnectionInfo *info = MHD_get_connection_info(r->connection, MHD_CONNECTION_INFO_CONNECTION_FD);
     e->socket_fd = info ? info->connect_fd : -1;

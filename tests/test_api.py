@@ -532,6 +532,14 @@ def events_stream_and_resume_with_last_event_id():
         conn.close()
         check(rest == events[3:], "after event %d: %r, expected %r" % (third, [e["id"] for e in rest],
                                                                        [e["id"] for e in events[3:]]))
+    conn, resp = open_stream(tiny, query="?after_step=12")
+    later = stored_events(read_events(resp))
+    conn.close()
+    expected = [e for e in events if e["event"] not in ("metric", "eval") or e["data"]["step"] > 12]
+    check(later == expected and any(e["event"] == "metric" for e in later),
+          "after_step=12: %r, expected %r" % ([(e["event"], e["data"].get("step")) for e in later],
+                                              [(e["event"], e["data"].get("step")) for e in expected]))
+    expect_error(api("GET", "/jobs/%s/events?after_step=-2" % tiny), 400, "bad_request", "after_step")
 
 
 @case

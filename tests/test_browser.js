@@ -425,7 +425,7 @@ async function main() {
         {name: 'lr', step: s, value: 0.0015 * (1 + Math.cos(Math.PI * s / N)), time: t});
       if (s % 1000 === 0) all.push({name: 'test_top1', step: s, value: 0.9 - 0.5 * Math.exp(-s / 20000), time: t});
     }
-    const requests = [];
+    const requests = [], streams = [];
     await page.route(u => u.pathname.startsWith('/api/v1/jobs/' + id), route => {
       const u = new URL(route.request().url());
       if (u.pathname.endsWith('/metrics')) {
@@ -452,6 +452,11 @@ async function main() {
           body: JSON.stringify({points, bucket_steps: width, next_after_step: null})});
       }
       if (u.pathname === '/api/v1/jobs/' + id) return route.fulfill({status: 200, contentType: 'application/json', body: JSON.stringify(job)});
+      if (u.pathname.endsWith('/events')) { /* the log and states only: the charts have every step */
+        streams.push(u.searchParams.get('after_step'));
+        return route.fulfill({status: 200, contentType: 'text/event-stream',
+          body: 'id: 1\nevent: log\ndata: {"message":"mocked log line"}\n\nevent: end\ndata: {"state":"succeeded"}\n\n'});
+      }
       return route.fulfill({status: 404, contentType: 'application/json', body: '{"error":{"code":"not_found","message":"mocked"}}'});
     });
     try {
@@ -465,6 +470,8 @@ async function main() {
       const loadMs = Date.now() - t0;
       await sleep(300);
       assert(requests.length === 1 && /buckets=/.test(requests[0]), 'the page asked for ' + requests.join(' | '));
+      assert(streams.length === 1 && +streams[0] === N - 1, 'event streams asked for: after_step ' + streams.join(', '));
+      await page.waitForFunction(() => /mocked log line/.test(document.querySelector('.job-view').textContent), null, {timeout: 5000});
       const held = await page.$eval('[data-chart="loss"]', c => +c.dataset.points);
       assert(held <= 4000 && held >= 2000, 'the loss chart holds ' + held + ' points');
       const r = await page.$$eval('.job-view .chart:not([hidden])', cs => cs.map(c => [c.dataset.chart, +c.dataset.drawn, +c.dataset.renderMs]));

@@ -168,7 +168,7 @@ static void job_in_state(Db *db, const char *state, char id[DB_ID_LEN]) {
 static DbEvent *all_events(Db *db, const char *id, int *count) {
     DbEvent *events = NULL;
     char err[ERR_LEN];
-    if (db_events_after(db, id, 0, 1000, &events, count, err) != 0) *count = -1;
+    if (db_events_after(db, id, 0, -1, 1000, &events, count, err) != 0) *count = -1;
     return events;
 }
 
@@ -1011,7 +1011,7 @@ static void test_events(void) {
     long after = 0;
     int seen = 0, ok = 1;
     for (int pages = 0; pages < 50; pages++) {
-        CHECK(db_events_after(db, id, after, 2, &events, &count, err) == 0, "%s", err);
+        CHECK(db_events_after(db, id, after, -1, 2, &events, &count, err) == 0, "%s", err);
         if (count == 0) break;
         if (count > 2) ok = 0;
         for (int i = 0; i < count; i++) {
@@ -1022,8 +1022,22 @@ static void test_events(void) {
         db_events_free(events, count);
     }
     CHECK(ok && seen == expected, "paged %d of %d, ok %d", seen, expected, ok);
-    CHECK(db_events_after(db, id, after, 10, &events, &count, err) == 0 && count == 0, "past the end");
-    CHECK(db_events_after(db, "jffffffffffffffff", 0, 10, &events, &count, err) == DB_NOT_FOUND, "unknown job");
+    CHECK(db_events_after(db, id, after, -1, 10, &events, &count, err) == 0 && count == 0, "past the end");
+    CHECK(db_events_after(db, "jffffffffffffffff", 0, -1, 10, &events, &count, err) == DB_NOT_FOUND, "unknown job");
+
+    TEST_CASE("events: after_step leaves out the metric and eval events up to that step, nothing else");
+    for (long after_step = 1; after_step <= 4; after_step++) {
+        CHECK(db_events_after(db, id, 0, after_step, 100, &events, &count, err) == 0, "%s", err);
+        int metrics = 0, others = 0;
+        for (int i = 0; i < count; i++) {
+            if (!strcmp(events[i].type, "metric") || !strcmp(events[i].type, "eval")) metrics++;
+            else others++;
+        }
+        db_events_free(events, count);
+        int want = after_step < 3 ? 2 : 0; /* the metric and eval events are at step 3 */
+        CHECK(metrics == want && others == expected - 2, "after step %ld: %d metric/eval events (want %d), %d others",
+              after_step, metrics, want, others);
+    }
     db_close(db);
 }
 
@@ -1092,7 +1106,7 @@ static void *mixed_traffic(void *arg) {
         note_error(w, "metrics page", rc, err);
         if (rc == 0) free(page);
         DbEvent *events;
-        rc = db_events_after(w->db, mine, 0, 100, &events, &n, err);
+        rc = db_events_after(w->db, mine, 0, -1, 100, &events, &n, err);
         note_error(w, "events", rc, err);
         if (rc == 0) db_events_free(events, n);
         w->operations++;

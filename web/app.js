@@ -29,7 +29,6 @@
   const PREFS_KEY = 'distilld.prefs';
   const METRICS_PAGE = 10000;     // the API's largest page
   const DISPLAY_BUCKETS = 2000;   // a chart's series comes from the server cut into this many min/max buckets
-  const SSE_REPLAY_MAX = 5000;    // a stream replays the job's whole event log: above this many steps, poll instead
   const POLL_MS = 2000;
   const JOBS_REFRESH_MS = 3000;
   const OUTSIDE_BUCKETS = 48;     // coarse buckets kept on each side of a zoomed range
@@ -1215,14 +1214,16 @@
     }
     function openStream() {
       live = 'sse';
-      let url = API + '/jobs/' + enc(id) + '/events';
-      if (readsNeedToken && token()) url += '?access_token=' + enc(token());
+      /* the metrics pages had the steps before loadedMax: the stream brings
+       * every state and log event, and the metrics from there on */
+      let url = API + '/jobs/' + enc(id) + '/events?after_step=' + Math.max(-1, loadedMax - 1);
+      if (readsNeedToken && token()) url += '&access_token=' + enc(token());
       es = new EventSource(url);
       let failures = 0;
       es.addEventListener('open', () => { failures = 0; });
       es.addEventListener('metric', ev => {
         const d = parse(ev);
-        /* the stream replays the job's history first, which the metrics pages had */
+        /* a reconnecting stream may bring steps the metrics pages had */
         if (!d || (!caughtUp && d.step < loadedMax)) return;
         caughtUp = true;
         const t = Date.now() / 1000;
@@ -1327,15 +1328,11 @@
       if (destroyed) return;
       loadedMax = data.maxStep;
       live = TERMINAL.has(job.state) ? 'finished' : 'loading';
-      /* The stream starts with the job's whole event log: worth it (logs,
-       * states) while that is short; a long-running job is polled. */
-      if (typeof EventSource !== 'undefined' && job.step <= SSE_REPLAY_MAX) {
+      if (typeof EventSource !== 'undefined') {
         openStream();
         if (TERMINAL.has(job.state)) live = 'finished';
       } else if (!TERMINAL.has(job.state)) {
         startPolling();
-      } else {
-        addLog('(the log of a job this long is in its event stream: GET ' + API + '/jobs/' + id + '/events)');
       }
       update();
     }
