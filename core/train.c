@@ -145,6 +145,21 @@ static int load_teacher(Run *r, char *err) {
     return 0;
 }
 
+/* The spec a checkpoint was written for (saved) must be this run's but for
+ * the thread count, so a run can resume on other cores. Returns the
+ * checkpoint's thread count, -1 if the specs differ otherwise. */
+static int checkpoint_threads(const char *saved, const JobSpec *s, const char *spec_json) {
+    JobSpec t;
+    char why[ERR_LEN];
+    if (!saved || jobspec_parse(saved, &t, why) != 0) return -1;
+    int threads = t.threads;
+    t.threads = s->threads;
+    char *json = jobspec_to_json(&t);
+    int same = json && strcmp(json, spec_json) == 0;
+    free(json);
+    return same ? threads : -1;
+}
+
 /* mkdir -p */
 static int make_dir(const char *path, char *err) {
     char buf[SPEC_PATH_MAX];
@@ -236,8 +251,9 @@ int train_run(const JobSpec *spec_in, const char *run_dir, const char *cache_dir
     long start = 0;
     if (resume_from) {
         char *saved = NULL;
+        int saved_threads = -1;
         rc = model_load_checkpoint(r.student, resume_from, &start, &saved, err);
-        if (!rc && (!saved || strcmp(saved, spec_json) != 0))
+        if (!rc && (saved_threads = checkpoint_threads(saved, s, spec_json)) < 0)
             rc = set_error(err, "%s was written for a different spec; refusing to resume (start a new run directory)",
                            resume_from);
         free(saved);
@@ -247,6 +263,14 @@ int train_run(const JobSpec *spec_in, const char *run_dir, const char *cache_dir
             return -1;
         }
         logf_cb(cb, "resuming from %s at step %ld", resume_from, start);
+        if (saved_threads != s->threads) {
+            char was[32], now[32]; /* spec threads: 0 is every core */
+            snprintf(was, sizeof was, saved_threads ? "%d thread(s)" : "every core", saved_threads);
+            snprintf(now, sizeof now, s->threads ? "%d thread(s)" : "every core", s->threads);
+            logf_cb(cb, "the checkpoint was written by a run on %s, this one runs on %s: from here sums round "
+                        "differently, so the weights will not be bit for bit those of an uninterrupted run",
+                    was, now);
+        }
     }
     logf_cb(cb, "%s job: %ld steps of %d images (%d training images, %d validation, %d test), %zu parameters, "
                 "%d compute thread%s",

@@ -33,7 +33,14 @@ typedef struct {
     int evals;
     float last_loss;
     EvalMetrics last_eval;
+    char log[4096]; /* every log message, one per line */
 } Watch;
+
+static void on_log(void *ctx, const char *message) {
+    Watch *w = ctx;
+    size_t n = strlen(w->log);
+    snprintf(w->log + n, sizeof w->log - n, "%s\n", message);
+}
 
 static void on_step(void *ctx, const StepMetrics *m) {
     Watch *w = ctx;
@@ -55,7 +62,7 @@ static int should_stop(void *ctx) {
 static int run_spec(const char *json, const char *dir, int resume, Watch *w, TrainResult *r, char *err) {
     JobSpec spec;
     if (jobspec_parse(json, &spec, err) != 0) return -2;
-    TrainCallbacks cb = {.ctx = w, .on_step = on_step, .on_eval = on_eval, .should_stop = should_stop};
+    TrainCallbacks cb = {.ctx = w, .on_log = on_log, .on_step = on_step, .on_eval = on_eval, .should_stop = should_stop};
     char checkpoint[1024];
     const char *from = resume && train_latest_checkpoint(dir, checkpoint, sizeof checkpoint) == 0 ? checkpoint : NULL;
     return train_run(&spec, dir, NULL, from, &cb, r, err);
@@ -144,6 +151,20 @@ static void test_resume(const char *root, const char *kind, const char *teacher,
     TrainResult rd;
     rc = run_spec(other, b, 1, &wd, &rd, err);
     CHECK(rc < 0 && strstr(err, "different spec"), "resuming with another spec must be refused, got %d: %s", rc, err);
+
+    /* on another thread count it resumes, and says the result is no longer bit for bit */
+    char one_thread[2048], d[512];
+    snprintf(one_thread, sizeof one_thread, "%s", spec);
+    char *threads = strstr(one_thread, "\"threads\":2");
+    if (threads) threads[10] = '1';
+    snprintf(d, sizeof d, "%s/%s-d", root, kind);
+    Watch we = {.stop_at = 7}, wf = {0};
+    rc = run_spec(spec, d, 0, &we, &rd, err);
+    CHECK(rc == TRAIN_STOPPED && threads, "stopped run on 2 threads: %d %s", rc, err);
+    rc = run_spec(one_thread, d, 1, &wf, &rd, err);
+    CHECK(rc == TRAIN_DONE && wf.steps_seen == 5 && strstr(wf.log, "2 thread(s), this one runs on 1 thread(s)") &&
+              strstr(wf.log, "bit for bit"),
+          "resumed on 1 thread: rc %d, %ld steps, %s; log:\n%s", rc, wf.steps_seen, err, wf.log);
 }
 
 static void test_teacher_mismatch(const char *root, const char *teacher) {
