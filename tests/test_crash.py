@@ -7,7 +7,8 @@ restarted each time. The job must end `succeeded`, every (metric, step) must
 appear exactly once, and its final weights must be bit-for-bit those of the
 same spec run uninterrupted with `distilld run --threads 1` (the daemon's
 thread count). A SIGTERM must checkpoint the running job, put it back in the
-queue and exit 0.
+queue and exit 0. A daemon restarted with another --threads resumes a job it
+left queued.
 
 Run from the repository root: /usr/bin/python3 tests/test_crash.py [BUILD_DIR]
 """
@@ -134,6 +135,21 @@ def main():
         weights = call(d, "GET", "/jobs/%s/weights" % jid)
         check("final weights bit-for-bit equal to an uninterrupted run", weights == reference,
               "%d vs %d bytes" % (len(weights), len(reference)))
+
+        # 5. restarted with another thread count: the job resumes from its checkpoint, and its log
+        # says its weights are no longer bit for bit an uninterrupted run's
+        second = call(d, "POST", "/jobs", dict(SPEC, seed=6))["id"]
+        get2 = lambda: call(d, "GET", "/jobs/" + second)
+        check("second job checkpointed while running",
+              wait_for(lambda: (get2()["checkpoint_step"] or 0) >= 100 and get2()["state"] == "running"), get2())
+        code = d.kill(signal.SIGTERM)
+        d = Daemon(BUILD, d.data_dir, "--workers", "1", "--threads", "2")
+        d.start()
+        done = wait_for(lambda: get2()["state"] in ("succeeded", "failed"), timeout=600, every=0.2)
+        log = call(d, "GET", "/jobs/%s/events?after_step=1000000" % second).decode()
+        check("restarted on 2 threads: the job resumes and succeeds, saying so in its log",
+              code == 0 and done and get2()["state"] == "succeeded" and "1 thread(s), this one runs on 2" in log,
+              "%s; log: %s" % (get2(), log[-600:]))
         d.kill()
     finally:
         if d:
