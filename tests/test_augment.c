@@ -447,6 +447,15 @@ static double plain_error(const Dataset *ds, int i, const float *img) {
     return err;
 }
 
+/* 0 if a DS x DS image is `plain`, 1 if it is plain's mirror image, -1 if neither. */
+static int flip_kind(const float *img, const float *plain) {
+    float mirror[DS * DS];
+    memcpy(mirror, plain, sizeof mirror);
+    flip_horizontal(mirror, 1, DS, DS);
+    if (memcmp(img, plain, sizeof mirror) == 0) return 0;
+    return memcmp(img, mirror, sizeof mirror) == 0 ? 1 : -1;
+}
+
 static void test_batches_deterministic(const Dataset *ds) {
     TEST_CASE("training batches are a pure function of (seed, step)");
     JobSpec s = make_spec(8, CROP_INCEPTION, 1, 1, 3);
@@ -586,14 +595,10 @@ static void test_batches_augmented(const Dataset *ds) {
                  memcmp(p.labels, m.labels, sizeof(int32_t) * 8) != 0;
         for (int j = 0; j < 8; j++) {
             float *pi = p.images + (size_t)j * DS * DS, *fi = f.images + (size_t)j * DS * DS;
-            float mirror[DS * DS];
-            memcpy(mirror, pi, sizeof mirror);
-            flip_horizontal(mirror, 1, DS, DS);
-            if (memcmp(fi, pi, sizeof mirror) == 0) unflipped++;
-            else if (memcmp(fi, mirror, sizeof mirror) == 0) flipped++;
-            else neither++;
+            int kind = flip_kind(fi, pi);
+            unflipped += kind == 0, flipped += kind == 1, neither += kind < 0;
             float *ci = c.images + (size_t)j * DS * DS;
-            cropped += memcmp(ci, pi, sizeof mirror) != 0;
+            cropped += memcmp(ci, pi, sizeof(float) * DS * DS) != 0;
             for (int q = 0; q < DS * DS; q++) out_of_range += !(ci[q] >= -1.0f - 1e-6f && ci[q] <= 1.0f + 1e-6f);
         }
         /* mixup: same crops as without it (their randomness is separate), mixed
@@ -721,14 +726,10 @@ static void test_augmented_eval_batches(const Dataset *train, const Dataset *tes
     for (int j = 0; j < N; j++) {
         const float *pj = p + (size_t)j * DS * DS, *fj = f + (size_t)j * DS * DS, *cj = c + (size_t)j * DS * DS;
         bad += !(plain_error(test, j, pj) <= MIX_ATOL) || lp[j] != test->labels[j] || lc[j] != test->labels[j];
-        float mirror[DS * DS];
-        memcpy(mirror, pj, sizeof mirror);
-        flip_horizontal(mirror, 1, DS, DS);
-        if (memcmp(fj, pj, sizeof mirror) == 0) unflipped++;
-        else if (memcmp(fj, mirror, sizeof mirror) == 0) flipped++;
-        else neither++;
-        cropped += memcmp(cj, pj, sizeof mirror) != 0 && memcmp(cj, mirror, sizeof mirror) != 0;
-        other_seed += memcmp(cj, r + (size_t)j * DS * DS, sizeof mirror) != 0;
+        int kind = flip_kind(fj, pj);
+        unflipped += kind == 0, flipped += kind == 1, neither += kind < 0;
+        cropped += flip_kind(cj, pj) < 0;
+        other_seed += memcmp(cj, r + (size_t)j * DS * DS, sizeof(float) * DS * DS) != 0;
         for (int q = 0; q < DS * DS; q++) out_of_range += !(cj[q] >= -1.0f - 1e-6f && cj[q] <= 1.0f + 1e-6f);
     }
     CHECK(bad == 0, "crop none, no flip: %d images or labels differ from the plain normalized test images", bad);
