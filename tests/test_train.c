@@ -167,34 +167,40 @@ static void test_resume(const char *root, const char *kind, const char *teacher,
           "resumed on 1 thread: rc %d, %ld steps, %s; log:\n%s", rc, wf.steps_seen, err, wf.log);
 }
 
+/* A 2-step distill job from `teacher` in root/name: the dataset keys after
+ * subset_size and the keys after "model" are given. */
+static int run_small_distill(const char *root, const char *name, const char *teacher, const char *dataset,
+                             const char *rest, Watch *w, char *err) {
+    char spec[2048], dir[512];
+    snprintf(spec, sizeof spec,
+             "{\"kind\":\"distill\",\"teacher\":\"%s\",\"dataset\":{\"name\":\"fashion-mnist\",\"subset_size\":100%s},"
+             "\"steps\":2,\"warmup_steps\":0,%s}",
+             teacher, dataset, rest);
+    snprintf(dir, sizeof dir, "%s/%s", root, name);
+    TrainResult r;
+    return run_spec(spec, dir, 0, w, &r, err);
+}
+
 static void test_teacher_mismatch(const char *root, const char *teacher) {
     TEST_CASE("distill: a teacher with another class count is refused");
     /* MNIST-shaped data with a 10-class teacher is fine; make the student 12 classes */
-    char spec[2048], dir[512], err[ERR_LEN];
-    snprintf(spec, sizeof spec,
-             "{\"kind\":\"distill\",\"teacher\":\"%s\",\"dataset\":{\"name\":\"fashion-mnist\",\"subset_size\":100},"
-             "\"model\":{\"depth\":[1],\"base_width\":8,\"gn_groups\":4,\"stem\":\"small\",\"image_size\":32},"
-             "\"batch_size\":8,\"steps\":2,\"warmup_steps\":0}",
-             teacher);
-    snprintf(dir, sizeof dir, "%s/mismatch", root);
+    char err[ERR_LEN];
     Watch w = {0};
-    TrainResult r;
-    int rc = run_spec(spec, dir, 0, &w, &r, err);
+    int rc = run_small_distill(root, "mismatch", teacher, "",
+                               "\"model\":{\"depth\":[1],\"base_width\":8,\"gn_groups\":4,\"stem\":\"small\","
+                               "\"image_size\":32},\"batch_size\":8",
+                               &w, err);
     CHECK(rc < 0 && strstr(err, "teacher"), "a 28-px teacher for a 32-px student must be refused: %d %s", rc, err);
 }
 
 static void test_teacher_augmented(const char *root, const char *teacher) {
     TEST_CASE("distill: the teacher's top-1 on augmented test images; without crop or flip, its plain test top-1");
-    char spec[2048], dir[512], err[ERR_LEN];
-    snprintf(spec, sizeof spec,
-             "{\"kind\":\"distill\",\"teacher\":\"%s\",\"dataset\":{\"name\":\"fashion-mnist\",\"subset_size\":100,"
-             "\"test_size\":500},\"model\":{\"depth\":[1],\"base_width\":8,\"gn_groups\":4,\"stem\":\"small\"},"
-             "\"batch_size\":16,\"steps\":2,\"warmup_steps\":0,\"crop\":\"none\",\"flip\":false,\"mixup\":true}",
-             teacher);
-    snprintf(dir, sizeof dir, "%s/teacher-plain", root);
+    char err[ERR_LEN];
     Watch w = {0};
-    TrainResult r;
-    int rc = run_spec(spec, dir, 0, &w, &r, err);
+    int rc = run_small_distill(root, "teacher-plain", teacher, ",\"test_size\":500",
+                               "\"model\":{\"depth\":[1],\"base_width\":8,\"gn_groups\":4,\"stem\":\"small\"},"
+                               "\"batch_size\":16,\"crop\":\"none\",\"flip\":false,\"mixup\":true",
+                               &w, err);
     CHECK(rc == TRAIN_DONE && w.evals == 1 && w.last_eval.has_teacher, "run: %d %s, %d evaluations", rc, err, w.evals);
     CHECK(w.last_eval.teacher_aug_top1 == w.last_eval.teacher_test_top1 && w.last_eval.teacher_test_top1 > 0.0f,
           "crop none, no flip: %f on augmented images, %f on the test images", w.last_eval.teacher_aug_top1,
