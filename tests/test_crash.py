@@ -3,7 +3,9 @@
 
 A small job is submitted to a real daemon; the daemon is killed with SIGKILL
 at several points (mid-step, right after a checkpoint, while idle) and
-restarted each time. The job must end `succeeded`, every (metric, step) must
+restarted each time. The kill points are read from the job's recorded step, which the
+daemon stores at least every 64 steps (256 metric points) and at every checkpoint, so each
+window below spans more than one store whatever the machine's speed. The job must end `succeeded`, every (metric, step) must
 appear exactly once, and its final weights must be bit-for-bit those of the
 same spec run uninterrupted with `distilld run --threads 1` (the daemon's
 thread count). A SIGTERM must checkpoint the running job, put it back in the
@@ -31,7 +33,7 @@ SPEC = {
     "dataset": {"name": "fashion-mnist", "subset_size": 256, "test_size": 100},
     "model": {"depth": [1], "base_width": 8, "gn_groups": 4, "stem": "small"},
     "batch_size": 32, "steps": 400, "warmup_steps": 20, "lr": 0.003,
-    "eval_every": 200, "checkpoint_every": 50, "crop": "inception", "mixup": True, "seed": 5,
+    "eval_every": 200, "checkpoint_every": 100, "crop": "inception", "mixup": True, "seed": 5,
 }
 passed = failed = 0
 
@@ -86,25 +88,32 @@ def main():
         jid = job["id"]
         get = lambda: call(d, "GET", "/jobs/" + jid)
 
-        def running_between(lo, hi):
-            j = get()
-            return j["state"] == "running" and lo <= j["step"] < hi
+        def while_running(cond):
+            """The job once it is running and cond(job) holds; None as soon as it has ended."""
+            def probe():
+                j = get()
+                if j["state"] in ("succeeded", "failed", "canceled"):
+                    return {"ended": j}
+                return j if j["state"] == "running" and cond(j) else None
+            j = wait_for(probe)
+            return None if j is None or "ended" in j else j
 
-        # 1. mid-step: while the job is between its checkpoints at 50 and 100
-        check("job reached steps 60..99 while running", wait_for(lambda: running_between(60, 100)), get())
+        # 1. mid-step: while the job is between its checkpoints at 100 and 200
+        check("job reached steps 110..199 while running", while_running(lambda j: 110 <= j["step"] < 200), get())
         d.kill()
         d.start()
         check("kill -9 mid-step: job re-queued or running again after restart",
               get()["state"] in ("queued", "running"), get()["state"])
 
         # 2. right after a checkpoint is recorded (the next one's write may have begun)
-        check("checkpoint 150 recorded while running",
-              wait_for(lambda: (get()["checkpoint_step"] or 0) >= 150 and get()["state"] == "running"), get())
+        check("checkpoint 200 recorded while running",
+              while_running(lambda j: 200 <= (j["checkpoint_step"] or 0) < 300), get())
         d.kill()
         d.start()
 
-        # 3. SIGTERM while running: checkpoint, back to the queue, exit 0
-        check("job reached steps 220..299 while running", wait_for(lambda: running_between(220, 300)), get())
+        # 3. SIGTERM while running, at least 10 steps past a checkpoint: checkpoint, back to the queue, exit 0
+        check("job 10..99 steps past a checkpoint after 200 while running",
+              while_running(lambda j: 210 <= j["step"] < 400 and j["step"] % 100 >= 10), get())
         code = d.kill(signal.SIGTERM)
         check("SIGTERM exits 0", code == 0, "exit code %s" % code)
         d.start()
