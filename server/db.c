@@ -825,8 +825,8 @@ static int checkpoints_list_locked(Db *db, const char *job_id, long **steps, cha
 
 /* ---- crash recovery ----------------------------------------------------- */
 
-static int recover_locked(Db *db, int *requeued, char *err) {
-    *requeued = 0;
+static int recover_locked(Db *db, DbRecovered *done, char *err) {
+    *done = (DbRecovered){0, 0, 0};
     if (tx_begin(db, 1, err) != 0) return DB_ERROR;
     /* collect first: the updates below move rows out of the index being read */
     struct {
@@ -855,12 +855,13 @@ static int recover_locked(Db *db, int *requeued, char *err) {
     sqlite3_finalize(st);
     rc = rc == SQLITE_DONE ? 0 : rc;
     static const char *const from_running[] = {"running", NULL};
-    int queued = 0;
+    DbRecovered counts = {0, 0, 0};
     for (int i = 0; i < n && rc == 0; i++) {
         /* a cancel asked for before the crash is carried out: the job keeps
          * what it recorded and never runs again */
         if (!strcmp(jobs[i].request, "cancel")) {
             rc = transition_locked(db, jobs[i].id, from_running, "canceled", NULL, err);
+            counts.canceled++;
             continue;
         }
         /* the resumed run recomputes these steps; its metric and eval events
@@ -872,11 +873,14 @@ static int recover_locked(Db *db, int *requeued, char *err) {
         /* a pause asked for before the crash holds: the job waits for resume */
         int pause = !strcmp(jobs[i].request, "pause");
         if (rc == 0) rc = transition_locked(db, jobs[i].id, from_running, pause ? "paused" : "queued", NULL, err);
-        queued += !pause;
+        if (pause)
+            counts.paused++;
+        else
+            counts.requeued++;
     }
     free(jobs);
     rc = tx_end(db, rc, err);
-    if (rc == 0) *requeued = queued;
+    if (rc == 0) *done = counts;
     return rc;
 }
 
@@ -1277,8 +1281,8 @@ int db_checkpoints_list(Db *db, const char *job_id, long **steps, char ***paths,
     LOCKED(db, checkpoints_list_locked(db, job_id, steps, paths, count, err));
 }
 
-int db_recover(Db *db, int *requeued, char *err) {
-    LOCKED(db, recover_locked(db, requeued, err));
+int db_recover(Db *db, DbRecovered *done, char *err) {
+    LOCKED(db, recover_locked(db, done, err));
 }
 
 int db_event_append(Db *db, const char *job_id, const char *type, long step_number, const char *data_json, long *id,

@@ -116,8 +116,11 @@ int db_checkpoints_list(Db *db, const char *job_id, long **steps, char ***paths,
  * it has no checkpoint), so a resumed run records each step exactly once.
  * A pause or cancel asked for and not yet carried out is: the job becomes
  * paused (at its checkpoint, as above) or canceled (keeping what it recorded).
- * *requeued counts the jobs queued. */
-int db_recover(Db *db, int *requeued, char *err);
+ * *done says how many jobs went each way. */
+typedef struct {
+    int requeued, paused, canceled;
+} DbRecovered;
+int db_recover(Db *db, DbRecovered *done, char *err);
 
 /* ---- events (what GET /jobs/{id}/events streams) ----
  * A "metric" or "eval" event is stored once per (job, type, step): appending it

@@ -474,14 +474,21 @@ static int cmd_serve(int argc, char **argv) {
         log_msg(LOG_ERROR, "%s", err);
         return 1;
     }
-    int requeued = 0;
-    if (db_recover(db, &requeued, err) != 0) {
+    DbRecovered rec;
+    if (db_recover(db, &rec, err) != 0) {
         log_msg(LOG_ERROR, "recovering jobs: %s", err);
         db_close(db);
         return 1;
     }
-    if (requeued) log_msg(LOG_INFO, "%d job%s left running by the last run re-queued; they resume from their checkpoints",
-                          requeued, requeued == 1 ? "" : "s");
+    if (rec.requeued)
+        log_msg(LOG_INFO, "%d job%s left running by the last run re-queued; they resume from their checkpoints",
+                rec.requeued, rec.requeued == 1 ? "" : "s");
+    if (rec.paused)
+        log_msg(LOG_INFO, "%d job%s left running by the last run with a pause asked for: paused at the last checkpoint",
+                rec.paused, rec.paused == 1 ? "" : "s");
+    if (rec.canceled)
+        log_msg(LOG_INFO, "%d job%s left running by the last run with a cancel asked for: canceled", rec.canceled,
+                rec.canceled == 1 ? "" : "s");
     if (first_start && first_job && submit_spec_file(db, first_job, err) != 0)
         log_msg(LOG_WARN, "first start: could not submit %s: %s", first_job, err);
 

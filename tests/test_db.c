@@ -874,8 +874,9 @@ static void test_recover_and_delete(void) {
     DbEvent *events = all_events(db, with_ckpt, &before_events);
     db_events_free(events, before_events);
 
-    int requeued = -1;
-    CHECK(db_recover(db, &requeued, err) == 0 && requeued == 2, "recover: %d %s", requeued, err);
+    DbRecovered rec = {-1, -1, -1};
+    CHECK(db_recover(db, &rec, err) == 0 && rec.requeued == 2 && rec.paused == 1 && rec.canceled == 1,
+          "recover: %d re-queued, %d paused, %d canceled %s", rec.requeued, rec.paused, rec.canceled, err);
     DbJob job;
     CHECK(db_job_get(db, with_ckpt, &job, err) == 0 && !strcmp(job.state, "queued") && job.step == 10 &&
               job.checkpoint_step == 10 && !job.request[0],
@@ -916,7 +917,8 @@ static void test_recover_and_delete(void) {
     CHECK(event_id > 0, "a new step's event was ignored");
     insert_series(db, with_ckpt, "loss", 11, 15, 0);
     CHECK(metric_rows(path, with_ckpt) == 25, "rows %ld", metric_rows(path, with_ckpt));
-    CHECK(db_recover(db, &requeued, err) == 0 && requeued == 0, "second recover: %d", requeued);
+    CHECK(db_recover(db, &rec, err) == 0 && rec.requeued == 0 && rec.paused == 0 && rec.canceled == 0,
+          "second recover: %d re-queued, %d paused, %d canceled", rec.requeued, rec.paused, rec.canceled);
 
     TEST_CASE("delete: finished jobs only, with their metrics, checkpoints and events");
     const char *unfinished[] = {"queued", "running", "paused"};
