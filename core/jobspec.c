@@ -70,6 +70,12 @@ int jobspec_parse_model(json_t *obj, ModelConfig *c, char *err) {
             if (strcmp(stem, "bit") == 0) c->stem = STEM_BIT;
             else if (strcmp(stem, "small") == 0) c->stem = STEM_SMALL;
             else return set_error(err, "model.stem: must be \"bit\" or \"small\", got \"%s\"", stem);
+        } else if (strcmp(key, "block") == 0) {
+            char block[16];
+            if (get_string(v, name, block, sizeof block, err)) return -1;
+            if (strcmp(block, "bottleneck") == 0) c->block = BLOCK_BOTTLENECK;
+            else if (strcmp(block, "basic") == 0) c->block = BLOCK_BASIC;
+            else return set_error(err, "model.block: must be \"bottleneck\" or \"basic\", got \"%s\"", block);
         } else {
             static const struct { const char *key; size_t offset; long lo, hi; } ints[] = {
                 {"base_width", offsetof(ModelConfig, base_width), 1, 4096},
@@ -84,7 +90,7 @@ int jobspec_parse_model(json_t *obj, ModelConfig *c, char *err) {
                 if (strcmp(key, ints[i].key) == 0) break;
             if (i == sizeof ints / sizeof ints[0])
                 return set_error(err, "model.%s: unknown key (known: depth, base_width, width, gn_groups, stem, "
-                                      "in_channels, num_classes, image_size)", key);
+                                      "block, in_channels, num_classes, image_size)", key);
             if (get_int(v, name, ints[i].lo, ints[i].hi, &x, err)) return -1;
             *(int *)((char *)c + ints[i].offset) = (int)x;
         }
@@ -372,6 +378,7 @@ char *jobspec_to_json(const JobSpec *s) {
     json_object_set_new(m, "width", json_integer(s->model.width));
     json_object_set_new(m, "gn_groups", json_integer(s->model.gn_groups));
     json_object_set_new(m, "stem", json_string(s->model.stem == STEM_BIT ? "bit" : "small"));
+    if (s->model.block == BLOCK_BASIC) json_object_set_new(m, "block", json_string("basic")); /* else BiT's */
     if (s->model.in_channels) json_object_set_new(m, "in_channels", json_integer(s->model.in_channels));
     if (s->model.num_classes) json_object_set_new(m, "num_classes", json_integer(s->model.num_classes));
     if (s->model.image_size) json_object_set_new(m, "image_size", json_integer(s->model.image_size));

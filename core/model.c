@@ -51,6 +51,8 @@ int model_config_validate(const ModelConfig *c, char *err) {
         return set_error(err, "model.base_width must be 1..4096, got %d", c->base_width);
     if (c->width < 1 || c->width > 64) return set_error(err, "model.width must be 1..64, got %d", c->width);
     if (c->stem != STEM_BIT && c->stem != STEM_SMALL) return set_error(err, "model.stem must be \"bit\" or \"small\"");
+    if (c->block != BLOCK_BOTTLENECK && c->block != BLOCK_BASIC)
+        return set_error(err, "model.block must be \"bottleneck\" or \"basic\"");
     if (c->in_channels < 1 || c->in_channels > MODEL_MAX_CHANNELS)
         return set_error(err, "model.in_channels must be 1..%d, got %d", MODEL_MAX_CHANNELS, c->in_channels);
     if (c->num_classes < 2 || c->num_classes > 100000)
@@ -224,8 +226,9 @@ static ScratchSizes model_layout(Model *m, int capacity, int reuse) {
 
     size_t x = m->act_stem_out;
     int u = 0;
+    const int basic = c->block == BLOCK_BASIC;
     for (int s = 0; s < c->num_stages; s++) {
-        int mid = c->base_width * c->width << s, out = 4 * mid;
+        int mid = c->base_width * c->width << s, out = basic ? mid : 4 * mid;
         for (int b = 0; b < c->depth[s]; b++, u++) {
             Unit *un = &m->units[u];
             int stride = (b == 0 && s > 0) ? 2 : 1;
@@ -236,30 +239,40 @@ static ScratchSizes model_layout(Model *m, int capacity, int reuse) {
             snprintf(prefix, sizeof prefix, "resnet/block%d/unit%02d/a/group_norm", s + 1, b + 1);
             un->gn_a = make_norm(&l, prefix, channels, hw);
             un->p = add_act(&l, (size_t)channels * hw);
-            un->has_proj = b == 0;
+            un->has_proj = b == 0 && (stride != 1 || channels != out);
             if (un->has_proj) {
                 snprintf(prefix, sizeof prefix, "resnet/block%d/unit%02d/a/proj", s + 1, b + 1);
                 un->proj = make_conv(&l, prefix, channels, out, 1, stride, 0, size, size);
             }
             snprintf(prefix, sizeof prefix, "resnet/block%d/unit%02d/a", s + 1, b + 1);
-            un->conv_a = make_conv(&l, prefix, channels, mid, 1, 1, 0, size, size);
+            if (basic) { /* a: 3x3 with the stride; b: 3x3 onto the output, below */
+                un->conv_a = make_conv(&l, prefix, channels, mid, 3, stride, 1, size, size);
+                size = un->conv_a.shape.out_h;
+                hw = size * size;
+            } else {
+                un->conv_a = make_conv(&l, prefix, channels, mid, 1, 1, 0, size, size);
+            }
             un->a = add_act(&l, (size_t)mid * hw);
             snprintf(prefix, sizeof prefix, "resnet/block%d/unit%02d/b/group_norm", s + 1, b + 1);
             un->gn_b = make_norm(&l, prefix, mid, hw);
             unit_rewind(&l, un->p);
             un->q = add_act(&l, (size_t)mid * hw);
             snprintf(prefix, sizeof prefix, "resnet/block%d/unit%02d/b", s + 1, b + 1);
-            un->conv_b = make_conv(&l, prefix, mid, mid, 3, stride, 1, size, size);
-            size = un->conv_b.shape.out_h;
-            hw = size * size;
-            unit_rewind(&l, un->a);
-            un->b = add_act(&l, (size_t)mid * hw);
-            snprintf(prefix, sizeof prefix, "resnet/block%d/unit%02d/c/group_norm", s + 1, b + 1);
-            un->gn_c = make_norm(&l, prefix, mid, hw);
-            unit_rewind(&l, un->p);
-            un->r = add_act(&l, (size_t)mid * hw);
-            snprintf(prefix, sizeof prefix, "resnet/block%d/unit%02d/c", s + 1, b + 1);
-            un->conv_c = make_conv(&l, prefix, mid, out, 1, 1, 0, size, size);
+            if (basic) {
+                un->conv_b = make_conv(&l, prefix, mid, out, 3, 1, 1, size, size);
+            } else {
+                un->conv_b = make_conv(&l, prefix, mid, mid, 3, stride, 1, size, size);
+                size = un->conv_b.shape.out_h;
+                hw = size * size;
+                unit_rewind(&l, un->a);
+                un->b = add_act(&l, (size_t)mid * hw);
+                snprintf(prefix, sizeof prefix, "resnet/block%d/unit%02d/c/group_norm", s + 1, b + 1);
+                un->gn_c = make_norm(&l, prefix, mid, hw);
+                unit_rewind(&l, un->p);
+                un->r = add_act(&l, (size_t)mid * hw);
+                snprintf(prefix, sizeof prefix, "resnet/block%d/unit%02d/c", s + 1, b + 1);
+                un->conv_c = make_conv(&l, prefix, mid, out, 1, 1, 0, size, size);
+            }
             l.region = u % 2 ? REGION_PING : REGION_PONG; /* not the region of x */
             l.cursor[l.region] = 0;
             un->out = add_act(&l, (size_t)out * hw);
@@ -325,7 +338,7 @@ static int model_build(Model **out, const ModelConfig *c, int batch_capacity, in
         if (u->has_proj) m->convs[m->num_convs++] = &u->proj;
         m->convs[m->num_convs++] = &u->conv_a;
         m->convs[m->num_convs++] = &u->conv_b;
-        m->convs[m->num_convs++] = &u->conv_c;
+        if (c->block == BLOCK_BOTTLENECK) m->convs[m->num_convs++] = &u->conv_c;
     }
     /* the big blocks may not fit: a job asking too much must fail, not abort the process */
     m->threads = omp_get_max_threads();
@@ -443,6 +456,12 @@ static void norm_relu_backward(Model *m, const Norm *n, float *din, const float 
                        m->weights + n->gamma, batch, n->channels, n->hw, m->cfg.gn_groups, out);
 }
 
+/* The number of floats of a unit's output for `batch` images. */
+static size_t unit_out_size(const Model *m, const Unit *u, int batch) {
+    const ConvShape *s = m->cfg.block == BLOCK_BASIC ? &u->conv_b.shape : &u->conv_c.shape;
+    return (size_t)batch * s->out_channels * s->out_h * s->out_w;
+}
+
 static void standardize_all(Model *m) {
     if (m->w_hat_valid) return;
     for (int i = 0; i < m->num_convs; i++) {
@@ -466,17 +485,22 @@ float *model_forward(Model *m, const float *images, int batch) {
         ps.batch = batch;
         maxpool_forward(a + m->act_stem_out, m->pool_argmax, a + m->act_stem_conv, &ps);
     }
+    const int basic = c->block == BLOCK_BASIC;
     for (int i = 0; i < m->num_units; i++) {
         const Unit *u = &m->units[i];
-        size_t out_size = (size_t)batch * u->conv_c.shape.out_channels * u->conv_c.shape.out_h * u->conv_c.shape.out_w;
+        size_t out_size = unit_out_size(m, u, batch);
         norm_relu_forward(m, &u->gn_a, a + u->p, a + u->x, batch);
-        /* out starts as the shortcut, and conv_c adds to it */
+        /* out starts as the shortcut, and the unit's last conv adds to it */
         if (u->has_proj)
             conv_forward(m, &u->proj, a + u->out, a + u->p, 0, batch);
         else
             memcpy(a + u->out, a + u->x, out_size * sizeof(float));
         conv_forward(m, &u->conv_a, a + u->a, a + u->p, 0, batch);
         norm_relu_forward(m, &u->gn_b, a + u->q, a + u->a, batch);
+        if (basic) {
+            conv_forward(m, &u->conv_b, a + u->out, a + u->q, 1, batch);
+            continue;
+        }
         conv_forward(m, &u->conv_b, a + u->b, a + u->q, 0, batch);
         norm_relu_forward(m, &u->gn_c, a + u->r, a + u->b, batch);
         conv_forward(m, &u->conv_c, a + u->out, a + u->r, 1, batch);
@@ -521,20 +545,26 @@ void model_backward(Model *m, const float *dlogits, int batch) {
     norm_relu_backward(m, &m->head_norm, zeroed(d + dlast, head_size), d + m->grad_head, a + m->act_head, a + last,
                        batch);
 
+    const int basic = c->block == BLOCK_BASIC;
     for (int i = m->num_units - 1; i >= 0; i--) {
         const Unit *u = &m->units[i], *g = &m->grad_units[i];
-        size_t out_size = (size_t)batch * u->conv_c.shape.out_channels * u->conv_c.shape.out_h * u->conv_c.shape.out_w;
+        size_t out_size = unit_out_size(m, u, batch);
         size_t in_size = (size_t)batch * u->gn_a.channels * u->gn_a.hw;
-        size_t mid_in = (size_t)batch * u->gn_b.channels * u->gn_b.hw, mid_out = (size_t)batch * u->gn_c.channels * u->gn_c.hw;
+        size_t mid_in = (size_t)batch * u->gn_b.channels * u->gn_b.hw;
         /* dr, dq and dp share one slot, db and da another (see model_layout) */
         float *dout = d + g->out, *dx = d + g->x;
         if (u->has_proj)
             zeroed(dx, in_size);
         else /* identity shortcut: the residual add passes dout to x unchanged */
             memcpy(dx, dout, out_size * sizeof(float));
-        conv_backward(m, &u->conv_c, zeroed(d + g->r, mid_out), dout, a + u->r, batch);
-        norm_relu_backward(m, &u->gn_c, zeroed(d + g->b, mid_out), d + g->r, a + u->r, a + u->b, batch);
-        conv_backward(m, &u->conv_b, zeroed(d + g->q, mid_in), d + g->b, a + u->q, batch);
+        if (basic) {
+            conv_backward(m, &u->conv_b, zeroed(d + g->q, mid_in), dout, a + u->q, batch);
+        } else {
+            size_t mid_out = (size_t)batch * u->gn_c.channels * u->gn_c.hw;
+            conv_backward(m, &u->conv_c, zeroed(d + g->r, mid_out), dout, a + u->r, batch);
+            norm_relu_backward(m, &u->gn_c, zeroed(d + g->b, mid_out), d + g->r, a + u->r, a + u->b, batch);
+            conv_backward(m, &u->conv_b, zeroed(d + g->q, mid_in), d + g->b, a + u->q, batch);
+        }
         norm_relu_backward(m, &u->gn_b, zeroed(d + g->a, mid_in), d + g->q, a + u->q, a + u->a, batch);
         float *dp = zeroed(d + g->p, in_size);
         conv_backward(m, &u->conv_a, dp, d + g->a, a + u->p, batch);
@@ -647,10 +677,10 @@ static int save_blocks(const Model *m, const float *const *blocks, const char *c
     for (int i = 0; i < 6; i++) snprintf(ints[i], sizeof ints[i], "%d", vals[i]);
     char *depth = config_depth_json(c), *norm = model_normalization_json(c);
     const char *keys[16] = {"format", "depth", "base_width", "width", "gn_groups", "stem",
-                            "in_channels", "num_classes", "image_size", "normalization"};
+                            "in_channels", "num_classes", "image_size", "normalization", "block"};
     const char *values[16] = {WEIGHTS_FORMAT, depth, ints[0], ints[1], ints[2], c->stem == STEM_BIT ? "bit" : "small",
-                              ints[3], ints[4], ints[5], norm};
-    f.meta_count = 10;
+                              ints[3], ints[4], ints[5], norm, c->block == BLOCK_BASIC ? "basic" : "bottleneck"};
+    f.meta_count = 11;
     for (int i = 0; i < num_extra && f.meta_count < 16; i++, f.meta_count++)
         keys[f.meta_count] = extra_keys[i], values[f.meta_count] = extra_values[i];
     f.meta_keys = (char **)keys;
@@ -710,6 +740,10 @@ static int config_from_file(ModelConfig *c, const StFile *f, const char *path, c
     if (!stem || (strcmp(stem, "bit") && strcmp(stem, "small")))
         return set_error(err, "%s: __metadata__ \"stem\" must be \"bit\" or \"small\"", path);
     c->stem = strcmp(stem, "bit") == 0 ? STEM_BIT : STEM_SMALL;
+    const char *block = safetensors_meta(f, "block"); /* absent: bottleneck, BiT's */
+    if (block && strcmp(block, "bottleneck") && strcmp(block, "basic"))
+        return set_error(err, "%s: __metadata__ \"block\" must be \"bottleneck\" or \"basic\"", path);
+    c->block = block && !strcmp(block, "basic") ? BLOCK_BASIC : BLOCK_BOTTLENECK;
     const char *depth = safetensors_meta(f, "depth");
     json_t *d = depth ? json_loads(depth, 0, NULL) : NULL;
     if (!json_is_array(d) || json_array_size(d) < 1 || json_array_size(d) > MODEL_MAX_STAGES) {

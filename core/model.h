@@ -1,5 +1,7 @@
 /* model.h - BiT ResNetV2 (pre-activation bottleneck units, GroupNorm,
- * weight-standardized convolutions) for any depth list and width.
+ * weight-standardized convolutions) for any depth list and width, and the
+ * same network with pre-activation basic units (two 3x3 convolutions) for
+ * small students.
  *
  * Parameters, gradients, Adam moments and activations each live in one
  * allocation, laid out by a table built from the configuration. In memory a
@@ -18,11 +20,13 @@
 #define MODEL_MAX_CHANNELS 8
 
 enum { STEM_BIT = 0, STEM_SMALL = 1 };
+enum { BLOCK_BOTTLENECK = 0, BLOCK_BASIC = 1 };
 
 typedef struct {
     int depth[MODEL_MAX_STAGES]; /* units per stage */
     int num_stages;
     int base_width, width, gn_groups, stem;
+    int block;                   /* BLOCK_BOTTLENECK (BiT) or BLOCK_BASIC */
     int in_channels, num_classes, image_size;
     /* pixels in [0,1] are normalized as (x - mean) / std per channel */
     float norm_mean[MODEL_MAX_CHANNELS], norm_std[MODEL_MAX_CHANNELS];
@@ -49,6 +53,9 @@ typedef struct {
     size_t mean, rstd;  /* activation offsets, (B, G) each */
 } Norm;
 
+/* A bottleneck unit uses every field below; a basic unit is
+ * p = relu(gn_a(x)), a = conv_a(p) (3x3, the stride), q = relu(gn_b(a)),
+ * out = conv_b(q) (3x3) + shortcut, and has no b, r, gn_c or conv_c. */
 typedef struct {
     int has_proj;
     Norm gn_a, gn_b, gn_c;

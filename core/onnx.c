@@ -312,6 +312,7 @@ static void build_graph(Graph *g) {
         for (int b = 0; b < m->cfg.depth[s]; b++, u++) {
             const Unit *un = &m->units[u];
             const int h = un->conv_a.shape.in_h, w = un->conv_a.shape.in_w;
+            const int ha = un->conv_a.shape.out_h, wa = un->conv_a.shape.out_w; /* a basic unit strides in a */
             const int ho = un->conv_b.shape.out_h, wo = un->conv_b.shape.out_w;
             char p[128], q[128], r[128], a[128], bb[128], c[128], sc[128], out[128];
             snprintf(prefix, sizeof prefix, "block%d/unit%02d", s + 1, b + 1);
@@ -326,13 +327,17 @@ static void build_graph(Graph *g) {
             snprintf(a, sizeof a, "%s/a/conv", prefix);
             emit_conv(g, &un->conv_a, p, a);
             snprintf(name, sizeof name, "%s/b/group_norm", prefix);
-            emit_norm_relu(g, &un->gn_b, name, a, h, w, q, sizeof q);
+            emit_norm_relu(g, &un->gn_b, name, a, ha, wa, q, sizeof q);
             snprintf(bb, sizeof bb, "%s/b/conv", prefix);
             emit_conv(g, &un->conv_b, q, bb);
-            snprintf(name, sizeof name, "%s/c/group_norm", prefix);
-            emit_norm_relu(g, &un->gn_c, name, bb, ho, wo, r, sizeof r);
-            snprintf(c, sizeof c, "%s/c/conv", prefix);
-            emit_conv(g, &un->conv_c, r, c);
+            if (m->cfg.block == BLOCK_BASIC) {
+                snprintf(c, sizeof c, "%s", bb);
+            } else {
+                snprintf(name, sizeof name, "%s/c/group_norm", prefix);
+                emit_norm_relu(g, &un->gn_c, name, bb, ho, wo, r, sizeof r);
+                snprintf(c, sizeof c, "%s/c/conv", prefix);
+                emit_conv(g, &un->conv_c, r, c);
+            }
             snprintf(out, sizeof out, "%s/out", prefix);
             const char *sum[] = {c, sc, NULL};
             add_node(g, "Add", sum, out, NULL, 0);
@@ -341,8 +346,8 @@ static void build_graph(Graph *g) {
 
     const Unit *last = &m->units[m->num_units - 1];
     char head[128];
-    emit_norm_relu(g, &m->head_norm, "head/group_norm", x, last->conv_c.shape.out_h, last->conv_c.shape.out_w, head,
-                   sizeof head);
+    const ConvShape *last_conv = m->cfg.block == BLOCK_BASIC ? &last->conv_b.shape : &last->conv_c.shape;
+    emit_norm_relu(g, &m->head_norm, "head/group_norm", x, last_conv->out_h, last_conv->out_w, head, sizeof head);
     const char *pool_in[] = {head, NULL}, *flat_in[] = {"head/mean", NULL};
     add_node(g, "GlobalAveragePool", pool_in, "head/mean", NULL, 0);
     const Attr axis = {"axis", ATTR_TYPE_INT, {1}, 1, 0};
@@ -430,6 +435,7 @@ int onnx_encode(const Model *m, unsigned char **data, size_t *size, char *err) {
     put_metadata(&model, "normalization", norm ? norm : "{}");
     free(norm);
     put_metadata(&model, "stem", c->stem == STEM_BIT ? "bit" : "small");
+    put_metadata(&model, "block", c->block == BLOCK_BASIC ? "basic" : "bottleneck");
     snprintf(number, sizeof number, "%d", c->image_size);
     put_metadata(&model, "image_size", number);
     snprintf(number, sizeof number, "%d", c->num_classes);

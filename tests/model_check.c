@@ -43,7 +43,7 @@ int main(int argc, char **argv) {
 
     /* the model keys go through the job-spec parser; the rest are the check's own */
     json_t *model_keys = json_object();
-    const char *names[] = {"depth", "base_width", "width", "gn_groups", "stem", "in_channels", "num_classes", "image_size"};
+    const char *names[] = {"depth", "base_width", "width", "gn_groups", "stem", "block", "in_channels", "num_classes", "image_size"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (json_object_get(cfg, names[i])) json_object_set(model_keys, names[i], json_object_get(cfg, names[i]));
     ModelConfig mc;

@@ -156,6 +156,7 @@ static void check_config_equal(const ModelConfig *a, const ModelConfig *b) {
     CHECK(a->width == b->width, "width %d vs %d", a->width, b->width);
     CHECK(a->gn_groups == b->gn_groups, "gn_groups %d vs %d", a->gn_groups, b->gn_groups);
     CHECK(a->stem == b->stem, "stem %d vs %d", a->stem, b->stem);
+    CHECK(a->block == b->block, "block %d vs %d", a->block, b->block);
     CHECK(a->in_channels == b->in_channels, "in_channels %d vs %d", a->in_channels, b->in_channels);
     CHECK(a->num_classes == b->num_classes, "num_classes %d vs %d", a->num_classes, b->num_classes);
     CHECK(a->image_size == b->image_size, "image_size %d vs %d", a->image_size, b->image_size);
@@ -251,6 +252,11 @@ static void test_round_trip(void) {
     small_config(&c);
     round_trip(&c, "small", 12);
 
+    TEST_CASE("weights round trip bit-exactly (block=basic) and re-save byte-identically");
+    small_config(&c);
+    c.block = BLOCK_BASIC;
+    round_trip(&c, "basic", 13);
+
     TEST_CASE("model_save to an unwritable path fails with a message");
     Model *m = random_model(&c, 3);
     char err[ERR_LEN] = "";
@@ -345,7 +351,7 @@ static void test_file_layout(void) {
     struct { const char *key, *value; } meta[] = {
         {"format", "distilld-bit-v1"}, {"depth", "[2,1]"},     {"base_width", "8"},  {"width", "2"},
         {"gn_groups", "4"},            {"stem", "bit"},        {"in_channels", "3"}, {"num_classes", "7"},
-        {"image_size", "32"},
+        {"image_size", "32"},          {"block", "bottleneck"},
     };
     for (size_t i = 0; i < sizeof meta / sizeof meta[0]; i++) {
         const char *v = safetensors_meta(&f, meta[i].key);
@@ -383,6 +389,33 @@ static void test_file_layout(void) {
     CHECK(v && strcmp(v, "small") == 0, "stem metadata is %s", v ? v : "(missing)");
     v = safetensors_meta(&f, "depth");
     CHECK(v && strcmp(v, "[1,2,1]") == 0, "depth metadata is %s", v ? v : "(missing)");
+    check_file_holds_block(&f, sm, sm->weights, "");
+    safetensors_free(&f);
+    model_free(sm);
+
+    /* basic units: 3x3 a and b, no c, no 4x expansion; a projection only where the shape changes */
+    s.block = BLOCK_BASIC;
+    sm = random_model(&s, 23);
+    CHECK(model_save(sm, spath, err) == 0, "model_save: %s", err);
+    if (safetensors_read(spath, &f, err) != 0) die("safetensors_read", err);
+    /* stem + stage 1 (1 unit x 6) + stage 2 (2 x 6 + proj) + stage 3 (6 + proj) + head gn, kernel, bias */
+    CHECK(f.count == 1 + 6 + 13 + 7 + 4, "%d tensors in the basic file, expected 31", f.count);
+    t = safetensors_find(&f, "resnet/block2/unit01/a/standardized_conv2d/kernel");
+    CHECK(t && t->ndim == 4 && t->shape[0] == 3 && t->shape[1] == 3 && t->shape[2] == 4 && t->shape[3] == 8,
+          "basic block2/unit01/a is not [3,3,4,8]");
+    t = safetensors_find(&f, "resnet/block2/unit01/b/standardized_conv2d/kernel");
+    CHECK(t && t->shape[0] == 3 && t->shape[1] == 3 && t->shape[2] == 8 && t->shape[3] == 8,
+          "basic block2/unit01/b is not [3,3,8,8]");
+    t = safetensors_find(&f, "resnet/block2/unit01/a/proj/standardized_conv2d/kernel");
+    CHECK(t && t->shape[0] == 1 && t->shape[1] == 1 && t->shape[2] == 4 && t->shape[3] == 8,
+          "basic block2/unit01 projection is not [1,1,4,8]");
+    CHECK(!safetensors_find(&f, "resnet/block1/unit01/a/proj/standardized_conv2d/kernel"),
+          "basic stage 1 (4 -> 4 channels, stride 1) has a projection");
+    CHECK(!safetensors_find(&f, "resnet/block1/unit01/c/standardized_conv2d/kernel"), "a basic unit has a c conv");
+    t = safetensors_find(&f, "resnet/head/conv2d/kernel");
+    CHECK(t && t->shape[2] == 16 && t->shape[3] == 5, "basic head kernel is not [1,1,16,5]");
+    v = safetensors_meta(&f, "block");
+    CHECK(v && strcmp(v, "basic") == 0, "block metadata is %s", v ? v : "(missing)");
     check_file_holds_block(&f, sm, sm->weights, "");
     safetensors_free(&f);
     model_free(sm);
@@ -1040,6 +1073,7 @@ static void check_specs_equal(const JobSpec *a, const JobSpec *b, const char *wh
     SPEC_FIELD(model.width, "%d");
     SPEC_FIELD(model.gn_groups, "%d");
     SPEC_FIELD(model.stem, "%d");
+    SPEC_FIELD(model.block, "%d");
     SPEC_FIELD(model.in_channels, "%d");
     SPEC_FIELD(model.num_classes, "%d");
     SPEC_FIELD(model.image_size, "%d");
@@ -1106,6 +1140,8 @@ static void test_jobspec_refusals(void) {
     expect_spec_refused("{\"kind\":\"train\",\"steps\":\"100\"}", "steps", NULL);
     expect_spec_refused("{\"kind\":\"train\",\"steps\":100,\"mixup\":1}", "mixup", NULL);
     expect_spec_refused("{\"kind\":\"train\",\"steps\":100,\"model\":[]}", "model", NULL);
+    expect_spec_refused("{\"kind\":\"train\",\"steps\":100,\"model\":{\"block\":\"wide\"}}", "model.block", "basic");
+    expect_spec_refused("{\"kind\":\"train\",\"steps\":100,\"model\":{\"block\":1}}", "model.block", NULL);
 
     TEST_CASE("job spec: warmup not shorter than the schedule is refused");
     expect_spec_refused("{\"kind\":\"train\",\"steps\":100,\"warmup_steps\":100}", "warmup_steps", NULL);
@@ -1164,8 +1200,9 @@ static void test_jobspec_accepted(void) {
               s.crop_area_max);
         CHECK(s.model.num_stages == 3 && s.model.depth[0] == 1 && s.model.depth[1] == 1 && s.model.depth[2] == 1,
               "default depth");
-        CHECK(s.model.base_width == 16 && s.model.width == 1 && s.model.gn_groups == 8 && s.model.stem == STEM_SMALL,
-              "default model widths/stem");
+        CHECK(s.model.base_width == 16 && s.model.width == 1 && s.model.gn_groups == 8 && s.model.stem == STEM_SMALL &&
+                  s.model.block == BLOCK_BOTTLENECK,
+              "default model widths/stem/block");
         CHECK(s.model.in_channels == 0 && s.model.num_classes == 0 && s.model.image_size == 0,
               "in/out sizes should wait for the dataset");
         CHECK(s.teacher[0] == 0 && s.teacher_job[0] == 0, "teacher set");
@@ -1177,7 +1214,8 @@ static void test_jobspec_accepted(void) {
     const char *full =
         "{\"kind\":\"distill\",\"dataset\":{\"path\":\"/data/x\",\"val_size\":500,\"test_size\":300,\"subset_size\":2000,"
         "\"subset_seed\":77},\"model\":{\"depth\":[2,3,1],\"base_width\":24,\"width\":2,\"gn_groups\":6,"
-        "\"stem\":\"bit\",\"in_channels\":3,\"num_classes\":12,\"image_size\":64},\"teacher\":\"/w/teacher.safetensors\","
+        "\"stem\":\"bit\",\"block\":\"basic\",\"in_channels\":3,\"num_classes\":12,\"image_size\":64},"
+        "\"teacher\":\"/w/teacher.safetensors\","
         "\"batch_size\":96,\"steps\":3000,\"lr\":0.0031234567,\"weight_decay\":0.00037777777,\"clip_norm\":2.5000001,"
         "\"warmup_steps\":150,\"temperature\":2.71828183,\"mixup\":false,\"flip\":false,\"crop\":\"random\","
         "\"crop_area\":[0.123456789,0.9],\"eval_resize\":73,\"eval_crop\":64,\"eval_every\":250,\"checkpoint_every\":500,"
@@ -1190,7 +1228,7 @@ static void test_jobspec_accepted(void) {
                   s.dataset.subset_seed == 77,
               "dataset ints");
         CHECK(s.model.num_stages == 3 && s.model.depth[1] == 3 && s.model.base_width == 24 && s.model.gn_groups == 6 &&
-                  s.model.stem == STEM_BIT && s.model.image_size == 64,
+                  s.model.stem == STEM_BIT && s.model.block == BLOCK_BASIC && s.model.image_size == 64,
               "model fields");
         CHECK(s.lr == 0.0031234567f && s.temperature == 2.71828183f && s.crop == CROP_RANDOM && !s.mixup && !s.flip,
               "training fields");

@@ -2,7 +2,8 @@
 # ONNX export: model_check writes random-weight models (kernels, GroupNorm
 # gamma/beta and the head all random) for a stem=bit 3x64x64 config and a
 # stem=small 1x28x28 config, two stages of two units each (a projection unit
-# and an identity unit per stage); `distilld export` turns each into ONNX;
+# and an identity unit per stage), and the same with basic units (stage 1 all
+# identity shortcuts); `distilld export` turns each into ONNX;
 # tests/onnx_check.py checks the files with onnx.checker, runs them with
 # OpenCV's dnn on random images against `distilld predict` (1e-4 relative),
 # and fetches the same export over HTTP. Bad arguments fail with a message
@@ -51,6 +52,7 @@ expect_refusal() {
 cases=""
 export_case bit '{"depth":[2,2],"base_width":8,"width":1,"gn_groups":4,"stem":"bit","in_channels":3,"num_classes":7,"image_size":64,"batch":2,"opt_steps":0,"seed":21}'
 export_case small '{"depth":[2,2],"base_width":4,"width":2,"gn_groups":2,"stem":"small","in_channels":1,"num_classes":10,"image_size":28,"batch":2,"opt_steps":0,"seed":22}'
+export_case basic '{"depth":[2,2],"block":"basic","base_width":4,"width":2,"gn_groups":2,"stem":"small","in_channels":1,"num_classes":10,"image_size":28,"batch":2,"opt_steps":0,"seed":23}'
 
 expect_refusal "missing weights file" "$dir/missing.safetensors" \
     --weights "$dir/missing.safetensors" --onnx "$dir/refused.onnx"

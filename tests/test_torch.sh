@@ -1,7 +1,8 @@
 #!/bin/sh
 # The whole model against PyTorch on the same weights: for a stem=bit config
-# on 3x64x64 and a stem=small config on 1x28x28 (two units in a stage, width
-# 2), model_check writes weights, input, logits, loss, gradients and the
+# on 3x64x64, a stem=small config on 1x28x28 (two units in a stage, width
+# 2) and a basic-unit config on 1x28x28 (identity shortcuts in stage 1, a
+# strided projection in stage 2), model_check writes weights, input, logits, loss, gradients and the
 # weights after 5 optimizer steps; tests/torch_check.py recomputes all of it
 # in PyTorch (float64) and compares. `distilld predict` on the same files
 # must give the same logits.
@@ -30,7 +31,8 @@ check_run() {
 }
 check_run bit '{"depth":[2,1],"base_width":8,"width":2,"gn_groups":4,"stem":"bit","in_channels":3,"num_classes":7,"image_size":64,"batch":3,"lr":0.01,"weight_decay":0.001,"clip_norm":1.0,"warmup_steps":2,"total_steps":10,"opt_steps":5,"seed":11}'
 check_run small '{"depth":[2],"base_width":8,"width":2,"gn_groups":4,"stem":"small","in_channels":1,"num_classes":10,"image_size":28,"batch":4,"lr":0.01,"weight_decay":0.001,"clip_norm":0.5,"warmup_steps":1,"total_steps":8,"opt_steps":5,"seed":12}'
-/usr/bin/python3 tests/torch_check.py "$dir/bit" "$dir/small" > "$dir/torch.out" 2>&1
+check_run basic '{"depth":[2,1],"block":"basic","base_width":8,"width":2,"gn_groups":4,"stem":"small","in_channels":1,"num_classes":10,"image_size":28,"batch":4,"lr":0.01,"weight_decay":0.001,"clip_norm":0.5,"warmup_steps":1,"total_steps":8,"opt_steps":5,"seed":13}'
+/usr/bin/python3 tests/torch_check.py "$dir/bit" "$dir/small" "$dir/basic" > "$dir/torch.out" 2>&1
 sed '$d' "$dir/torch.out"
 torch_status=$(tail -n 1 "$dir/torch.out")
 set -- $(echo "$torch_status" | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p')

@@ -1,10 +1,12 @@
 #!/usr/bin/python3
-"""torch_check.py - PyTorch reference for the C BiT ResNetV2 (DESIGN.md sections 3 and 4).
+"""torch_check.py - PyTorch reference for the C BiT ResNetV2 (DESIGN.md sections 3 and 4), with
+bottleneck units (BiT's) or pre-activation basic units (config "block": "basic").
 
 Usage:  /usr/bin/python3 tests/torch_check.py [-v] OUTDIR [OUTDIR...]
 
 Each OUTDIR is written by the C numeric-dump program and must hold:
   config.json          {"depth":[..], "base_width", "width", "gn_groups", "stem": "small"|"bit",
+                        optional "block": "bottleneck" (default) | "basic",
                         "in_channels", "num_classes", "image_size", "batch", "lr", "weight_decay",
                         "clip_norm", "warmup_steps", "total_steps", "opt_steps"}
   weights.safetensors  initial parameters: F32, BiT names, HWIO kernels, __metadata__ = architecture
@@ -190,6 +192,9 @@ def read_config(path):
         bad.append("depth must be a non-empty list of positive integers, got %r" % (d,))
     if cfg["stem"] not in ("small", "bit"):
         bad.append("stem must be \"small\" or \"bit\", got %r" % (cfg["stem"],))
+    cfg.setdefault("block", "bottleneck")
+    if cfg["block"] not in ("bottleneck", "basic"):
+        bad.append("block must be \"bottleneck\" or \"basic\", got %r" % (cfg["block"],))
     for k in CONFIG_INT_KEYS:
         lo = 0 if k in ("warmup_steps", "opt_steps") else 1
         if not is_int(cfg[k]) or cfg[k] < lo:
@@ -210,22 +215,26 @@ def read_config(path):
 # ----------------------------------------------------------------------------------------
 # the model: names, shapes, forward
 
+def expansion(cfg):
+    return 1 if cfg.get("block") == "basic" else 4
+
+
 def unit_plan(cfg):
-    """Yields (prefix, cin, mid, cout, stride, has_proj) for every unit in order."""
+    """Yields (prefix, cin, mid, cout, stride, has_proj) for every unit in order. A unit
+    projects its shortcut when it changes the shape: stride 2 or cin != cout."""
     c0 = cfg["base_width"] * cfg["width"]
     cin = c0
     for s, n_units in enumerate(cfg["depth"], start=1):
         mid = c0 * 2 ** (s - 1)
-        cout = 4 * mid
+        cout = expansion(cfg) * mid
         for b in range(1, n_units + 1):
-            first = b == 1
-            stride = 2 if (first and s >= 2) else 1
-            yield ("resnet/block%d/unit%02d" % (s, b), cin, mid, cout, stride, first)
+            stride = 2 if (b == 1 and s >= 2) else 1
+            yield ("resnet/block%d/unit%02d" % (s, b), cin, mid, cout, stride, stride != 1 or cin != cout)
             cin = cout
 
 
 def final_channels(cfg):
-    return 4 * cfg["base_width"] * cfg["width"] * 2 ** (len(cfg["depth"]) - 1)
+    return expansion(cfg) * cfg["base_width"] * cfg["width"] * 2 ** (len(cfg["depth"]) - 1)
 
 
 def param_spec(cfg):
@@ -239,6 +248,12 @@ def param_spec(cfg):
         spec[pre + "/a/group_norm/beta"] = (cin,)
         if proj:
             spec[pre + "/a/proj/standardized_conv2d/kernel"] = (1, 1, cin, cout)
+        if cfg.get("block") == "basic":  # a: 3x3 cin -> mid (the stride); b: 3x3 mid -> cout
+            spec[pre + "/a/standardized_conv2d/kernel"] = (3, 3, cin, mid)
+            spec[pre + "/b/group_norm/gamma"] = (mid,)
+            spec[pre + "/b/group_norm/beta"] = (mid,)
+            spec[pre + "/b/standardized_conv2d/kernel"] = (3, 3, mid, cout)
+            continue
         spec[pre + "/a/standardized_conv2d/kernel"] = (1, 1, cin, mid)
         spec[pre + "/b/group_norm/gamma"] = (mid,)
         spec[pre + "/b/group_norm/beta"] = (mid,)
@@ -284,6 +299,12 @@ def forward(P, x, cfg):
         p = gn_relu(h, P, pre + "/a/group_norm", g)
         shortcut = std_conv(p, P[pre + "/a/proj/standardized_conv2d/kernel"], stride, 0) \
             if proj else h
+        if cfg.get("block") == "basic":
+            a = std_conv(p, P[pre + "/a/standardized_conv2d/kernel"], stride, 1)
+            b = std_conv(gn_relu(a, P, pre + "/b/group_norm", g),
+                         P[pre + "/b/standardized_conv2d/kernel"], 1, 1)
+            h = b + shortcut
+            continue
         a = std_conv(p, P[pre + "/a/standardized_conv2d/kernel"], 1, 0)
         b = std_conv(gn_relu(a, P, pre + "/b/group_norm", g),
                      P[pre + "/b/standardized_conv2d/kernel"], stride, 1)
@@ -475,7 +496,7 @@ def check_metadata(res, label, fname, metadata, cfg, required):
     errs = []
     if required and metadata.get("format") != METADATA_FORMAT:
         errs.append("format is %r, expected %r" % (metadata.get("format"), METADATA_FORMAT))
-    keys = ["depth", "stem"] + ARCH_INT_KEYS
+    keys = ["depth", "stem", "block"] + ARCH_INT_KEYS
     for k in keys:
         if k not in metadata:
             if required:
@@ -485,7 +506,7 @@ def check_metadata(res, label, fname, metadata, cfg, required):
         try:
             if k == "depth":
                 val = json.loads(raw)
-            elif k == "stem":
+            elif k in ("stem", "block"):
                 val = raw
             else:
                 val = int(raw)
