@@ -2,8 +2,9 @@
 """results.py RUNS_DIR DOCS_DIR - the table and learning curves of docs/RESULTS.md.
 
 Reads each run's metrics.jsonl (written by `distilld run`), weights file (for
-the parameter count) and wall time, and writes DOCS_DIR/RESULTS.md and PNG
-plots in DOCS_DIR/results/. The teacher's top-1 on augmented test images is
+the parameter count) and wall time, and writes the top of DOCS_DIR/RESULTS.md
+(everything before its first "## " heading) and PNG plots in DOCS_DIR/results/;
+the sections from that heading on are written by hand and kept as they are. The teacher's top-1 on augmented test images is
 the one the function-matching run recorded (`teacher_aug_top1`).
 """
 import glob
@@ -148,8 +149,14 @@ def main(runs_dir, docs_dir):
               "Machine: %s, %d cores. Every number comes from `make results` (tools/results.sh) on the committed"
               % (cpu_model(), os.cpu_count()),
               "recipes in `recipes/`; the full 10,000-image test set; evaluation resize/crop as docs/jobspec.md.", ""]
-    with open(os.path.join(docs_dir, "RESULTS.md"), "w") as f:
-        f.write("\n".join(lines))
+    path = os.path.join(docs_dir, "RESULTS.md")
+    kept = []
+    if os.path.exists(path):
+        old = open(path).read().split("\n")
+        first = next((i for i, line in enumerate(old) if line.startswith("## ")), len(old))
+        kept = old[first:]
+    with open(path, "w") as f:
+        f.write("\n".join(lines + kept))
     print("\n".join(lines))
 
 
