@@ -10,7 +10,8 @@ every image, mixup with the batch rolled by one, teacher forward under no_grad, 
 forward/backward on T^2 KL, clip + Adam) or infer (forward only, under no_grad, with the
 standardized weights computed once up front, as distilld caches them for fixed weights).
 The model is the BiT ResNetV2 of DESIGN.md section 3 (the same one tests/torch_check.py
-implements functionally): pre-activation bottleneck units, GroupNorm, weight-standardized
+implements functionally): pre-activation bottleneck units (or basic units for "block": "basic"),
+GroupNorm, weight-standardized
 convolutions whose standardization is part of the forward graph in training, zero-padded 3x3/2
 max-pool after the 7x7/2 stem for stem "bit". float32, random weights and inputs.
 
@@ -48,10 +49,10 @@ def unit_plan(cfg):
     cin = c0
     for s, n_units in enumerate(cfg["depth"], start=1):
         mid = c0 * 2 ** (s - 1)
-        cout = 4 * mid
+        cout = mid if cfg.get("block") == "basic" else 4 * mid
         for b in range(1, n_units + 1):
-            first = b == 1
-            yield "block%d/unit%02d" % (s, b), cin, mid, cout, 2 if (first and s >= 2) else 1, first
+            stride = 2 if (b == 1 and s >= 2) else 1
+            yield "block%d/unit%02d" % (s, b), cin, mid, cout, stride, stride != 1 or cin != cout
             cin = cout
 
 
@@ -89,22 +90,30 @@ class StdConv(nn.Module):
 
 
 class Unit(nn.Module):
-    def __init__(self, cin, mid, cout, stride, proj, groups):
+    """A bottleneck unit, or (basic) a: 3x3 with the stride, b: 3x3, no c."""
+
+    def __init__(self, cin, mid, cout, stride, proj, groups, basic=False):
         super().__init__()
         self.gn_a = nn.GroupNorm(groups, cin, eps=GN_EPS)
         self.proj = StdConv(cin, cout, 1, stride, 0) if proj else None
-        self.conv_a = StdConv(cin, mid, 1, 1, 0)
         self.gn_b = nn.GroupNorm(groups, mid, eps=GN_EPS)
-        self.conv_b = StdConv(mid, mid, 3, stride, 1)
-        self.gn_c = nn.GroupNorm(groups, mid, eps=GN_EPS)
-        self.conv_c = StdConv(mid, cout, 1, 1, 0)
+        if basic:
+            self.conv_a = StdConv(cin, mid, 3, stride, 1)
+            self.conv_b = StdConv(mid, cout, 3, 1, 1)
+            self.gn_c = self.conv_c = None
+        else:
+            self.conv_a = StdConv(cin, mid, 1, 1, 0)
+            self.conv_b = StdConv(mid, mid, 3, stride, 1)
+            self.gn_c = nn.GroupNorm(groups, mid, eps=GN_EPS)
+            self.conv_c = StdConv(mid, cout, 1, 1, 0)
 
     def forward(self, x):
         p = F.relu(self.gn_a(x))
         shortcut = self.proj(p) if self.proj is not None else x
         h = self.conv_a(p)
         h = self.conv_b(F.relu(self.gn_b(h)))
-        h = self.conv_c(F.relu(self.gn_c(h)))
+        if self.conv_c is not None:
+            h = self.conv_c(F.relu(self.gn_c(h)))
         return h + shortcut
 
 
@@ -121,10 +130,10 @@ class BiTResNetV2(nn.Module):
         self.names = []
         units = []
         for name, cin, mid, cout, stride, proj in unit_plan(cfg):
-            units.append(Unit(cin, mid, cout, stride, proj, g))
+            units.append(Unit(cin, mid, cout, stride, proj, g, cfg.get("block") == "basic"))
             self.names.append(name)
         self.units = nn.Sequential(*units)
-        cf = 4 * c0 * 2 ** (len(cfg["depth"]) - 1)
+        cf = (1 if cfg.get("block") == "basic" else 4) * c0 * 2 ** (len(cfg["depth"]) - 1)
         self.gn = nn.GroupNorm(g, cf, eps=GN_EPS)
         self.head = nn.Linear(cf, cfg["num_classes"])  # plain dense, not standardized
         with torch.no_grad():
@@ -155,8 +164,10 @@ class BiTResNetV2(nn.Module):
                 f += u.proj.flops(h, w)[0]
             fa, h, w = u.conv_a.flops(h, w)
             fb, h, w = u.conv_b.flops(h, w)
-            fc, h, w = u.conv_c.flops(h, w)
-            f += fa + fb + fc
+            f += fa + fb
+            if u.conv_c is not None:
+                fc, h, w = u.conv_c.flops(h, w)
+                f += fc
         return f + 2.0 * self.head.in_features * self.head.out_features
 
     def kernel_params(self):
@@ -181,8 +192,9 @@ class BiTResNetV2(nn.Module):
                 conv(u.conv_a, pre + "/a")
                 gn(u.gn_b, pre + "/b")
                 conv(u.conv_b, pre + "/b")
-                gn(u.gn_c, pre + "/c")
-                conv(u.conv_c, pre + "/c")
+                if u.conv_c is not None:
+                    gn(u.gn_c, pre + "/c")
+                    conv(u.conv_c, pre + "/c")
             gn(self.gn, "resnet")
             self.head.weight.copy_(P["resnet/head/conv2d/kernel"][0, 0].t())
             self.head.bias.copy_(P["resnet/head/conv2d/bias"])
@@ -206,8 +218,9 @@ class BiTResNetV2(nn.Module):
             conv(u.conv_a, pre + "/a")
             gn(u.gn_b, pre + "/b")
             conv(u.conv_b, pre + "/b")
-            gn(u.gn_c, pre + "/c")
-            conv(u.conv_c, pre + "/c")
+            if u.conv_c is not None:
+                gn(u.gn_c, pre + "/c")
+                conv(u.conv_c, pre + "/c")
         gn(self.gn, "resnet")
         G["resnet/head/conv2d/kernel"] = self.head.weight.grad.t()[None, None]
         G["resnet/head/conv2d/bias"] = self.head.bias.grad
