@@ -200,6 +200,16 @@ async function main() {
     const fm = JSON.parse(await page.inputValue('#spec-editor'));
     assert(fm.kind === 'distill' && fm.teacher, 'the distill recipe is not in the editor');
     assert(/valid JSON/.test(await page.textContent('#editor-status')), 'the status line does not say valid JSON');
+    // every recipe in recipes/ is offered, and equals its file
+    const canonical = v => Array.isArray(v) ? v.map(canonical) : v && typeof v === 'object'
+      ? Object.fromEntries(Object.keys(v).sort().map(k => [k, canonical(v[k])])) : v;
+    for (const file of fs.readdirSync(path.join(ROOT, 'recipes')).filter(f => f.endsWith('.json'))) {
+      const name = file.slice(0, -5), want = JSON.parse(fs.readFileSync(path.join(ROOT, 'recipes', file), 'utf8'));
+      await page.selectOption('#recipe', name);
+      const got = JSON.parse(await page.inputValue('#spec-editor'));
+      assert(JSON.stringify(canonical(got)) === JSON.stringify(canonical(want)),
+        'the dashboard\'s ' + name + ' recipe differs from recipes/' + file + ': ' + JSON.stringify(got));
+    }
   });
 
   await check('JSON that does not parse is shown inline and not sent', async () => {

@@ -54,11 +54,11 @@
       },
     },
     {
-      name: 'fmnist-teacher', title: 'fmnist-teacher — the teacher, 4 epochs on all of Fashion-MNIST',
+      name: 'fmnist-teacher', title: 'fmnist-teacher — the teacher, 8 epochs on all of Fashion-MNIST',
       spec: {
         kind: 'train', dataset: {name: 'fashion-mnist'},
         model: {depth: [2, 2, 2, 2], base_width: 16, width: 1, gn_groups: 8, stem: 'small'},
-        batch_size: 128, epochs: 4, lr: 0.003, weight_decay: 0.0003, crop: 'inception', crop_area: [0.25, 1.0],
+        batch_size: 128, epochs: 8, lr: 0.003, weight_decay: 0.0003, crop: 'inception', crop_area: [0.25, 1.0],
         flip: true, mixup: false, eval_every: 500, checkpoint_every: 250, seed: 0,
       },
     },
@@ -66,7 +66,7 @@
       name: 'fmnist-labels-1k', title: 'fmnist-labels-1k — a student on 1,020 labelled images (baseline)',
       spec: {
         kind: 'train', dataset: {name: 'fashion-mnist', val_size: 5000, subset_size: 1020, subset_seed: 0},
-        model: {depth: [1, 1, 1], base_width: 24, width: 1, gn_groups: 8, stem: 'small'},
+        model: {depth: [1, 1, 1, 1], base_width: 16, width: 1, gn_groups: 8, stem: 'small', block: 'basic'},
         batch_size: 128, steps: 2400, lr: 0.003, weight_decay: 0.0003, crop: 'inception', crop_area: [0.25, 1.0],
         flip: true, mixup: true, eval_every: 200, checkpoint_every: 200, seed: 0,
       },
@@ -76,9 +76,20 @@
       spec: {
         kind: 'distill', teacher: 'runs/fmnist-teacher/weights.safetensors',
         dataset: {name: 'fashion-mnist', val_size: 5000, subset_size: 1020, subset_seed: 0},
-        model: {depth: [1, 1, 1], base_width: 24, width: 1, gn_groups: 8, stem: 'small'},
+        model: {depth: [1, 1, 1, 1], base_width: 16, width: 1, gn_groups: 8, stem: 'small', block: 'basic'},
         batch_size: 128, steps: 2400, lr: 0.003, weight_decay: 0.0003, temperature: 1.0, crop: 'inception',
         crop_area: [0.25, 1.0], flip: true, mixup: true, eval_every: 200, checkpoint_every: 200, seed: 0,
+      },
+    },
+    {
+      name: 'flowers102-fm', title: 'flowers102-fm — BiT-R50x1 from a BiT-M R152x2 teacher on Flowers102 (the paper\'s setting; days)',
+      spec: {
+        kind: 'distill', teacher: 'teachers/bit-m-r152x2-flowers128.npz',
+        dataset: {format: 'flowers102', path: 'datasets/flowers102', resize_small: 160},
+        model: {depth: [3, 4, 6, 3], base_width: 64, width: 1, gn_groups: 32, stem: 'bit', image_size: 128},
+        batch_size: 512, epochs: 10000, warmup_steps: 1500, lr: 0.003, weight_decay: 0.0003, clip_norm: 1.0,
+        temperature: 10.0, crop: 'inception', crop_area: [0.05, 1.0], flip: true, mixup: true, eval_resize: 160,
+        eval_crop: 128, eval_every: 2000, checkpoint_every: 500, seed: 0,
       },
     },
   ];
