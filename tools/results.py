@@ -141,7 +141,7 @@ def main(runs_dir, docs_dir):
     aug = [e["teacher_aug_top1"] for e in data.get("fmnist-fm-1k", ("", [], []))[2] if "teacher_aug_top1" in e]
     if aug and t:
         lines += ["", "The teacher on the test images augmented as the students' training images are (inception",
-                  "crop of 25–100 %% of the area resized back to 28 px, flip; no mixup), as the function-matching",
+                  "crop of 25–100 % of the area resized back to 28 px, flip; no mixup), as the function-matching",
                   "job measured it: **%.2f %%** top-1 (%.2f %% on the whole images). The students only ever learn"
                   % (100 * aug[0], t),
                   "from such images."]
