@@ -44,6 +44,23 @@ static int get_string(json_t *v, const char *key, char *out, size_t size, char *
     return 0;
 }
 
+/* A string that must be one of names[0..count-1]; *out = its index. */
+static int get_choice(json_t *v, const char *key, const char *const *names, int count, int *out, char *err) {
+    char value[32];
+    if (get_string(v, key, value, sizeof value, err)) return -1;
+    for (int i = 0; i < count; i++)
+        if (strcmp(value, names[i]) == 0) {
+            *out = i;
+            return 0;
+        }
+    char list[160] = "";
+    for (int i = 0; i < count; i++) {
+        size_t used = strlen(list);
+        snprintf(list + used, sizeof list - used, "%s\"%s\"", i == 0 ? "" : i == count - 1 ? " or " : ", ", names[i]);
+    }
+    return set_error(err, "%s: must be %s, got \"%s\"", key, list, value);
+}
+
 /* ---- model ---- */
 
 int jobspec_parse_model(json_t *obj, ModelConfig *c, char *err) {
@@ -64,18 +81,12 @@ int jobspec_parse_model(json_t *obj, ModelConfig *c, char *err) {
                 if (get_int(json_array_get(v, s), item, 1, 99, &x, err)) return -1;
                 c->depth[s] = (int)x;
             }
-        } else if (strcmp(key, "stem") == 0) {
-            char stem[16];
-            if (get_string(v, name, stem, sizeof stem, err)) return -1;
-            if (strcmp(stem, "bit") == 0) c->stem = STEM_BIT;
-            else if (strcmp(stem, "small") == 0) c->stem = STEM_SMALL;
-            else return set_error(err, "model.stem: must be \"bit\" or \"small\", got \"%s\"", stem);
-        } else if (strcmp(key, "block") == 0) {
-            char block[16];
-            if (get_string(v, name, block, sizeof block, err)) return -1;
-            if (strcmp(block, "bottleneck") == 0) c->block = BLOCK_BOTTLENECK;
-            else if (strcmp(block, "basic") == 0) c->block = BLOCK_BASIC;
-            else return set_error(err, "model.block: must be \"bottleneck\" or \"basic\", got \"%s\"", block);
+        } else if (strcmp(key, "stem") == 0) { /* indexed by STEM_* */
+            static const char *const stems[] = {"bit", "small"};
+            if (get_choice(v, name, stems, 2, &c->stem, err)) return -1;
+        } else if (strcmp(key, "block") == 0) { /* indexed by BLOCK_* */
+            static const char *const blocks[] = {"bottleneck", "basic"};
+            if (get_choice(v, name, blocks, 2, &c->block, err)) return -1;
         } else {
             static const struct { const char *key; size_t offset; long lo, hi; } ints[] = {
                 {"base_width", offsetof(ModelConfig, base_width), 1, 4096},
@@ -184,12 +195,9 @@ int jobspec_parse_json(json_t *root, JobSpec *s, char *err) {
     double d = 0.0;
     json_object_foreach(root, key, v) {
         int rc = 0;
-        if (strcmp(key, "kind") == 0) {
-            char kind[16];
-            rc = get_string(v, "kind", kind, sizeof kind, err);
-            if (!rc && strcmp(kind, "train") == 0) s->kind = JOB_TRAIN;
-            else if (!rc && strcmp(kind, "distill") == 0) s->kind = JOB_DISTILL;
-            else if (!rc) rc = set_error(err, "kind: must be \"train\" or \"distill\", got \"%s\"", kind);
+        if (strcmp(key, "kind") == 0) { /* indexed by JOB_* */
+            static const char *const kinds[] = {"train", "distill"};
+            rc = get_choice(v, key, kinds, 2, &s->kind, err);
             have_kind = 1;
         } else if (strcmp(key, "dataset") == 0) {
             memset(&s->dataset, 0, sizeof s->dataset);
@@ -246,13 +254,9 @@ int jobspec_parse_json(json_t *root, JobSpec *s, char *err) {
             rc = get_bool(v, key, &s->mixup, err);
         } else if (strcmp(key, "flip") == 0) {
             rc = get_bool(v, key, &s->flip, err);
-        } else if (strcmp(key, "crop") == 0) {
-            char crop[16];
-            rc = get_string(v, key, crop, sizeof crop, err);
-            if (!rc && strcmp(crop, "inception") == 0) s->crop = CROP_INCEPTION;
-            else if (!rc && strcmp(crop, "random") == 0) s->crop = CROP_RANDOM;
-            else if (!rc && strcmp(crop, "none") == 0) s->crop = CROP_NONE;
-            else if (!rc) rc = set_error(err, "crop: must be \"inception\", \"random\" or \"none\", got \"%s\"", crop);
+        } else if (strcmp(key, "crop") == 0) { /* indexed by CROP_* */
+            static const char *const crops[] = {"inception", "random", "none"};
+            rc = get_choice(v, key, crops, 3, &s->crop, err);
         } else if (strcmp(key, "crop_area") == 0) {
             double lo = 0, hi = 0;
             if (!json_is_array(v) || json_array_size(v) != 2)
