@@ -45,6 +45,11 @@ static ConvShape conv_input_grad_shape(const ConvShape *s) {
     return t;
 }
 
+/* Floats of one zero-bordered input plane, for im2col. */
+static size_t conv_padded_plane(const ConvShape *s) {
+    return s->pad ? (size_t)(s->in_h + 2 * s->pad) * (s->in_w + 2 * s->pad) : 0;
+}
+
 /* dW is accumulated transposed, (Cin*KH*KW, Cout), when that puts the
  * smaller side inner (see gemm_oriented); it is then private even on one
  * thread, and transposed back when the threads' partials are summed. */
@@ -57,7 +62,7 @@ static int conv_dw_transposed(const ConvShape *s) {
  * when several threads share the batch or dW is transposed; and room for one
  * product computed transposed (see gemm_oriented). */
 typedef struct {
-    size_t col, dcol, dw, product, per_thread;
+    size_t col, dcol, dw, product, padded, per_thread;
 } ConvScratch;
 
 static ConvScratch conv_scratch_layout(const ConvShape *s, int threads) {
@@ -72,7 +77,14 @@ static ConvScratch conv_scratch_layout(const ConvShape *s, int threads) {
     l.product = s->out_channels * out_plane;
     if (s->in_channels * in_plane > l.product) l.product = s->in_channels * in_plane;
     if (l.dcol > l.product) l.product = l.dcol;
-    l.per_thread = l.col + l.dcol + l.dw + l.product;
+    if (!conv_is_pointwise(s)) {
+        l.padded = conv_padded_plane(s);
+        if (conv_input_grad_is_conv(s)) {
+            const ConvShape t = conv_input_grad_shape(s);
+            if (conv_padded_plane(&t) > l.padded) l.padded = conv_padded_plane(&t);
+        }
+    }
+    l.per_thread = l.col + l.dcol + l.dw + l.product + l.padded;
     return l;
 }
 
@@ -118,30 +130,30 @@ static void conv_valid_columns(const ConvShape *s, int kw, int *lo, int *hi) {
     if (*lo > *hi) *lo = *hi;
 }
 
-/* col: (Cin*KH*KW, Ho*Wo) from one image (Cin, H, W) */
-static void im2col(float *col, const float *img, const ConvShape *s) {
-    const int ho = s->out_h, wo = s->out_w, stride = s->stride;
+/* col: (Cin*KH*KW, Ho*Wo) from one image (Cin, H, W). Each plane is first
+ * copied inside a zero border (into `padded`, conv_padded_plane floats), so
+ * that every row of col is a plain strided copy. */
+static void im2col(float *col, const float *img, const ConvShape *s, float *padded) {
+    const int ho = s->out_h, wo = s->out_w, stride = s->stride, pad = s->pad;
+    const int pw = s->in_w + 2 * pad;
+    if (pad) memset(padded, 0, conv_padded_plane(s) * sizeof(float));
     for (int c = 0; c < s->in_channels; c++) {
         const float *plane = img + (size_t)c * s->in_h * s->in_w;
+        if (pad) {
+            for (int h = 0; h < s->in_h; h++)
+                memcpy(padded + (size_t)(h + pad) * pw + pad, plane + (size_t)h * s->in_w, sizeof(float) * s->in_w);
+            plane = padded;
+        }
         for (int kh = 0; kh < s->kernel_h; kh++) {
-            for (int kw = 0; kw < s->kernel_w; kw++) {
-                float *row = col + (((size_t)c * s->kernel_h + kh) * s->kernel_w + kw) * ho * wo;
-                int lo, hi;
-                conv_valid_columns(s, kw, &lo, &hi);
-                for (int oh = 0; oh < ho; oh++) {
-                    int ih = oh * stride - s->pad + kh;
-                    float *dst = row + (size_t)oh * wo;
-                    if (ih < 0 || ih >= s->in_h) {
-                        memset(dst, 0, sizeof(float) * wo);
-                        continue;
-                    }
-                    const float *src = plane + (size_t)ih * s->in_w - s->pad + kw;
-                    for (int ow = 0; ow < lo; ow++) dst[ow] = 0.0f;
+            float *rows = col + ((size_t)c * s->kernel_h + kh) * s->kernel_w * ho * wo;
+            for (int oh = 0; oh < ho; oh++) {
+                const float *src = plane + (size_t)(oh * stride + kh) * pw;
+                for (int kw = 0; kw < s->kernel_w; kw++) {
+                    float *dst = rows + ((size_t)kw * ho + oh) * wo;
                     if (stride == 1)
-                        memcpy(dst + lo, src + lo, sizeof(float) * (hi - lo));
+                        for (int ow = 0; ow < wo; ow++) dst[ow] = src[ow + kw];
                     else
-                        for (int ow = lo; ow < hi; ow++) dst[ow] = src[ow * stride];
-                    for (int ow = hi; ow < wo; ow++) dst[ow] = 0.0f;
+                        for (int ow = 0; ow < wo; ow++) dst[ow] = src[ow * stride + kw];
                 }
             }
         }
@@ -179,12 +191,12 @@ void conv2d_forward(float *out, const float *in, const float *w, const ConvShape
     for (int b = 0; b < s->batch; b++) {
         float *mine = scratch + (size_t)omp_get_thread_num() * layout.per_thread;
         const float *col = in + b * in_size;
+        float *product = mine + layout.col + layout.dcol + layout.dw, *padded = product + layout.product;
         if (!conv_is_pointwise(s)) {
-            im2col(mine, col, s);
+            im2col(mine, col, s, padded);
             col = mine;
         }
-        gemm_oriented(0, 0, m, n, k, w, k, col, n, accumulate ? 1.0f : 0.0f, out + (size_t)b * m * n,
-                      mine + layout.col + layout.dcol + layout.dw);
+        gemm_oriented(0, 0, m, n, k, w, k, col, n, accumulate ? 1.0f : 0.0f, out + (size_t)b * m * n, product);
     }
 }
 
@@ -212,6 +224,7 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
         const int tid = omp_get_thread_num();
         float *mine = scratch + (size_t)tid * layout.per_thread;
         float *col = mine, *dcol = mine + layout.col, *product = mine + layout.col + layout.dcol + layout.dw;
+        float *padded = product + layout.product;
         float *dw_mine = layout.dw ? mine + layout.col + layout.dcol : dw;
         if (layout.dw) memset(dw_mine, 0, w_size * sizeof(float));
         const int b0 = (int)((long)s->batch * tid / threads), b1 = (int)((long)s->batch * (tid + 1) / threads);
@@ -219,7 +232,7 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
             const float *dout_b = dout + (size_t)b * m * n;
             const float *col_b = in + b * in_size;
             if (!pointwise) {
-                im2col(col, col_b, s);
+                im2col(col, col_b, s, padded);
                 col_b = col;
             }
             if (dw_t) /* dW^T (k, m) += col_b (k, n) . dout_b^T (n, m) */
@@ -233,7 +246,7 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
             if (pointwise) { /* din_b (k, n) += W^T (k, m) . dout_b (m, n) */
                 gemm_oriented(1, 0, k, n, m, w, k, dout_b, n, 1.0f, din_b, product);
             } else if (grad_conv) { /* din_b (cin, hw) += flipped (cin, m*kk) . im2col(dout_b) (m*kk, hw) */
-                im2col(dcol, dout_b, &t);
+                im2col(dcol, dout_b, &t, padded);
                 gemm_oriented(0, 0, cin, hw, m * kk, flipped, m * kk, dcol, hw, 1.0f, din_b, product);
             } else { /* dcol (k, n) = W^T (k, m) . dout_b (m, n), scattered back by col2im */
                 gemm_oriented(1, 0, k, n, m, w, k, dout_b, n, 0.0f, dcol, product);
