@@ -50,11 +50,25 @@ static size_t conv_padded_plane(const ConvShape *s) {
     return s->pad ? (size_t)(s->in_h + 2 * s->pad) * (s->in_w + 2 * s->pad) : 0;
 }
 
-/* dW is accumulated transposed, (Cin*KH*KW, Cout), when that puts the
- * smaller side inner (see gemm_oriented); it is then private even on one
- * thread, and transposed back when the threads' partials are summed. */
-static int conv_dw_transposed(const ConvShape *s) {
-    return s->out_channels < s->in_channels * s->kernel_h * s->kernel_w;
+/* Where a thread accumulates dW (Cout, Cin, KH, KW): as is; transposed,
+ * (Cin*KH*KW, Cout), when that puts the smaller side inner (see
+ * gemm_oriented); or, when the input gradient is a convolution, as its
+ * im2col of dout yields it, (Cout, KH*KW reversed, Cin). All but the first
+ * are private even on one thread, and put back in order when the threads'
+ * partials are summed. */
+enum { DW_AS_IS, DW_TRANSPOSED, DW_FLIPPED };
+
+static int conv_dw_layout(const ConvShape *s, int input_grad_is_conv) {
+    if (input_grad_is_conv) return DW_FLIPPED;
+    return s->out_channels < s->in_channels * s->kernel_h * s->kernel_w ? DW_TRANSPOSED : DW_AS_IS;
+}
+
+/* index in a thread's dW of element i of (Cout, Cin, KH*KW) */
+static size_t conv_dw_index(int layout, size_t i, int out_channels, int in_channels, int kk) {
+    const size_t k = (size_t)in_channels * kk, o = i / k, c = i % k / kk, tap = i % kk;
+    if (layout == DW_TRANSPOSED) return (i % k) * out_channels + o;
+    if (layout == DW_FLIPPED) return (o * kk + kk - 1 - tap) * in_channels + c;
+    return i;
 }
 
 /* Per thread: im2col of one image; the column gradient (or, when the input
@@ -73,7 +87,8 @@ static ConvScratch conv_scratch_layout(const ConvShape *s, int threads) {
         l.col = s->in_channels * kk * out_plane;
         l.dcol = conv_input_grad_is_conv(s) ? s->out_channels * kk * in_plane : l.col;
     }
-    l.dw = threads > 1 || conv_dw_transposed(s) ? s->out_channels * s->in_channels * kk : 0;
+    if (threads > 1 || conv_dw_layout(s, 0) != DW_AS_IS || conv_input_grad_is_conv(s))
+        l.dw = s->out_channels * s->in_channels * kk;
     l.product = s->out_channels * out_plane;
     if (s->in_channels * in_plane > l.product) l.product = s->in_channels * in_plane;
     if (l.dcol > l.product) l.product = l.dcol;
@@ -209,7 +224,7 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
     const int kk = s->kernel_h * s->kernel_w, k = cin * kk;
     const size_t in_size = (size_t)cin * hw, w_size = (size_t)m * k;
     const int pointwise = conv_is_pointwise(s), grad_conv = din && conv_input_grad_is_conv(s);
-    const int dw_t = conv_dw_transposed(s);
+    const int dw_layout = conv_dw_layout(s, grad_conv);
     const int threads = omp_get_max_threads() < s->batch ? omp_get_max_threads() : s->batch;
     const ConvScratch layout = conv_scratch_layout(s, omp_get_max_threads());
     const ConvShape t = conv_input_grad_shape(s);
@@ -229,25 +244,33 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
         if (layout.dw) memset(dw_mine, 0, w_size * sizeof(float));
         const int b0 = (int)((long)s->batch * tid / threads), b1 = (int)((long)s->batch * (tid + 1) / threads);
         for (int b = b0; b < b1; b++) {
-            const float *dout_b = dout + (size_t)b * m * n;
-            const float *col_b = in + b * in_size;
+            const float *dout_b = dout + (size_t)b * m * n, *in_b = in + b * in_size;
+            float *din_b = din ? din + b * in_size : NULL;
+            if (grad_conv) {
+                /* both gradients from one im2col, of dout with the flipped
+                 * kernel: its row (o, kk-1-i) is dout shifted back by tap i */
+                im2col(dcol, dout_b, &t, padded);
+                /* dW as (m, kk reversed, cin) += dcol (m*kk, hw) . in_b^T (hw, cin) */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m * kk, cin, hw, 1.0f, dcol, hw, in_b, hw, 1.0f,
+                            dw_mine, cin);
+                /* din_b (cin, hw) += flipped (cin, m*kk) . dcol (m*kk, hw) */
+                gemm_oriented(0, 0, cin, hw, m * kk, flipped, m * kk, dcol, hw, 1.0f, din_b, product);
+                continue;
+            }
+            const float *col_b = in_b;
             if (!pointwise) {
-                im2col(col, col_b, s, padded);
+                im2col(col, in_b, s, padded);
                 col_b = col;
             }
-            if (dw_t) /* dW^T (k, m) += col_b (k, n) . dout_b^T (n, m) */
+            if (dw_layout == DW_TRANSPOSED) /* dW^T (k, m) += col_b (k, n) . dout_b^T (n, m) */
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, k, m, n, 1.0f, col_b, n, dout_b, n, 1.0f,
                             dw_mine, m);
             else /* dW (m, k) += dout_b (m, n) . col_b^T (n, k) */
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, k, n, 1.0f, dout_b, n, col_b, n, 1.0f,
                             dw_mine, k);
             if (!din) continue;
-            float *din_b = din + b * in_size;
             if (pointwise) { /* din_b (k, n) += W^T (k, m) . dout_b (m, n) */
                 gemm_oriented(1, 0, k, n, m, w, k, dout_b, n, 1.0f, din_b, product);
-            } else if (grad_conv) { /* din_b (cin, hw) += flipped (cin, m*kk) . im2col(dout_b) (m*kk, hw) */
-                im2col(dcol, dout_b, &t, padded);
-                gemm_oriented(0, 0, cin, hw, m * kk, flipped, m * kk, dcol, hw, 1.0f, din_b, product);
             } else { /* dcol (k, n) = W^T (k, m) . dout_b (m, n), scattered back by col2im */
                 gemm_oriented(1, 0, k, n, m, w, k, dout_b, n, 0.0f, dcol, product);
                 col2im_add(din_b, dcol, s);
@@ -259,10 +282,7 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
             const size_t lo = w_size * tid / threads, hi = w_size * (tid + 1) / threads;
             for (int u = 0; u < threads; u++) {
                 const float *part = scratch + (size_t)u * layout.per_thread + layout.col + layout.dcol;
-                if (dw_t)
-                    for (size_t i = lo; i < hi; i++) dw[i] += part[(i % k) * m + i / k];
-                else
-                    for (size_t i = lo; i < hi; i++) dw[i] += part[i];
+                for (size_t i = lo; i < hi; i++) dw[i] += part[conv_dw_index(dw_layout, i, m, cin, kk)];
             }
         }
     }
