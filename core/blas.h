@@ -16,6 +16,13 @@ const char *blas_preferred_core(int has_avx512, int has_avx2_fma, const char *cu
  * never when the user set it). Returns only if no re-exec happened. */
 void blas_ensure_fast_core(char **argv);
 
+/* Makes OpenBLAS's packing buffers ready for `threads` threads calling sgemm
+ * at once: one product per thread, big enough to write every page of its
+ * buffer that a later product packs into or reads ahead into. Without it,
+ * small products ran up to 2.5x slower (see blas.c). Call where the thread
+ * count is set, before the work; it takes ~50 ms per thread. */
+void blas_warm_buffers(int threads);
+
 /* "OpenBLAS 0.3.21 core SkylakeX (chosen by distilld)" or similar. */
 const char *blas_describe(void);
 

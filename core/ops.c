@@ -29,12 +29,14 @@ static int conv_is_pointwise(const ConvShape *s) {
 /* The input gradient of a stride-1 convolution is itself a stride-1
  * convolution: of dout, with the kernel flipped and its two channel axes
  * swapped, padded kernel-1-pad. Its GEMM, Cin x (H*W) x (Cout*KH*KW), has the
- * forward's long inner dimension where W^T . dout has only Cout, and it needs
- * no col2im scatter. With 64 output channels or more, W^T . dout runs as well
- * (measured), and the im2col of dout is then the bigger copy. */
-static int conv_input_grad_is_conv(const ConvShape *s) {
+ * forward's long inner dimension where W^T . dout has only Cout, it needs no
+ * col2im scatter, and its im2col of dout also gives dW, so the input's im2col
+ * is not rebuilt. Measured per 128 images, one thread, backward: 3x3 16->16
+ * at 28x28 58 -> 37 ms, 64->64 at 16x16 178 -> 148 ms; but 256->256 at 4x4
+ * 196 -> 227 ms, where the im2col of dout is mostly border. */
+int conv_input_grad_is_conv(const ConvShape *s) {
     return !conv_is_pointwise(s) && s->stride == 1 && s->kernel_h == s->kernel_w && s->pad < s->kernel_h &&
-           s->out_channels < 64;
+           s->out_channels < 256;
 }
 
 static ConvShape conv_input_grad_shape(const ConvShape *s) {
@@ -50,56 +52,30 @@ static size_t conv_padded_plane(const ConvShape *s) {
     return s->pad ? (size_t)(s->in_h + 2 * s->pad) * (s->in_w + 2 * s->pad) : 0;
 }
 
-/* Where a thread accumulates dW (Cout, Cin, KH, KW): as is; transposed,
- * (Cin*KH*KW, Cout), when that puts the smaller side inner (see
- * gemm_oriented); or, when the input gradient is a convolution, as its
- * im2col of dout yields it, (Cout, KH*KW reversed, Cin). All but the first
- * are private even on one thread, and put back in order when the threads'
- * partials are summed. */
-enum { DW_AS_IS, DW_TRANSPOSED, DW_FLIPPED };
-
-static int conv_dw_layout(const ConvShape *s, int input_grad_is_conv) {
-    if (input_grad_is_conv) return DW_FLIPPED;
-    return s->out_channels < s->in_channels * s->kernel_h * s->kernel_w ? DW_TRANSPOSED : DW_AS_IS;
-}
-
-/* index in a thread's dW of element i of (Cout, Cin, KH*KW) */
-static size_t conv_dw_index(int layout, size_t i, int out_channels, int in_channels, int kk) {
-    const size_t k = (size_t)in_channels * kk, o = i / k, c = i % k / kk, tap = i % kk;
-    if (layout == DW_TRANSPOSED) return (i % k) * out_channels + o;
-    if (layout == DW_FLIPPED) return (o * kk + kk - 1 - tap) * in_channels + c;
-    return i;
-}
-
-/* Per thread: im2col of one image; the column gradient (or, when the input
- * gradient is a convolution, the im2col of dout); a private dW accumulator
- * when several threads share the batch or dW is transposed; and room for one
- * product computed transposed (see gemm_oriented). */
+/* Per thread: im2col of one image; the column gradient, or the im2col of
+ * dout when the input gradient is a convolution; a private dW when several
+ * threads share the batch or when dW comes from the im2col of dout (then as
+ * (Cout, KH*KW reversed, Cin), put in order when the partials are summed);
+ * and one zero-bordered plane. */
 typedef struct {
-    size_t col, dcol, dw, product, padded, per_thread;
+    size_t col, dcol, dw, padded, per_thread;
 } ConvScratch;
 
 static ConvScratch conv_scratch_layout(const ConvShape *s, int threads) {
     ConvScratch l = {0};
     const size_t kk = (size_t)s->kernel_h * s->kernel_w;
-    const size_t in_plane = (size_t)s->in_h * s->in_w, out_plane = (size_t)s->out_h * s->out_w;
     if (!conv_is_pointwise(s)) {
-        l.col = s->in_channels * kk * out_plane;
-        l.dcol = conv_input_grad_is_conv(s) ? s->out_channels * kk * in_plane : l.col;
-    }
-    if (threads > 1 || conv_dw_layout(s, 0) != DW_AS_IS || conv_input_grad_is_conv(s))
-        l.dw = s->out_channels * s->in_channels * kk;
-    l.product = s->out_channels * out_plane;
-    if (s->in_channels * in_plane > l.product) l.product = s->in_channels * in_plane;
-    if (l.dcol > l.product) l.product = l.dcol;
-    if (!conv_is_pointwise(s)) {
+        l.col = s->in_channels * kk * s->out_h * s->out_w;
+        l.dcol = l.col;
         l.padded = conv_padded_plane(s);
-        if (conv_input_grad_is_conv(s)) {
-            const ConvShape t = conv_input_grad_shape(s);
-            if (conv_padded_plane(&t) > l.padded) l.padded = conv_padded_plane(&t);
-        }
     }
-    l.per_thread = l.col + l.dcol + l.dw + l.product + l.padded;
+    if (conv_input_grad_is_conv(s)) {
+        const ConvShape t = conv_input_grad_shape(s);
+        l.dcol = s->out_channels * kk * s->in_h * s->in_w;
+        if (conv_padded_plane(&t) > l.padded) l.padded = conv_padded_plane(&t);
+    }
+    if (threads > 1 || conv_input_grad_is_conv(s)) l.dw = s->out_channels * s->in_channels * kk;
+    l.per_thread = l.col + l.dcol + l.dw + l.padded;
     return l;
 }
 
@@ -108,32 +84,6 @@ size_t conv_scratch_size(const ConvShape *s) {
     int threads = omp_get_max_threads();
     size_t flipped = conv_input_grad_is_conv(s) ? (size_t)s->out_channels * s->in_channels * s->kernel_h * s->kernel_w : 0;
     return (size_t)threads * conv_scratch_layout(s, threads).per_thread + flipped;
-}
-
-/* c (m x n, row-major) = op(a) . op(b) + beta c, beta 0 or 1.
- * OpenBLAS multiplies column-major, so a row-major product's n is its kernel's
- * inner dimension. On the small products of a convolution it runs up to 2.5x
- * faster when that is the smaller side (0.3.21, Zen, one image of a 3x3
- * 32->32 conv at 14x14: 14 GFLOP/s as stored, 32 transposed). So when m < n
- * this computes c^T = op(b)^T . op(a)^T into `product` (n x m) and adds its
- * transpose; not for a short k (a stem on one channel), where the transpose
- * costs more than it saves. */
-static void gemm_oriented(int trans_a, int trans_b, int m, int n, int k, const float *a, int lda, const float *b,
-                          int ldb, float beta, float *c, float *product) {
-    const enum CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
-    if (m >= n || k < 32) {
-        cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, n);
-        return;
-    }
-    cblas_sgemm(CblasRowMajor, trans_b ? CblasNoTrans : CblasTrans, trans_a ? CblasNoTrans : CblasTrans, n, m, k, 1.0f,
-                b, ldb, a, lda, 0.0f, product, m);
-    for (int i = 0; i < m; i++) {
-        float *row = c + (size_t)i * n;
-        if (beta == 0.0f)
-            for (int j = 0; j < n; j++) row[j] = product[(size_t)j * m + i];
-        else
-            for (int j = 0; j < n; j++) row[j] += product[(size_t)j * m + i];
-    }
 }
 
 /* Output columns [lo, hi) whose input column ow*stride - pad + kw is inside the image. */
@@ -206,12 +156,12 @@ void conv2d_forward(float *out, const float *in, const float *w, const ConvShape
     for (int b = 0; b < s->batch; b++) {
         float *mine = scratch + (size_t)omp_get_thread_num() * layout.per_thread;
         const float *col = in + b * in_size;
-        float *product = mine + layout.col + layout.dcol + layout.dw, *padded = product + layout.product;
         if (!conv_is_pointwise(s)) {
-            im2col(mine, col, s, padded);
+            im2col(mine, col, s, mine + layout.col + layout.dcol + layout.dw);
             col = mine;
         }
-        gemm_oriented(0, 0, m, n, k, w, k, col, n, accumulate ? 1.0f : 0.0f, out + (size_t)b * m * n, product);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, w, k, col, n, accumulate ? 1.0f : 0.0f,
+                    out + (size_t)b * m * n, n);
     }
 }
 
@@ -224,7 +174,6 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
     const int kk = s->kernel_h * s->kernel_w, k = cin * kk;
     const size_t in_size = (size_t)cin * hw, w_size = (size_t)m * k;
     const int pointwise = conv_is_pointwise(s), grad_conv = din && conv_input_grad_is_conv(s);
-    const int dw_layout = conv_dw_layout(s, grad_conv);
     const int threads = omp_get_max_threads() < s->batch ? omp_get_max_threads() : s->batch;
     const ConvScratch layout = conv_scratch_layout(s, omp_get_max_threads());
     const ConvShape t = conv_input_grad_shape(s);
@@ -238,8 +187,7 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
     {
         const int tid = omp_get_thread_num();
         float *mine = scratch + (size_t)tid * layout.per_thread;
-        float *col = mine, *dcol = mine + layout.col, *product = mine + layout.col + layout.dcol + layout.dw;
-        float *padded = product + layout.product;
+        float *col = mine, *dcol = mine + layout.col, *padded = mine + layout.col + layout.dcol + layout.dw;
         float *dw_mine = layout.dw ? mine + layout.col + layout.dcol : dw;
         if (layout.dw) memset(dw_mine, 0, w_size * sizeof(float));
         const int b0 = (int)((long)s->batch * tid / threads), b1 = (int)((long)s->batch * (tid + 1) / threads);
@@ -254,7 +202,8 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m * kk, cin, hw, 1.0f, dcol, hw, in_b, hw, 1.0f,
                             dw_mine, cin);
                 /* din_b (cin, hw) += flipped (cin, m*kk) . dcol (m*kk, hw) */
-                gemm_oriented(0, 0, cin, hw, m * kk, flipped, m * kk, dcol, hw, 1.0f, din_b, product);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cin, hw, m * kk, 1.0f, flipped, m * kk, dcol,
+                            hw, 1.0f, din_b, hw);
                 continue;
             }
             const float *col_b = in_b;
@@ -262,17 +211,13 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
                 im2col(col, in_b, s, padded);
                 col_b = col;
             }
-            if (dw_layout == DW_TRANSPOSED) /* dW^T (k, m) += col_b (k, n) . dout_b^T (n, m) */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, k, m, n, 1.0f, col_b, n, dout_b, n, 1.0f,
-                            dw_mine, m);
-            else /* dW (m, k) += dout_b (m, n) . col_b^T (n, k) */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, k, n, 1.0f, dout_b, n, col_b, n, 1.0f,
-                            dw_mine, k);
+            /* dW (m, k) += dout_b (m, n) . col_b^T (n, k) */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, k, n, 1.0f, dout_b, n, col_b, n, 1.0f, dw_mine, k);
             if (!din) continue;
             if (pointwise) { /* din_b (k, n) += W^T (k, m) . dout_b (m, n) */
-                gemm_oriented(1, 0, k, n, m, w, k, dout_b, n, 1.0f, din_b, product);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, n, m, 1.0f, w, k, dout_b, n, 1.0f, din_b, n);
             } else { /* dcol (k, n) = W^T (k, m) . dout_b (m, n), scattered back by col2im */
-                gemm_oriented(1, 0, k, n, m, w, k, dout_b, n, 0.0f, dcol, product);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, n, m, 1.0f, w, k, dout_b, n, 0.0f, dcol, n);
                 col2im_add(din_b, dcol, s);
             }
         }
@@ -282,7 +227,11 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
             const size_t lo = w_size * tid / threads, hi = w_size * (tid + 1) / threads;
             for (int u = 0; u < threads; u++) {
                 const float *part = scratch + (size_t)u * layout.per_thread + layout.col + layout.dcol;
-                for (size_t i = lo; i < hi; i++) dw[i] += part[conv_dw_index(dw_layout, i, m, cin, kk)];
+                if (grad_conv) /* part is (m, kk reversed, cin) */
+                    for (size_t i = lo; i < hi; i++)
+                        dw[i] += part[(i / k * kk + kk - 1 - i % kk) * cin + i % k / kk];
+                else
+                    for (size_t i = lo; i < hi; i++) dw[i] += part[i];
             }
         }
     }

@@ -33,6 +33,11 @@ void conv2d_forward(float *out,        /* (B, Cout, Ho, Wo); += when accumulate 
                     const float *in,   /* (B, Cin, H, W) */
                     const float *w,    /* (Cout, Cin, KH, KW) */
                     const ConvShape *s, int accumulate, float *scratch);
+/* 1 when conv2d_backward takes the input gradient as a convolution of dout
+ * (stride 1, square kernel, fewer than 256 output channels) and dW from the
+ * same im2col: its GEMMs are then (Cout*KH*KW) x Cin x (H*W) for dW and
+ * Cin x (H*W) x (Cout*KH*KW) for the input gradient. */
+int conv_input_grad_is_conv(const ConvShape *s);
 void conv2d_backward(float *din,       /* (B, Cin, H, W) += ; may be NULL */
                      float *dw,        /* (Cout, Cin, KH, KW) += */
                      const float *dout,/* (B, Cout, Ho, Wo) */

@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "blas.h"
 #include "data.h"
 #include "model.h"
 #include "optim.h"
@@ -35,6 +36,7 @@ int train_threads(int requested) {
     /* the batch is split across OpenMP threads; each GEMM runs on one */
     openblas_set_num_threads(1);
     omp_set_num_threads(n);
+    blas_warm_buffers(n);
     return n;
 }
 

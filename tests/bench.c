@@ -63,33 +63,45 @@ static double forward_flops(const Model *m) {
 /* Seconds that OpenBLAS alone needs for the GEMMs of a step's convolutions,
  * at the shapes the step runs them: per image, the batch split over the
  * threads as conv2d_forward/backward split it, forward (W . col) and, for a
- * training step, both backward products (dout . col^T and W^T . dout). Best
- * of 3. Nothing else is timed: the step's FLOPs over this is the fastest the
- * step could go with the same GEMMs. */
+ * training step, the backward products conv2d_backward runs: dout . col^T
+ * and W^T . dout, or, where the input gradient is a convolution
+ * (conv_input_grad_is_conv), the two products on the im2col of dout; the
+ * stem has no input gradient. Best of 3. Nothing else is timed: the step's
+ * FLOPs over this is the fastest the step could go with the same GEMMs. */
 static double conv_gemm_seconds(const Model *m, int batch, int backward) {
     const int threads = omp_get_max_threads();
     double total = 0;
     for (int i = 0; i < m->num_convs; i++) {
         const ConvShape *s = &m->convs[i]->shape;
         const int M = s->out_channels, N = s->out_h * s->out_w, K = s->in_channels * s->kernel_h * s->kernel_w;
+        const int kk = s->kernel_h * s->kernel_w, cin = s->in_channels, hw = s->in_h * s->in_w;
+        const int grad_conv = i > 0 && conv_input_grad_is_conv(s);
+        const size_t cols = (size_t)K * N > (size_t)M * kk * hw ? (size_t)K * N : (size_t)M * kk * hw;
         float *w = xcalloc((size_t)M * K, sizeof(float));
-        float *col = xcalloc((size_t)threads * K * N, sizeof(float)), *out = xcalloc((size_t)threads * M * N, sizeof(float));
-        float *dw = xcalloc((size_t)threads * M * K, sizeof(float)), *dcol = xcalloc((size_t)threads * K * N, sizeof(float));
+        float *col = xcalloc((size_t)threads * cols, sizeof(float)), *out = xcalloc((size_t)threads * M * N, sizeof(float));
+        float *dw = xcalloc((size_t)threads * M * K, sizeof(float)), *dcol = xcalloc((size_t)threads * cols, sizeof(float));
         for (size_t j = 0; j < (size_t)M * K; j++) w[j] = 0.01f * (float)(j % 13);
-        for (size_t j = 0; j < (size_t)threads * K * N; j++) col[j] = 0.01f * (float)(j % 7);
+        for (size_t j = 0; j < (size_t)threads * cols; j++) col[j] = 0.01f * (float)(j % 7);
         double best = 1e30;
         for (int rep = 0; rep < 3; rep++) {
             double t0 = now_seconds();
 #pragma omp parallel for schedule(static)
             for (int b = 0; b < batch; b++) {
                 const int t = omp_get_thread_num();
-                float *c = col + (size_t)t * K * N, *o = out + (size_t)t * M * N;
+                float *c = col + (size_t)t * cols, *o = out + (size_t)t * M * N, *d = dcol + (size_t)t * cols;
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, w, K, c, N, 0.0f, o, N);
                 if (!backward) continue;
+                if (grad_conv) { /* c stands for the im2col of dout, d for the input and its gradient */
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M * kk, cin, hw, 1.0f, c, hw, d, hw, 1.0f,
+                                dw + (size_t)t * M * K, cin);
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cin, hw, M * kk, 1.0f, w, M * kk, c, hw,
+                                1.0f, d, hw);
+                    continue;
+                }
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, K, N, 1.0f, o, N, c, N, 1.0f,
                             dw + (size_t)t * M * K, K);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, N, M, 1.0f, w, K, o, N, 0.0f,
-                            dcol + (size_t)t * K * N, N);
+                if (i > 0)
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, N, M, 1.0f, w, K, o, N, 0.0f, d, N);
             }
             double dt = now_seconds() - t0;
             if (dt < best) best = dt;

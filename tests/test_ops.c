@@ -8,7 +8,7 @@
  * It also holds ops.h to its contract: every gradient buffer starts at
  * GRAD_PREFILL and backward must add to it; a NULL input gradient is accepted
  * for conv, GroupNorm and dense; forwards overwrite their output; the shape
- * helpers give the right sizes and the pointwise conv needs no im2col.
+ * helpers give the right sizes and the pointwise conv needs no scratch.
  * Deterministic: a local xorshift generator with fixed seeds. */
 #include <float.h>
 #include <math.h>
@@ -193,15 +193,12 @@ static void test_shapes(void) {
                        .kernel_h = 1, .kernel_w = 1, .stride = 1, .pad = 0};
     CHECK(conv_shape_init(&point) == 0 && point.out_h == 7 && point.out_w == 9, "1x1 s1: %dx%d", point.out_h,
           point.out_w);
-    /* no im2col: per thread only one image's product (32 x 63, see
-     * gemm_oriented) and, with several threads, a private dW (32 x 16) */
     omp_set_num_threads(1);
-    CHECK(conv_scratch_size(&point) == (size_t)32 * 63,
-          "pointwise conv on one thread needs only one image's product (32 x 63), got %zu", conv_scratch_size(&point));
-    omp_set_num_threads(2);
-    CHECK(conv_scratch_size(&point) == (size_t)2 * (32 * 63 + 32 * 16),
-          "pointwise conv on two threads needs a product and a private dW each (2 x (32 x 63 + 32 x 16)), got %zu",
+    CHECK(conv_scratch_size(&point) == 0, "pointwise conv on one thread must need no scratch, got %zu",
           conv_scratch_size(&point));
+    omp_set_num_threads(2);
+    CHECK(conv_scratch_size(&point) == (size_t)2 * 32 * 16,
+          "pointwise conv on two threads needs only their private dW (2 x 32 x 16), got %zu", conv_scratch_size(&point));
     ConvShape padded_point = point;
     padded_point.pad = 1;
     CHECK(conv_shape_init(&padded_point) == 0 && padded_point.out_h == 9 && padded_point.out_w == 11,
@@ -281,12 +278,12 @@ static void test_conv(const char *name, int batch, int in_channels, int in_h, in
     const size_t n_col = (size_t)in_channels * kernel_h * kernel_w * s.out_h * s.out_w;
     const int pointwise = kernel_h == 1 && kernel_w == 1 && stride == 1 && pad == 0;
     const size_t n_scratch = conv_scratch_size(&s);
-    if (pointwise) {
-        /* no im2col: at most one image's product and a private dW per thread */
-        const size_t product = (size_t)(out_channels > in_channels ? out_channels : in_channels) * in_h * in_w;
-        CHECK(n_scratch <= (size_t)omp_get_max_threads() * (product + n_w),
-              "pointwise conv needs no im2col, but asks for %zu floats of scratch", n_scratch);
-    } else
+    if (pointwise && omp_get_max_threads() == 1)
+        CHECK(n_scratch == 0, "pointwise conv on one thread must need no scratch, got %zu", n_scratch);
+    else if (pointwise)
+        CHECK(n_scratch == (size_t)omp_get_max_threads() * n_w, "pointwise conv needs one private dW per thread, got %zu",
+              n_scratch);
+    else
         CHECK(n_scratch >= n_col, "scratch %zu smaller than one im2col (%zu)", n_scratch, n_col);
     /* the advertised scratch and a canary behind it that must survive (ASan
      * catches reads past it); none at all (NULL) when the op needs none */
@@ -918,15 +915,12 @@ int main(void) {
     test_conv("conv 7x7 s2 p3 (stem)", 2, 3, 9, 8, 2, 7, 7, 2, 3, 5, 4);
     test_conv("conv 3x5 s2 p2 (non-square kernel and image)", 2, 2, 6, 9, 3, 3, 5, 2, 2, 4, 5);
     test_conv("conv 5x3 s1 p0 (non-square, no padding)", 3, 2, 7, 5, 2, 5, 3, 1, 0, 3, 3);
-    /* shapes with enough channels that the GEMMs take their other routes:
-     * products computed transposed (gemm_oriented), dW accumulated transposed
-     * or not, the input gradient as a convolution or through W^T . dout */
-    test_conv("conv 3x3 s1 p1, 4 -> 4 (transposed products, input gradient as a conv)", 2, 4, 6, 6, 4, 3, 3, 1, 1, 6,
+    /* the input gradient of a stride-1 conv is a conv of dout, and dW comes
+     * from the same im2col, up to 255 output channels; from 256 on, and for
+     * any stride but 1, through W^T . dout and col2im */
+    test_conv("conv 3x3 s1 p1, 4 -> 4 (input gradient and dW from the im2col of dout)", 2, 4, 6, 6, 4, 3, 3, 1, 1, 6,
               6);
-    test_conv("conv 3x3 s1 p1, 2 -> 64 (input gradient through W^T . dout, transposed)", 1, 2, 5, 4, 64, 3, 3, 1, 1, 5,
-              4);
-    test_conv("conv 3x3 s2 p1, 2 -> 32 (strided, W^T . dout transposed)", 1, 2, 12, 12, 32, 3, 3, 2, 1, 6, 6);
-    test_conv("conv 1x1 s1 p0, 3 -> 32 (pointwise, input gradient transposed)", 2, 3, 6, 6, 32, 1, 1, 1, 0, 6, 6);
+    test_conv("conv 3x3 s1 p1, 2 -> 256 (input gradient through W^T . dout)", 1, 2, 4, 3, 256, 3, 3, 1, 1, 4, 3);
     }
 
     test_weight_standardize("weight standardization 4 x 27 (3x3x3)", 4, 27);
