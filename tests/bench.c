@@ -76,7 +76,7 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward) {
         const int M = s->out_channels, N = s->out_h * s->out_w, K = s->in_channels * s->kernel_h * s->kernel_w;
         const int kk = s->kernel_h * s->kernel_w, cin = s->in_channels, hw = s->in_h * s->in_w;
         const int grad_conv = i > 0 && conv_input_grad_is_conv(s);
-        const size_t cols = (size_t)K * N > (size_t)M * kk * hw ? (size_t)K * N : (size_t)M * kk * hw;
+        const size_t cols = grad_conv && (size_t)M * kk * hw > (size_t)K * N ? (size_t)M * kk * hw : (size_t)K * N;
         float *w = xcalloc((size_t)M * K, sizeof(float));
         float *col = xcalloc((size_t)threads * cols, sizeof(float)), *out = xcalloc((size_t)threads * M * N, sizeof(float));
         float *dw = xcalloc((size_t)threads * M * K, sizeof(float)), *dcol = xcalloc((size_t)threads * cols, sizeof(float));

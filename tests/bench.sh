@@ -37,7 +37,7 @@ else
 fi
 
 FM_T='{"depth":[2,2,2,2],"base_width":16,"width":1,"gn_groups":8,"stem":"small","in_channels":1,"num_classes":10,"image_size":28}'
-FM_S='{"depth":[1,1,1],"base_width":24,"width":1,"gn_groups":8,"stem":"small","in_channels":1,"num_classes":10,"image_size":28}'
+FM_S='{"depth":[1,1,1,1],"base_width":16,"width":1,"gn_groups":8,"stem":"small","block":"basic","in_channels":1,"num_classes":10,"image_size":28}'
 BIT_T='{"depth":[2,2,2,2],"base_width":32,"width":1,"gn_groups":8,"stem":"bit","in_channels":3,"num_classes":102,"image_size":128}'
 BIT_S='{"depth":[1,1,1,1],"base_width":16,"width":1,"gn_groups":8,"stem":"bit","in_channels":3,"num_classes":102,"image_size":128}'
 
