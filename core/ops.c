@@ -3,7 +3,8 @@
  * Convolution is im2col + one cblas_sgemm per image: the per-image GEMMs
  * (N = Ho*Wo) stay in cache, which on this hardware beats one whole-batch
  * GEMM. A 1x1 stride-1 convolution needs no im2col: the image is already the
- * column matrix. Statistics (GroupNorm, weight standardization) accumulate
+ * column matrix. The backward pass of a stride-1 convolution takes both
+ * gradients from one im2col, of dout (conv_input_grad_is_conv). Statistics (GroupNorm, weight standardization) accumulate
  * in double so that large groups do not lose precision. */
 #include "ops.h"
 
