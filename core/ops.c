@@ -4,8 +4,9 @@
  * (N = Ho*Wo) stay in cache, which on this hardware beats one whole-batch
  * GEMM. A 1x1 stride-1 convolution needs no im2col: the image is already the
  * column matrix. The backward pass of a stride-1 convolution takes both
- * gradients from one im2col, of dout (conv_input_grad_is_conv). Statistics (GroupNorm, weight standardization) accumulate
- * in double so that large groups do not lose precision. */
+ * gradients from one im2col, of dout (conv_input_grad_is_conv). Statistics
+ * (GroupNorm, weight standardization) accumulate in double so that large
+ * groups do not lose precision. */
 #include "ops.h"
 
 #include <cblas.h>
@@ -83,7 +84,8 @@ static ConvScratch conv_scratch_layout(const ConvShape *s, int threads) {
 /* after the threads' blocks: the flipped, transposed kernel, shared */
 size_t conv_scratch_size(const ConvShape *s) {
     int threads = omp_get_max_threads();
-    size_t flipped = conv_input_grad_is_conv(s) ? (size_t)s->out_channels * s->in_channels * s->kernel_h * s->kernel_w : 0;
+    size_t flipped = 0;
+    if (conv_input_grad_is_conv(s)) flipped = (size_t)s->out_channels * s->in_channels * s->kernel_h * s->kernel_w;
     return (size_t)threads * conv_scratch_layout(s, threads).per_thread + flipped;
 }
 

@@ -78,8 +78,9 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward) {
         const int grad_conv = i > 0 && conv_input_grad_is_conv(s);
         const size_t cols = grad_conv && (size_t)M * kk * hw > (size_t)K * N ? (size_t)M * kk * hw : (size_t)K * N;
         float *w = xcalloc((size_t)M * K, sizeof(float));
-        float *col = xcalloc((size_t)threads * cols, sizeof(float)), *out = xcalloc((size_t)threads * M * N, sizeof(float));
-        float *dw = xcalloc((size_t)threads * M * K, sizeof(float)), *dcol = xcalloc((size_t)threads * cols, sizeof(float));
+        float *col = xcalloc((size_t)threads * cols, sizeof(float));
+        float *dcol = xcalloc((size_t)threads * cols, sizeof(float));
+        float *out = xcalloc((size_t)threads * M * N, sizeof(float)), *dw = xcalloc((size_t)threads * M * K, sizeof(float));
         for (size_t j = 0; j < (size_t)M * K; j++) w[j] = 0.01f * (float)(j % 13);
         for (size_t j = 0; j < (size_t)threads * cols; j++) col[j] = 0.01f * (float)(j % 7);
         double best = 1e30;
