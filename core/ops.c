@@ -339,7 +339,8 @@ void groupnorm_backward(float *din, float *dgamma, float *dbeta, const float *do
                 if (y) {
 #pragma omp simd reduction(+ : sum_dy, sum_dy_xhat)
                     for (int i = 0; i < hw; i++) {
-                        float d = y[i] > 0.0f ? dy[i] : 0.0f;
+                        const float g = dy[i]; /* loaded whatever the mask: no masked load */
+                        float d = y[i] > 0.0f ? g : 0.0f;
                         sum_dy += d;
                         sum_dy_xhat += d * (xc[i] - mu) * r;
                     }
@@ -366,7 +367,8 @@ void groupnorm_backward(float *din, float *dgamma, float *dbeta, const float *do
                 float *dx = din + off;
                 const float gm = gamma[ch];
                 for (int i = 0; i < hw; i++) {
-                    float d = (!y || y[i] > 0.0f) ? dy[i] : 0.0f;
+                    const float g = dy[i];
+                    float d = (!y || y[i] > 0.0f) ? g : 0.0f;
                     float xhat = (xc[i] - mu) * r;
                     dx[i] += r * (d * gm - mean_dxhat - xhat * mean_dxhat_xhat);
                 }
@@ -382,7 +384,10 @@ void relu_forward(float *out, const float *in, size_t n) {
 }
 
 void relu_backward(float *din, const float *dout, const float *out, size_t n) {
-    for (size_t i = 0; i < n; i++) din[i] += out[i] > 0.0f ? dout[i] : 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        const float g = dout[i]; /* loaded whatever the mask: no masked load */
+        din[i] += out[i] > 0.0f ? g : 0.0f;
+    }
 }
 
 /* -------------------------------------------------------------- max-pool */
