@@ -9,7 +9,7 @@
 #include <stdlib.h>
 
 static int test_passed, test_failed, test_case_failed;
-static const char *test_case_name = "";
+static char test_case_name[256]; /* a copy: callers may pass a name they build on the stack */
 
 #define TEST_CASE(name) test_begin(name)
 #define CHECK(cond, ...)                                                        \
@@ -36,13 +36,13 @@ static inline void test_end_case(void) {
 
 static inline void test_begin(const char *name) {
     test_end_case();
-    test_case_name = name;
+    snprintf(test_case_name, sizeof test_case_name, "%s", name);
     test_case_failed = 0;
 }
 
 static inline int test_finish(void) {
     test_end_case();
-    test_case_name = "";
+    test_case_name[0] = '\0';
     printf("%d passed, %d failed\n", test_passed, test_failed);
     return test_failed ? 1 : 0;
 }

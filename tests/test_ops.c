@@ -263,7 +263,7 @@ static void test_conv(const char *name, int batch, int in_channels, int in_h, in
                       int kernel_h, int kernel_w, int stride, int pad, int expect_h, int expect_w) {
     char full[160];
     snprintf(full, sizeof full, "%s [%d thread%s]", name, omp_get_max_threads(), omp_get_max_threads() == 1 ? "" : "s");
-    TEST_CASE(strdup(full)); /* the harness keeps the name until the next case */
+    TEST_CASE(full);
     ConvShape s = {.batch = batch, .in_channels = in_channels, .in_h = in_h, .in_w = in_w,
                    .out_channels = out_channels, .kernel_h = kernel_h, .kernel_w = kernel_w,
                    .stride = stride, .pad = pad};

@@ -111,7 +111,7 @@ static const char *small_spec(char *buf, size_t size, const char *kind, const ch
 static void test_resume(const char *root, const char *kind, const char *teacher, char *weights_out) {
     char name[128], spec[2048], a[512], b[512], c[512], err[ERR_LEN];
     snprintf(name, sizeof name, "%s: stopped at step 7 and resumed == uninterrupted, bit for bit", kind);
-    TEST_CASE(strdup(name));
+    TEST_CASE(name);
     small_spec(spec, sizeof spec, kind, teacher);
     snprintf(a, sizeof a, "%s/%s-a", root, kind);
     snprintf(b, sizeof b, "%s/%s-b", root, kind);
