@@ -920,6 +920,8 @@ int main(void) {
      * any stride but 1, through W^T . dout and col2im */
     test_conv("conv 3x3 s1 p1, 4 -> 4 (input gradient and dW from the im2col of dout)", 2, 4, 6, 6, 4, 3, 3, 1, 1, 6,
               6);
+    test_conv("conv 3x3 s1 p0 (input gradient as a conv padded 2)", 2, 3, 6, 5, 4, 3, 3, 1, 0, 4, 3);
+    test_conv("conv 5x5 s1 p2 (input gradient as a conv, 25 taps)", 2, 2, 6, 7, 3, 5, 5, 1, 2, 6, 7);
     test_conv("conv 3x3 s1 p1, 2 -> 256 (input gradient through W^T . dout)", 1, 2, 4, 3, 256, 3, 3, 1, 1, 4, 3);
     }
 
