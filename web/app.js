@@ -1305,6 +1305,9 @@
           /* from the last step again: its evaluation may have come after its loss */
           await loadMetrics(id, data, Math.max(-1, data.maxStep - 1), null, stop);
           if (destroyed) return;
+          /* the daemon stores a job's step every few dozen steps; its metrics
+           * are newer, as over SSE, where each metric moves the step */
+          if (job.state === 'running' && data.maxStep > job.step) job.step = data.maxStep;
           markDirty();
           if (TERMINAL.has(job.state)) {
             live = 'finished';
