@@ -49,16 +49,42 @@ static ConvShape conv_input_grad_shape(const ConvShape *s) {
     return t;
 }
 
-/* Floats of one zero-bordered input plane, for im2col. */
+/* im2col copies rows in blocks of COPY_BLOCK floats, rounding each row's
+ * length up: a row's tail is garbage that the next row overwrites, since
+ * rows are written in order, and the last row's lands in COPY_BLOCK floats
+ * of slack after the column matrix. Reads round up the same way, into the
+ * slack after the phase planes. */
+#define COPY_BLOCK 8
+/* one unaligned vector load or store */
+typedef float Block __attribute__((vector_size(COPY_BLOCK * sizeof(float)), aligned(sizeof(float)), may_alias));
+
+/* The zero-bordered input plane im2col reads from, split by column into
+ * `stride` phase planes (phase p holds the padded columns p, p+stride, ...),
+ * so that every row of the column matrix is a contiguous copy: tap kw of
+ * output column ow reads padded column ow*stride+kw, which is column
+ * ow + kw/stride of phase kw%stride. */
+typedef struct {
+    int rows, cols; /* of each phase plane */
+    size_t plane;   /* floats of each */
+} Phases;
+
+static Phases conv_phases(const ConvShape *s) {
+    Phases p = {.rows = s->in_h + 2 * s->pad};
+    p.cols = (s->in_w + 2 * s->pad + s->stride - 1) / s->stride;
+    p.plane = (size_t)p.rows * p.cols;
+    return p;
+}
+
+/* Floats of the phase planes and their slack, for im2col. */
 static size_t conv_padded_plane(const ConvShape *s) {
-    return s->pad ? (size_t)(s->in_h + 2 * s->pad) * (s->in_w + 2 * s->pad) : 0;
+    return (size_t)s->stride * conv_phases(s).plane + COPY_BLOCK;
 }
 
 /* Per thread: im2col of one image; the column gradient, or the im2col of
  * dout when the input gradient is a convolution; a private dW when several
  * threads share the batch or when dW comes from the im2col of dout (then as
  * (Cout, KH*KW reversed, Cin), put in order when the partials are summed);
- * and one zero-bordered plane. */
+ * and the phase planes. Each column matrix has COPY_BLOCK floats of slack. */
 typedef struct {
     size_t col, dcol, dw, padded, per_thread;
 } ConvScratch;
@@ -67,13 +93,13 @@ static ConvScratch conv_scratch_layout(const ConvShape *s, int threads) {
     ConvScratch l = {0};
     const size_t kk = (size_t)s->kernel_h * s->kernel_w;
     if (!conv_is_pointwise(s)) {
-        l.col = s->in_channels * kk * s->out_h * s->out_w;
+        l.col = s->in_channels * kk * s->out_h * s->out_w + COPY_BLOCK;
         l.dcol = l.col;
         l.padded = conv_padded_plane(s);
     }
     if (conv_input_grad_is_conv(s)) {
         const ConvShape t = conv_input_grad_shape(s);
-        l.dcol = s->out_channels * kk * s->in_h * s->in_w;
+        l.dcol = s->out_channels * kk * s->in_h * s->in_w + COPY_BLOCK;
         if (conv_padded_plane(&t) > l.padded) l.padded = conv_padded_plane(&t);
     }
     if (threads > 1 || conv_input_grad_is_conv(s)) l.dw = s->out_channels * s->in_channels * kk;
@@ -99,34 +125,49 @@ static void conv_valid_columns(const ConvShape *s, int kw, int *lo, int *hi) {
 }
 
 /* col: (Cin*KH*KW, Ho*Wo) from one image (Cin, H, W). Each plane is first
- * copied inside a zero border (into `padded`, conv_padded_plane floats), so
- * that every row of col is a plain strided copy. */
-static void im2col(float *col, const float *img, const ConvShape *s, float *padded) {
+ * copied inside a zero border into its phase planes (`padded`,
+ * conv_padded_plane floats), then every row of col is a run of contiguous
+ * copies, written in order (see COPY_BLOCK). gcc would turn each row's block
+ * loop back into a call to memcpy, which costs more than the copy for rows
+ * this short, hence the pragma. */
+#pragma GCC push_options
+#pragma GCC optimize("no-tree-loop-distribute-patterns")
+static void im2col(float *restrict col, const float *img, const ConvShape *s, float *restrict padded) {
     const int ho = s->out_h, wo = s->out_w, stride = s->stride, pad = s->pad;
-    const int pw = s->in_w + 2 * pad;
-    if (pad) memset(padded, 0, conv_padded_plane(s) * sizeof(float));
+    const Phases ph = conv_phases(s);
+    /* a kernel narrower than the stride reads only some phases, and rows */
+    const int phases = s->kernel_w < stride ? s->kernel_w : stride;
+    memset(padded, 0, phases * ph.plane * sizeof(float));
+    float *dst = col;
     for (int c = 0; c < s->in_channels; c++) {
         const float *plane = img + (size_t)c * s->in_h * s->in_w;
-        if (pad) {
-            for (int h = 0; h < s->in_h; h++)
-                memcpy(padded + (size_t)(h + pad) * pw + pad, plane + (size_t)h * s->in_w, sizeof(float) * s->in_w);
-            plane = padded;
-        }
-        for (int kh = 0; kh < s->kernel_h; kh++) {
-            float *rows = col + ((size_t)c * s->kernel_h + kh) * s->kernel_w * ho * wo;
-            for (int oh = 0; oh < ho; oh++) {
-                const float *src = plane + (size_t)(oh * stride + kh) * pw;
-                for (int kw = 0; kw < s->kernel_w; kw++) {
-                    float *dst = rows + ((size_t)kw * ho + oh) * wo;
-                    if (stride == 1)
-                        for (int ow = 0; ow < wo; ow++) dst[ow] = src[ow + kw];
-                    else
-                        for (int ow = 0; ow < wo; ow++) dst[ow] = src[ow * stride + kw];
-                }
+        for (int h = 0; h < s->in_h; h++) {
+            if ((h + pad) % stride >= s->kernel_h) continue;
+            const float *src = plane + (size_t)h * s->in_w;
+            float *row = padded + (size_t)(h + pad) * ph.cols;
+            if (stride == 1) {
+                memcpy(row + pad, src, sizeof(float) * s->in_w);
+                continue;
+            }
+            for (int p = 0; p < phases; p++) { /* phase p, column j: input column j*stride + p - pad */
+                float *to = row + (size_t)p * ph.plane;
+                const int lo = p >= pad ? 0 : (pad - p + stride - 1) / stride;
+                const int last = s->in_w - 1 + pad - p, hi = last < 0 ? -1 : last / stride;
+                for (int j = lo; j <= hi; j++) to[j] = src[j * stride + p - pad];
             }
         }
+        for (int kh = 0; kh < s->kernel_h; kh++)
+            for (int kw = 0; kw < s->kernel_w; kw++) {
+                const float *src = padded + (size_t)(kw % stride) * ph.plane + (size_t)kh * ph.cols + kw / stride;
+                for (int oh = 0; oh < ho; oh++, dst += wo) {
+                    const float *from = src + (size_t)oh * stride * ph.cols;
+                    for (int i = 0; i < wo; i += COPY_BLOCK) *(Block *)(dst + i) = *(const Block *)(from + i);
+                }
+            }
     }
 }
+
+#pragma GCC pop_options
 
 /* img += col2im(col) */
 static void col2im_add(float *img, const float *col, const ConvShape *s) {

@@ -913,6 +913,7 @@ int main(void) {
     test_conv("conv 3x3 s1 p1", 2, 2, 5, 4, 3, 3, 3, 1, 1, 5, 4);
     test_conv("conv 3x3 s2 p1", 2, 3, 7, 6, 2, 3, 3, 2, 1, 4, 3);
     test_conv("conv 7x7 s2 p3 (stem)", 2, 3, 9, 8, 2, 7, 7, 2, 3, 5, 4);
+    test_conv("conv 2x2 s3 p1 (im2col skips a phase and a row in three)", 2, 2, 7, 8, 3, 2, 2, 3, 1, 3, 3);
     test_conv("conv 3x5 s2 p2 (non-square kernel and image)", 2, 2, 6, 9, 3, 3, 5, 2, 2, 4, 5);
     test_conv("conv 5x3 s1 p0 (non-square, no padding)", 3, 2, 7, 5, 2, 5, 3, 1, 0, 3, 3);
     /* the input gradient of a stride-1 conv is a conv of dout, and dW comes
