@@ -5,7 +5,11 @@
 #
 # Every measurement (one kind of step, one model, one thread count) runs in its own process, so
 # the peak RSS reported is that measurement's. distilld runs as it is (it picks its own OpenBLAS
-# core); PyTorch runs with OPENBLAS_NUM_THREADS=1 and, when installed, jemalloc with decay off.
+# core, or keeps the environment's OPENBLAS_CORETYPE); PyTorch runs with OPENBLAS_NUM_THREADS=1
+# and, when installed, jemalloc with decay off. When the environment pins OpenBLAS's core
+# (OPENBLAS_CORETYPE), distilld is also timed without the pin (OPENBLAS_CORETYPE and
+# OPENBLAS_L2_SIZE unset for that process alone), in two more columns: PyTorch's oneDNN never
+# reads the pin, so those columns compare the same instruction set on both sides.
 # Environment: BENCH_THREADS (default "1 2"), BENCH_BATCH (default 128), BENCH_QUICK=1 (one
 # warm-up and one timed step each: a smoke test of the script, not a measurement).
 # Raw JSON lines go to $BUILD/bench/results.jsonl. Exits 1 if any measurement process failed.
@@ -62,19 +66,21 @@ start=$(date +%s)
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 read -r _ u0 n0 s0 i0 w0 q0 sq0 st0 _ < /proc/stat
 
+PINNED=${OPENBLAS_CORETYPE:-}
+
 # run LABEL IMPL THREADS CMD...: one measurement process; its JSON line, tagged, into $RESULTS
 run() {
     local label=$1 impl=$2 threads=$3
     shift 3
     local log=$OUT/last.err out line
-    printf '  %-20s %-8s %-8s %s thread(s) ... ' "$label" "$kind" "$impl" "$threads" >&2
+    printf '  %-20s %-8s %-9s %s thread(s) ... ' "$label" "$kind" "$impl" "$threads" >&2
     if out=$("$@" 2>"$log") && line=$(printf '%s\n' "$out" | tail -n 1) && [ "${line:0:1}" = "{" ]; then
-        echo "${line%\}}, \"label\": \"$label\"}" >> "$RESULTS"
+        echo "${line%\}}, \"label\": \"$label\", \"run\": \"$impl\"}" >> "$RESULTS"
         echo "$line" | sed -n 's/.*"images_per_second": \([0-9.]*\).*/\1 img\/s/p' >&2
     else
         echo "FAILED" >&2
         sed 's/^/    /' "$log" >&2
-        echo "{\"impl\": \"$impl\", \"kind\": \"$kind\", \"threads\": $threads, \"label\": \"$label\", \"failed\": true}" >> "$RESULTS"
+        echo "{\"impl\": \"$impl\", \"run\": \"$impl\", \"kind\": \"$kind\", \"threads\": $threads, \"label\": \"$label\", \"failed\": true}" >> "$RESULTS"
         failed=1
     fi
 }
@@ -88,6 +94,7 @@ for threads in $THREADS; do
         [ "$teacher" != "-" ] && args+=("$teacher")
         args+=(--batch "$BATCH" --threads "$threads" --iters "$iters" --warmup "$warmup")
         run "$label" distilld "$threads" "$BENCH" "${args[@]}"
+        [ -n "$PINNED" ] && run "$label" unpinned "$threads" env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$BENCH" "${args[@]}"
         run "$label" pytorch "$threads" env "${TORCH_ENV[@]}" "$PY" tests/bench_torch.py "${args[@]}"
     done
 done
@@ -137,6 +144,12 @@ if ${CC:-cc} -O2 -o "$OUT/sgemm_ceiling" "$OUT/sgemm_ceiling.c" -lopenblas 2>"$O
 else
     sed 's/^/    /' "$OUT/last.err" >&2
 fi
+if [ -n "$PINNED" ] && [ -x "$OUT/sgemm_ceiling" ]; then
+    if c=$(env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$OUT/sgemm_ceiling" 2048); then
+        set -- $c
+        CEILING="$CEILING; unpinned $3 on 1 thread, $4 on 2 (core $2)"
+    fi
+fi
 
 # how busy the machine was with other work: all CPU time spent minus this script's children
 read -r _ u1 n1 s1 i1 w1 q1 sq1 st1 _ < /proc/stat
@@ -159,22 +172,29 @@ for r in rows:
     if k not in by:
         keys.append(k)
         by[k] = {}
-    by[k][r["impl"]] = r
+    by[k][r.get("run", r["impl"])] = r
 def f(r, key, fmt):
     if r is None or r.get("failed"):
         return "FAIL"
     return fmt % r[key]
+def ratio(d, t):
+    ok = d and t and not d.get("failed") and not t.get("failed")
+    return "%.2f" % (d["images_per_second"] / t["images_per_second"]) if ok else "-"
+unpinned = any("unpinned" in v for v in by.values())
 hdr = ["config", "kind", "thr", "distilld img/s", "PyTorch img/s", "ratio", "distilld GFLOP/s",
        "sgemm GFLOP/s", "% of sgemm", "distilld MB", "PyTorch MB"]
+if unpinned:
+    hdr += ["unpinned img/s", "ratio"]
 table = []
 for k in keys:
-    d, t = by[k].get("distilld"), by[k].get("pytorch")
-    ok = d and t and not d.get("failed") and not t.get("failed")
-    ratio = "%.2f" % (d["images_per_second"] / t["images_per_second"]) if ok else "-"
+    d, t, u = by[k].get("distilld"), by[k].get("pytorch"), by[k].get("unpinned")
     share = "%.0f" % (100 * d["gflops"] / d["sgemm_gflops"]) if d and not d.get("failed") else "-"
     table.append([k[0], k[1], str(k[2]), f(d, "images_per_second", "%.1f"), f(t, "images_per_second", "%.1f"),
-                  ratio, f(d, "gflops", "%.1f"), f(d, "sgemm_gflops", "%.1f"), share, f(d, "peak_rss_mb", "%.0f"),
+                  ratio(d, t), f(d, "gflops", "%.1f"), f(d, "sgemm_gflops", "%.1f"), share, f(d, "peak_rss_mb", "%.0f"),
                   f(t, "peak_rss_mb", "%.0f")])
+    if unpinned:
+        table[-1] += [f(u, "images_per_second", "%.1f"), ratio(u, t)]
+
 w = [max([len(hdr[i])] + [len(r[i]) for r in table]) for i in range(len(hdr))]
 line = lambda cells: "| " + " | ".join(c.ljust(w[i]) if i < 2 else c.rjust(w[i]) for i, c in enumerate(cells)) + " |"
 print()
@@ -182,6 +202,9 @@ print(line(hdr))
 print("|" + "|".join(("-" * (w[i] + 1) + ":") if i >= 2 else "-" * (w[i] + 2) for i in range(len(hdr))) + "|")
 for r in table:
     print(line(r))
+blas = sorted({r["blas"] for r in rows if r.get("run") == "unpinned" and "blas" in r})
+if blas:
+    print("\nunpinned runs: " + "; ".join(blas))
 EOF
 
 echo
@@ -191,6 +214,7 @@ echo "sgemm GFLOP/s: the same FLOPs over the time OpenBLAS alone takes for the s
 echo "  shapes and threading (bench.c, best of 3): the ceiling for this step; % of sgemm = distilld / it."
 echo "machine:  $CPU, $(nproc) cores ($FLAGS), $(uname -r)"
 echo "distilld: ${BLAS_LINE:-OpenBLAS core unknown}"
+[ -n "$PINNED" ] && echo "unpinned: distilld with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset (the environment sets OPENBLAS_CORETYPE=$PINNED)"
 echo "PyTorch:  $("$PY" -c 'import torch; print(torch.__version__)'), OPENBLAS_NUM_THREADS=1, $ALLOC"
 echo "sgemm:    $CEILING"
 echo "load avg: $load_start at start, $(cut -d' ' -f1-3 /proc/loadavg) at end; other processes used ~$OTHERS % of the CPU time during the run"
