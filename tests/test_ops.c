@@ -244,6 +244,32 @@ static void conv_reference(double *out, const double *in, const double *w, const
                 }
 }
 
+/* The gradients of dot(r, conv(in, w)) by the direct sum, plus GRAD_PREFILL:
+ * for images too large for finite differences. */
+static void conv_reference_backward(double *din, double *dw, const double *r, const double *in, const double *w,
+                                    const ConvShape *s) {
+    const size_t n_in = (size_t)s->batch * s->in_channels * s->in_h * s->in_w;
+    const size_t n_w = (size_t)s->out_channels * s->in_channels * s->kernel_h * s->kernel_w;
+    for (size_t i = 0; i < n_in; i++) din[i] = GRAD_PREFILL;
+    for (size_t i = 0; i < n_w; i++) dw[i] = GRAD_PREFILL;
+    for (int b = 0; b < s->batch; b++)
+        for (int o = 0; o < s->out_channels; o++)
+            for (int y = 0; y < s->out_h; y++)
+                for (int x = 0; x < s->out_w; x++) {
+                    const double g = r[((b * s->out_channels + o) * s->out_h + y) * s->out_w + x];
+                    for (int c = 0; c < s->in_channels; c++)
+                        for (int i = 0; i < s->kernel_h; i++)
+                            for (int j = 0; j < s->kernel_w; j++) {
+                                int iy = y * s->stride - s->pad + i, ix = x * s->stride - s->pad + j;
+                                if (iy < 0 || iy >= s->in_h || ix < 0 || ix >= s->in_w) continue;
+                                const size_t at = ((size_t)(b * s->in_channels + c) * s->in_h + iy) * s->in_w + ix;
+                                const size_t wi = ((size_t)(o * s->in_channels + c) * s->kernel_h + i) * s->kernel_w + j;
+                                din[at] += g * w[wi];
+                                dw[wi] += g * in[at];
+                            }
+                }
+}
+
 typedef struct {
     ConvShape shape;
     double *in;      /* (B, Cin, H, W) */
@@ -317,14 +343,28 @@ static void test_conv(const char *name, int batch, int in_channels, int in_h, in
     fill_constant(dw, n_w, GRAD_PREFILL);
     if (scratch) fill_constant(scratch, n_scratch, OUT_GARBAGE); /* backward must not rely on forward's */
     conv2d_backward(din, dw, r, in, w, &s, scratch);
-    check_gradient("conv d/d input", conv_objective, &p, p.in, n_in, din);
-    check_gradient("conv d/d weight", conv_objective, &p, p.w, n_w, dw);
+    /* finite differences cost a convolution per input: small problems only;
+     * they also vouch for the direct sums that check the large ones */
+    if ((double)n_in * n_out * in_channels * kernel_h * kernel_w < 1e9) {
+        check_gradient("conv d/d input", conv_objective, &p, p.in, n_in, din);
+        check_gradient("conv d/d weight", conv_objective, &p, p.w, n_w, dw);
+    }
+    double *din_ref = new_doubles(n_in), *dw_ref = new_doubles(n_w);
+    conv_reference_backward(din_ref, dw_ref, p.r, p.in, p.w, &s);
+    check_forward("conv d/d input by the direct sum", din, din_ref, n_in);
+    check_forward("conv d/d weight by the direct sum", dw, dw_ref, n_w);
 
-    /* the image needs no gradient: din NULL still gives the same dw */
+    /* the image needs no gradient: din NULL still gives dw, the same one
+     * unless din took the input gradient as a convolution: then dw came from
+     * the im2col of dout, and without din it comes from the input's, a
+     * different order of the same sums */
     float *dw_only = new_floats(n_w);
     fill_constant(dw_only, n_w, GRAD_PREFILL);
     conv2d_backward(NULL, dw_only, r, in, w, &s, scratch);
-    check_same("conv d/d weight with din NULL", dw_only, dw, n_w);
+    if (conv_input_grad_is_conv(&s))
+        check_forward("conv d/d weight with din NULL", dw_only, dw_ref, n_w);
+    else
+        check_same("conv d/d weight with din NULL", dw_only, dw, n_w);
 
     size_t overrun = 0;
     for (size_t i = 0; scratch && i < CANARY; i++) overrun += scratch[n_scratch + i] != -12345.0f;
@@ -914,6 +954,8 @@ int main(void) {
     test_conv("conv 3x3 s2 p1", 2, 3, 7, 6, 2, 3, 3, 2, 1, 4, 3);
     test_conv("conv 7x7 s2 p3 (stem)", 2, 3, 9, 8, 2, 7, 7, 2, 3, 5, 4);
     test_conv("conv 2x2 s3 p1 (im2col skips a phase and a row in three)", 2, 2, 7, 8, 3, 2, 2, 3, 1, 3, 3);
+    /* large enough that only the direct sums check the gradients */
+    test_conv("conv 3x3 s1 p1, 8 -> 8 at 40x48", 2, 8, 40, 48, 8, 3, 3, 1, 1, 40, 48);
     test_conv("conv 3x5 s2 p2 (non-square kernel and image)", 2, 2, 6, 9, 3, 3, 5, 2, 2, 4, 5);
     test_conv("conv 5x3 s1 p0 (non-square, no padding)", 3, 2, 7, 5, 2, 5, 3, 1, 0, 3, 3);
     /* the input gradient of a stride-1 conv is a conv of dout, and dW comes
