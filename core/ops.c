@@ -441,8 +441,9 @@ int pool_shape_init(PoolShape *s) {
 }
 
 void maxpool_forward(float *out, int32_t *argmax, const float *in, const PoolShape *s) {
-    const size_t planes = (size_t)s->batch * s->channels;
-    for (size_t p = 0; p < planes; p++) {
+    const long planes = (long)s->batch * s->channels;
+#pragma omp parallel for schedule(static)
+    for (long p = 0; p < planes; p++) {
         const float *x = in + p * s->in_h * s->in_w;
         for (int oh = 0; oh < s->out_h; oh++) {
             for (int ow = 0; ow < s->out_w; ow++) {
@@ -469,9 +470,10 @@ void maxpool_forward(float *out, int32_t *argmax, const float *in, const PoolSha
 }
 
 void maxpool_backward(float *din, const float *dout, const int32_t *argmax, const PoolShape *s) {
-    const size_t planes = (size_t)s->batch * s->channels;
+    const long planes = (long)s->batch * s->channels;
     const size_t out_plane = (size_t)s->out_h * s->out_w, in_plane = (size_t)s->in_h * s->in_w;
-    for (size_t p = 0; p < planes; p++)
+#pragma omp parallel for schedule(static)
+    for (long p = 0; p < planes; p++)
         for (size_t o = 0; o < out_plane; o++) {
             int32_t a = argmax[p * out_plane + o];
             if (a >= 0) din[p * in_plane + a] += dout[p * out_plane + o];
@@ -481,7 +483,8 @@ void maxpool_backward(float *din, const float *dout, const int32_t *argmax, cons
 /* ------------------------------------------------------ global avg pool */
 
 void avgpool_forward(float *out, const float *in, int batch, int channels, int hw) {
-    for (size_t p = 0; p < (size_t)batch * channels; p++) {
+#pragma omp parallel for schedule(static)
+    for (long p = 0; p < (long)batch * channels; p++) {
         double sum = 0.0;
         for (int i = 0; i < hw; i++) sum += in[p * hw + i];
         out[p] = (float)(sum / hw);
@@ -489,7 +492,8 @@ void avgpool_forward(float *out, const float *in, int batch, int channels, int h
 }
 
 void avgpool_backward(float *din, const float *dout, int batch, int channels, int hw) {
-    for (size_t p = 0; p < (size_t)batch * channels; p++) {
+#pragma omp parallel for schedule(static)
+    for (long p = 0; p < (long)batch * channels; p++) {
         float g = dout[p] / hw;
         for (int i = 0; i < hw; i++) din[p * hw + i] += g;
     }
