@@ -24,10 +24,14 @@ typedef struct {
 int conv_shape_init(ConvShape *s);
 /* Floats of scratch the conv needs with omp_get_max_threads() threads: per
  * thread an im2col of one image and its gradient (none for a 1x1 stride-1
- * unpadded conv), plus a private dW when there is more than one thread.
- * Convolutions split the batch across OpenMP threads; each GEMM is
- * single-threaded and sized to stay in cache. */
+ * unpadded conv on images of 256 pixels or more), plus a private dW when
+ * there is more than one thread. Convolutions split the batch across OpenMP
+ * threads; each GEMM is single-threaded and sized to stay in cache. */
 size_t conv_scratch_size(const ConvShape *s);
+/* Images side by side in one forward GEMM with `threads` threads: 1, or for
+ * images of fewer than 256 output pixels up to 16, so that the GEMM has
+ * about 256 columns, while every thread still gets a group. */
+int conv_group(const ConvShape *s, int threads);
 
 void conv2d_forward(float *out,        /* (B, Cout, Ho, Wo); += when accumulate (a residual unit's last conv) */
                     const float *in,   /* (B, Cin, H, W) */

@@ -61,8 +61,9 @@ static double forward_flops(const Model *m) {
 }
 
 /* Seconds that OpenBLAS alone needs for the GEMMs of a step's convolutions,
- * at the shapes the step runs them: per image, the batch split over the
- * threads as conv2d_forward/backward split it, forward (W . col) and, for a
+ * at the shapes the step runs them: per image (or group of images,
+ * conv_group), the batch split over the threads as conv2d_forward/backward
+ * split it, forward (W . col) and, for a
  * training step, the backward products conv2d_backward runs: dout . col^T
  * and W^T . dout, or, where the input gradient is a convolution
  * (conv_input_grad_is_conv), the two products on the im2col of dout; the
@@ -76,22 +77,29 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward) {
         const int M = s->out_channels, N = s->out_h * s->out_w, K = s->in_channels * s->kernel_h * s->kernel_w;
         const int kk = s->kernel_h * s->kernel_w, cin = s->in_channels, hw = s->in_h * s->in_w;
         const int grad_conv = i > 0 && conv_input_grad_is_conv(s);
-        const size_t cols = grad_conv && (size_t)M * kk * hw > (size_t)K * N ? (size_t)M * kk * hw : (size_t)K * N;
+        const int group = conv_group(s, threads), groups = (batch + group - 1) / group;
+        size_t cols = grad_conv && (size_t)M * kk * hw > (size_t)K * N ? (size_t)M * kk * hw : (size_t)K * N;
+        if ((size_t)K * N * group > cols) cols = (size_t)K * N * group;
         float *w = xcalloc((size_t)M * K, sizeof(float));
         float *col = xcalloc((size_t)threads * cols, sizeof(float));
         float *dcol = xcalloc((size_t)threads * cols, sizeof(float));
-        float *out = xcalloc((size_t)threads * M * N, sizeof(float)), *dw = xcalloc((size_t)threads * M * K, sizeof(float));
+        float *out = xcalloc((size_t)threads * M * N * group, sizeof(float));
+        float *dw = xcalloc((size_t)threads * M * K, sizeof(float));
         for (size_t j = 0; j < (size_t)M * K; j++) w[j] = 0.01f * (float)(j % 13);
         for (size_t j = 0; j < (size_t)threads * cols; j++) col[j] = 0.01f * (float)(j % 7);
         double best = 1e30;
         for (int rep = 0; rep < 3; rep++) {
             double t0 = now_seconds();
 #pragma omp parallel for schedule(static)
-            for (int b = 0; b < batch; b++) {
+            for (int g = 0; g < groups; g++) {
+                const int t = omp_get_thread_num(), n = (batch - g * group < group ? batch - g * group : group) * N;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, n, K, 1.0f, w, K, col + (size_t)t * cols, n,
+                            0.0f, out + (size_t)t * M * N * group, n);
+            }
+#pragma omp parallel for schedule(static)
+            for (int b = 0; b < (backward ? batch : 0); b++) { /* backward: per image */
                 const int t = omp_get_thread_num();
-                float *c = col + (size_t)t * cols, *o = out + (size_t)t * M * N, *d = dcol + (size_t)t * cols;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, w, K, c, N, 0.0f, o, N);
-                if (!backward) continue;
+                float *c = col + (size_t)t * cols, *o = out + (size_t)t * M * N * group, *d = dcol + (size_t)t * cols;
                 if (grad_conv) { /* c stands for the im2col of dout, d for the input and its gradient */
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M * kk, cin, hw, 1.0f, c, hw, d, hw, 1.0f,
                                 dw + (size_t)t * M * K, cin);

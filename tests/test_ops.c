@@ -189,9 +189,10 @@ static void test_shapes(void) {
                       .kernel_h = 3, .kernel_w = 5, .stride = 2, .pad = 2};
     CHECK(conv_shape_init(&rect) == 0 && rect.out_h == 4 && rect.out_w == 5, "3x5 s2 p2 on 6x9: %dx%d",
           rect.out_h, rect.out_w);
-    ConvShape point = {.batch = 4, .in_channels = 16, .in_h = 7, .in_w = 9, .out_channels = 32,
+    /* at least 256 (GROUP_COLUMNS) pixels: one image per GEMM, read in place */
+    ConvShape point = {.batch = 4, .in_channels = 16, .in_h = 16, .in_w = 17, .out_channels = 32,
                        .kernel_h = 1, .kernel_w = 1, .stride = 1, .pad = 0};
-    CHECK(conv_shape_init(&point) == 0 && point.out_h == 7 && point.out_w == 9, "1x1 s1: %dx%d", point.out_h,
+    CHECK(conv_shape_init(&point) == 0 && point.out_h == 16 && point.out_w == 17, "1x1 s1: %dx%d", point.out_h,
           point.out_w);
     omp_set_num_threads(1);
     CHECK(conv_scratch_size(&point) == 0, "pointwise conv on one thread must need no scratch, got %zu",
@@ -199,7 +200,13 @@ static void test_shapes(void) {
     omp_set_num_threads(2);
     CHECK(conv_scratch_size(&point) == (size_t)2 * 32 * 16,
           "pointwise conv on two threads needs only their private dW (2 x 32 x 16), got %zu", conv_scratch_size(&point));
-    ConvShape padded_point = point;
+    /* fewer pixels: several images side by side per GEMM, copied */
+    ConvShape small_point = point;
+    small_point.in_h = 7, small_point.in_w = 9;
+    CHECK(conv_shape_init(&small_point) == 0 && conv_scratch_size(&small_point) >= (size_t)4 * 16 * 63,
+          "pointwise conv on 7x9 images needs room for the batch side by side, got %zu",
+          conv_scratch_size(&small_point));
+    ConvShape padded_point = small_point;
     padded_point.pad = 1;
     CHECK(conv_shape_init(&padded_point) == 0 && padded_point.out_h == 9 && padded_point.out_w == 11,
           "1x1 s1 p1: %dx%d", padded_point.out_h, padded_point.out_w);
@@ -302,7 +309,8 @@ static void test_conv(const char *name, int batch, int in_channels, int in_h, in
     const size_t n_w = (size_t)out_channels * in_channels * kernel_h * kernel_w;
     const size_t n_out = (size_t)batch * out_channels * s.out_h * s.out_w;
     const size_t n_col = (size_t)in_channels * kernel_h * kernel_w * s.out_h * s.out_w;
-    const int pointwise = kernel_h == 1 && kernel_w == 1 && stride == 1 && pad == 0;
+    /* read in place: pointwise, on images of at least 256 (GROUP_COLUMNS) pixels */
+    const int pointwise = kernel_h == 1 && kernel_w == 1 && stride == 1 && pad == 0 && in_h * in_w >= 256;
     const size_t n_scratch = conv_scratch_size(&s);
     if (pointwise && omp_get_max_threads() == 1)
         CHECK(n_scratch == 0, "pointwise conv on one thread must need no scratch, got %zu", n_scratch);
@@ -947,7 +955,8 @@ int main(void) {
     for (int threads = 1; threads <= 2; threads++) {
     omp_set_num_threads(threads);
     /*        name                                     B Cin  H  W Cout KH KW  s  p  Ho Wo */
-    test_conv("conv 1x1 s1 p0 (pointwise, no im2col)", 2, 3, 4, 5, 4, 1, 1, 1, 0, 4, 5);
+    test_conv("conv 1x1 s1 p0 (pointwise, no im2col)", 2, 3, 16, 17, 4, 1, 1, 1, 0, 16, 17);
+    test_conv("conv 1x1 s1 p0 on 4x5 (pointwise, images side by side)", 3, 3, 4, 5, 4, 1, 1, 1, 0, 4, 5);
     test_conv("conv 1x1 s2 p0 (projection shortcut)", 2, 3, 5, 6, 2, 1, 1, 2, 0, 3, 3);
     test_conv("conv 1x1 s1 p1 (padded, not pointwise)", 2, 2, 3, 4, 3, 1, 1, 1, 1, 5, 6);
     test_conv("conv 3x3 s1 p1", 2, 2, 5, 4, 3, 3, 3, 1, 1, 5, 4);
