@@ -119,7 +119,6 @@ static ConvScratch conv_scratch_layout(const ConvShape *s, int threads) {
     }
     if (group > 1) {
         l.col = s->in_channels * kk * n * group + COPY_BLOCK;
-        if (s->out_channels * n * group > l.dcol) l.dcol = s->out_channels * n * group;
         l.padded *= group;
     }
     if (conv_input_grad_is_conv(s)) {
@@ -127,6 +126,7 @@ static ConvScratch conv_scratch_layout(const ConvShape *s, int threads) {
         l.dcol = s->out_channels * kk * s->in_h * s->in_w + COPY_BLOCK;
         if (conv_padded_plane(&t) > l.padded) l.padded = conv_padded_plane(&t);
     }
+    if (group > 1 && s->out_channels * n * group > l.dcol) l.dcol = s->out_channels * n * group;
     if (threads > 1 || conv_input_grad_is_conv(s)) l.dw = s->out_channels * s->in_channels * kk;
     l.per_thread = l.col + l.dcol + l.dw + l.padded;
     return l;
