@@ -957,6 +957,8 @@ int main(void) {
     /*        name                                     B Cin  H  W Cout KH KW  s  p  Ho Wo */
     test_conv("conv 1x1 s1 p0 (pointwise, no im2col)", 2, 3, 16, 17, 4, 1, 1, 1, 0, 16, 17);
     test_conv("conv 1x1 s1 p0 on 4x5 (pointwise, images side by side)", 3, 3, 4, 5, 4, 1, 1, 1, 0, 4, 5);
+    test_conv("conv 3x3 s1 p1 on 3x4, 5 images (im2col side by side; on 2 threads 3 + 2)", 5, 2, 3, 4, 3, 3, 3,
+              1, 1, 3, 4);
     test_conv("conv 1x1 s2 p0 (projection shortcut)", 2, 3, 5, 6, 2, 1, 1, 2, 0, 3, 3);
     test_conv("conv 1x1 s1 p1 (padded, not pointwise)", 2, 2, 3, 4, 3, 1, 1, 1, 1, 5, 6);
     test_conv("conv 3x3 s1 p1", 2, 2, 5, 4, 3, 3, 3, 1, 1, 5, 4);
