@@ -5,7 +5,10 @@
  * GEMM; only images of a few pixels go several to a GEMM (conv_group). A 1x1
  * stride-1 convolution needs no im2col: the image is already the column
  * matrix. The backward pass of a stride-1 convolution takes both
- * gradients from one im2col, of dout (conv_input_grad_is_conv). Statistics
+ * gradients from one im2col, of dout (conv_input_grad_is_conv). A 3x3
+ * stride-1 pad-1 convolution, the workhorse of ResNet units, skips im2col
+ * altogether: it runs as Winograd F(2x2, 3x3), 16 GEMMs with 4/9 of the
+ * FLOPs (conv_is_winograd). Statistics
  * (GroupNorm, weight standardization) accumulate in double so that large
  * groups do not lose precision. */
 #include "ops.h"
@@ -36,10 +39,11 @@ static int conv_is_pointwise(const ConvShape *s) {
  * col2im scatter, and its im2col of dout also gives dW, so the input's im2col
  * is not rebuilt. Measured per 128 images, one thread, backward: 3x3 16->16
  * at 28x28 58 -> 37 ms, 64->64 at 16x16 178 -> 148 ms; but 256->256 at 4x4
- * 196 -> 227 ms, where the im2col of dout is mostly border. */
+ * 196 -> 227 ms, where the im2col of dout is mostly border. (Those 3x3
+ * pad-1 convolutions now run as Winograd, below; this path keeps the rest.) */
 int conv_input_grad_is_conv(const ConvShape *s) {
-    return !conv_is_pointwise(s) && s->stride == 1 && s->kernel_h == s->kernel_w && s->pad < s->kernel_h &&
-           s->out_channels < 256;
+    return !conv_is_pointwise(s) && !conv_is_winograd(s) && s->stride == 1 && s->kernel_h == s->kernel_w &&
+           s->pad < s->kernel_h && s->out_channels < 256;
 }
 
 static ConvShape conv_input_grad_shape(const ConvShape *s) {
@@ -108,8 +112,19 @@ typedef struct {
     size_t col, dcol, dw, padded, per_thread;
 } ConvScratch;
 
+static size_t wino_stride(const ConvShape *s, int rows);
+static size_t wino_work(const ConvShape *s);
+
 static ConvScratch conv_scratch_layout(const ConvShape *s, int threads) {
     ConvScratch l = {0};
+    if (conv_is_winograd(s)) { /* V, M and dU (16 matrices each), and the transforms' work */
+        l.col = 16 * wino_stride(s, s->in_channels);
+        l.dcol = 16 * wino_stride(s, s->out_channels);
+        l.dw = (size_t)16 * s->out_channels * s->in_channels;
+        l.padded = wino_work(s);
+        l.per_thread = l.col + l.dcol + l.dw + l.padded;
+        return l;
+    }
     const size_t kk = (size_t)s->kernel_h * s->kernel_w, n = (size_t)s->out_h * s->out_w;
     const int group = conv_group(s, 1); /* the largest, whatever the threads */
     if (!conv_is_pointwise(s)) {
@@ -136,7 +151,8 @@ static ConvScratch conv_scratch_layout(const ConvShape *s, int threads) {
 size_t conv_scratch_size(const ConvShape *s) {
     int threads = omp_get_max_threads();
     size_t flipped = 0;
-    if (conv_input_grad_is_conv(s)) flipped = (size_t)s->out_channels * s->in_channels * s->kernel_h * s->kernel_w;
+    if (conv_is_winograd(s)) flipped = (size_t)16 * s->out_channels * s->in_channels; /* U */
+    else if (conv_input_grad_is_conv(s)) flipped = (size_t)s->out_channels * s->in_channels * s->kernel_h * s->kernel_w;
     return (size_t)threads * conv_scratch_layout(s, threads).per_thread + flipped;
 }
 
@@ -222,7 +238,364 @@ static void col2im_add(float *img, const float *col, const ConvShape *s) {
     }
 }
 
+
+/* ------------------------------------------------ Winograd F(2x2, 3x3)
+ *
+ * A 3x3 stride-1 pad-1 convolution computes each 2x2 block of output pixels
+ * (a tile) from the 4x4 input patch around it. With the F(2x2, 3x3)
+ * transforms (Lavin and Gray, "Fast Algorithms for Convolutional Neural
+ * Networks", 2016) a tile takes 16 products per channel pair instead of 36:
+ *   out_tile = A^T [ (G w G^T) . (B^T patch B) ] A
+ * where . multiplies element by element. For each of the 16 elements xi the
+ * sum over input channels is a GEMM: M_xi (Cout, tiles) = U_xi (Cout, Cin) .
+ * V_xi (Cin, tiles), so a forward pass is an input transform, 16 GEMMs of
+ * 4/9 of the direct FLOPs, and an output transform. The backward pass is the
+ * exact gradient of that computation: dM_xi = A dout_tile A^T, then
+ * dU_xi += dM_xi . V_xi^T (dW = G^T dU G) and dV_xi = U_xi^T . dM_xi
+ * (din += B dV B^T, patches overlapping by two pixels). The transforms
+ * use only 0, +-1 and +-1/2, so results match direct convolution to a few
+ * float roundings.
+ *
+ * Tile (i, j) reads padded rows 2i..2i+3 and padded columns 2j..2j+3 (the
+ * zero border is padded row and column 0). Tiles are numbered u = i*tw + j
+ * within an image, images side by side (WINO_COLUMNS), so each xi's matrix
+ * row for a channel is count*tiles floats. The transforms run on whole rows
+ * of tiles as Block vectors, and like im2col they round lengths up to
+ * COPY_BLOCK and write in order, into slack at the end. */
+#define WINO_COLUMNS 256
+#define WINO_MIN_CHANNELS 8
+
+typedef int BlockMask __attribute__((vector_size(COPY_BLOCK * sizeof(int))));
+#define EVENS(a, b) __builtin_shuffle(a, b, (BlockMask){0, 2, 4, 6, 8, 10, 12, 14})
+#define ODDS(a, b) __builtin_shuffle(a, b, (BlockMask){1, 3, 5, 7, 9, 11, 13, 15})
+#define ZIP_LO(a, b) __builtin_shuffle(a, b, (BlockMask){0, 8, 1, 9, 2, 10, 3, 11})
+#define ZIP_HI(a, b) __builtin_shuffle(a, b, (BlockMask){4, 12, 5, 13, 6, 14, 7, 15})
+#define LOAD(p) (*(const Block *)(p))
+#define STORE(p, v) (*(Block *)(p) = (v))
+
+int conv_is_winograd(const ConvShape *s) {
+    return s->kernel_h == 3 && s->kernel_w == 3 && s->stride == 1 && s->pad == 1 &&
+           s->in_channels >= WINO_MIN_CHANNELS && s->out_channels >= WINO_MIN_CHANNELS;
+}
+
+typedef struct {
+    int th, tw, tiles; /* tiles per image: th rows of tw */
+    int row;           /* floats of a padded row buffer, rounded up, with slack */
+    size_t plane;      /* floats of one (th + 1) x tw plane of tile rows, with slack */
+} Tiles;
+
+static Tiles wino_tiles(const ConvShape *s) {
+    Tiles t = {.th = (s->out_h + 1) / 2, .tw = (s->out_w + 1) / 2};
+    t.tiles = t.th * t.tw;
+    const int tw_up = (t.tw + COPY_BLOCK - 1) / COPY_BLOCK * COPY_BLOCK;
+    t.row = 2 * tw_up + 2 * COPY_BLOCK;
+    t.plane = (size_t)(t.th + 1) * t.tw + COPY_BLOCK;
+    return t;
+}
+
+/* Images per GEMM, as conv_group: about WINO_COLUMNS tiles. */
+static int wino_group(const ConvShape *s, int threads) {
+    const int n = wino_tiles(s).tiles, share = (s->batch + threads - 1) / threads;
+    int g = (WINO_COLUMNS + n - 1) / n;
+    if (g > GROUP_IMAGES) g = GROUP_IMAGES;
+    return g < share ? g : share > 0 ? share : 1;
+}
+
+/* Floats between the 16 matrices of `rows` channels: a multiple of 16 that
+ * is not a multiple of 32, so that the 16 streams of a transform do not
+ * land in the same cache sets, and at least COPY_BLOCK of slack. */
+static size_t wino_stride(const ConvShape *s, int rows) {
+    size_t n = (size_t)rows * wino_group(s, 1) * wino_tiles(s).tiles + COPY_BLOCK;
+    n = (n + 15) / 16 * 16;
+    return n / 16 % 2 ? n : n + 16;
+}
+
+/* Work floats of the transforms: eight tile-row planes, two rows, and four
+ * rows of tiles between zeros. */
+static size_t wino_work(const ConvShape *s) {
+    const Tiles t = wino_tiles(s);
+    return 8 * t.plane + 2 * (size_t)t.row + 4 * (size_t)(t.tw + 2) + COPY_BLOCK;
+}
+
+/* U[xi] (m, c) = (G w G^T)[xi] for each kernel w[o][i] (3x3) */
+static void wino_weights(float *U, const float *w, int m, int c) {
+#pragma omp parallel for schedule(static)
+    for (int o = 0; o < m; o++)
+        for (int i = 0; i < c; i++) {
+            const float *g = w + ((size_t)o * c + i) * 9;
+            float t[4][3], u[4][4];
+            for (int k = 0; k < 3; k++) {
+                t[0][k] = g[k];
+                t[1][k] = 0.5f * (g[k] + g[3 + k] + g[6 + k]);
+                t[2][k] = 0.5f * (g[k] - g[3 + k] + g[6 + k]);
+                t[3][k] = g[6 + k];
+            }
+            for (int r = 0; r < 4; r++) {
+                u[r][0] = t[r][0];
+                u[r][1] = 0.5f * (t[r][0] + t[r][1] + t[r][2]);
+                u[r][2] = 0.5f * (t[r][0] - t[r][1] + t[r][2]);
+                u[r][3] = t[r][2];
+            }
+            for (int x = 0; x < 16; x++) U[((size_t)x * m + o) * c + i] = u[x / 4][x % 4];
+        }
+}
+
+/* dw[o][i] += G^T dU[o][i] G for the (o, i) pairs [lo, hi), dU summed over `parts` */
+static void wino_weight_grad(float *dw, const float *const *parts, int nparts, int m, int c, size_t lo, size_t hi) {
+    for (size_t p = lo; p < hi; p++) {
+        float d[16] = {0};
+        for (int u = 0; u < nparts; u++)
+            for (int x = 0; x < 16; x++) d[x] += parts[u][(size_t)x * m * c + p];
+        float t[3][4];
+        for (int k = 0; k < 4; k++) {
+            t[0][k] = d[k] + 0.5f * (d[4 + k] + d[8 + k]);
+            t[1][k] = 0.5f * (d[4 + k] - d[8 + k]);
+            t[2][k] = 0.5f * (d[4 + k] + d[8 + k]) + d[12 + k];
+        }
+        float *g = dw + p * 9;
+        for (int r = 0; r < 3; r++) {
+            g[3 * r + 0] += t[r][0] + 0.5f * (t[r][1] + t[r][2]);
+            g[3 * r + 1] += 0.5f * (t[r][1] - t[r][2]);
+            g[3 * r + 2] += 0.5f * (t[r][1] + t[r][2]) + t[r][3];
+        }
+    }
+}
+
+/* V[xi] (c, count*tiles), xi's matrices `sv` floats apart, from `count`
+ * images (c, h, w): per padded row the column transform (B^T along the row)
+ * into planes C[k][row parity], then per plane pair the row transform. */
+#pragma GCC push_options
+#pragma GCC optimize("no-tree-loop-distribute-patterns")
+static void wino_input(float *restrict V, size_t sv, const float *img, int count, const ConvShape *s,
+                       float *restrict work) {
+    const Tiles t = wino_tiles(s);
+    const int c = s->in_channels, h = s->in_h, w = s->in_w, tw = t.tw, n = count * t.tiles;
+    float *C = work, *row = work + 8 * t.plane;
+    memset(row, 0, t.row * sizeof(float));
+    for (int ci = 0; ci < c; ci++)
+        for (int g = 0; g < count; g++) {
+            const float *plane = img + ((size_t)g * c + ci) * h * w;
+            for (int r = 0; r < 2 * t.th + 2; r++) { /* padded row r: input row r - 1 */
+                float *dst = C + (size_t)(r & 1) * t.plane + (size_t)(r >> 1) * tw;
+                const size_t k1 = 2 * t.plane, k2 = 4 * t.plane, k3 = 6 * t.plane;
+                if (r == 0 || r > h) {
+                    for (int j = 0; j < tw; j += COPY_BLOCK) {
+                        const Block z = {0};
+                        STORE(dst + j, z), STORE(dst + k1 + j, z), STORE(dst + k2 + j, z), STORE(dst + k3 + j, z);
+                    }
+                    continue;
+                }
+                memcpy(row + 1, plane + (size_t)(r - 1) * w, w * sizeof(float));
+                for (int j = 0; j < tw; j += COPY_BLOCK) {
+                    const float *p = row + 2 * j;
+                    const Block a = LOAD(p), b = LOAD(p + COPY_BLOCK), a2 = LOAD(p + 2), b2 = LOAD(p + 2 + COPY_BLOCK);
+                    const Block e = EVENS(a, b), o = ODDS(a, b), e2 = EVENS(a2, b2), o2 = ODDS(a2, b2);
+                    STORE(dst + j, e - e2), STORE(dst + k1 + j, o + e2);
+                    STORE(dst + k2 + j, e2 - o), STORE(dst + k3 + j, o - o2);
+                }
+            }
+            float *v = V + (size_t)ci * n + (size_t)g * t.tiles;
+            for (int k = 0; k < 4; k++) {
+                const float *ce = C + (size_t)2 * k * t.plane, *co = ce + t.plane;
+                float *v0 = v + k * sv, *v1 = v0 + 4 * sv, *v2 = v1 + 4 * sv, *v3 = v2 + 4 * sv;
+                for (int u = 0; u < t.tiles; u += COPY_BLOCK) {
+                    const Block e0 = LOAD(ce + u), e1 = LOAD(ce + u + tw), o0 = LOAD(co + u), o1 = LOAD(co + u + tw);
+                    STORE(v0 + u, e0 - e1), STORE(v1 + u, o0 + e1), STORE(v2 + u, e1 - o0), STORE(v3 + u, o0 - o1);
+                }
+            }
+        }
+}
+
+/* out (count images of (m, h, w)) = or += A^T M A: the row sums into eight
+ * tile planes, then per row of tiles the column sums, interleaved into a
+ * row buffer and copied or added to the two output rows. */
+static void wino_output(float *out, const float *M, size_t sm, int count, const ConvShape *s, int accumulate,
+                        float *restrict work) {
+    const Tiles t = wino_tiles(s);
+    const int m = s->out_channels, h = s->out_h, w = s->out_w, tw = t.tw, n = count * t.tiles;
+    float *S = work, *row = work + 8 * t.plane;
+    for (int o = 0; o < m; o++)
+        for (int g = 0; g < count; g++) {
+            const float *q = M + (size_t)o * n + (size_t)g * t.tiles;
+            for (int k = 0; k < 4; k++) { /* S[k] = rows 0+1+2, S[4+k] = rows 1-2-3 */
+                const float *q0 = q + k * sm, *q1 = q0 + 4 * sm, *q2 = q1 + 4 * sm, *q3 = q2 + 4 * sm;
+                float *s0 = S + k * t.plane, *s1 = S + (4 + k) * t.plane;
+                for (int u = 0; u < t.tiles; u += COPY_BLOCK) {
+                    const Block a1 = LOAD(q1 + u), a2 = LOAD(q2 + u);
+                    STORE(s0 + u, LOAD(q0 + u) + a1 + a2), STORE(s1 + u, a1 - a2 - LOAD(q3 + u));
+                }
+            }
+            float *plane = out + ((size_t)g * m + o) * h * w;
+            for (int i = 0; i < t.th; i++)
+                for (int half = 0; half < 2 && 2 * i + half < h; half++) {
+                    const float *s0 = S + (size_t)4 * half * t.plane + (size_t)i * tw;
+                    const float *s1 = s0 + t.plane, *s2 = s1 + t.plane, *s3 = s2 + t.plane;
+                    for (int j = 0; j < tw; j += COPY_BLOCK) {
+                        const Block b1 = LOAD(s1 + j), b2 = LOAD(s2 + j);
+                        const Block even = LOAD(s0 + j) + b1 + b2, odd = b1 - b2 - LOAD(s3 + j);
+                        STORE(row + 2 * j, ZIP_LO(even, odd)), STORE(row + 2 * j + COPY_BLOCK, ZIP_HI(even, odd));
+                    }
+                    float *dst = plane + (size_t)(2 * i + half) * w;
+                    if (accumulate)
+                        for (int x = 0; x < w; x++) dst[x] += row[x];
+                    else
+                        memcpy(dst, row, w * sizeof(float));
+                }
+        }
+}
+
+/* dM[xi] (m, count*tiles) = A dout_tile A^T, from `count` images of dout (m, h, w) */
+static void wino_output_grad(float *restrict D, size_t sm, const float *dout, int count, const ConvShape *s,
+                             float *restrict work) {
+    const Tiles t = wino_tiles(s);
+    const int m = s->out_channels, h = s->out_h, w = s->out_w, tw = t.tw, n = count * t.tiles;
+    float *r0 = work + 8 * t.plane, *r1 = r0 + t.row;
+    memset(r0, 0, 2 * t.row * sizeof(float));
+    for (int o = 0; o < m; o++)
+        for (int g = 0; g < count; g++) {
+            const float *plane = dout + ((size_t)g * m + o) * h * w;
+            float *d = D + (size_t)o * n + (size_t)g * t.tiles;
+            for (int i = 0; i < t.th; i++) {
+                memcpy(r0, plane + (size_t)2 * i * w, w * sizeof(float));
+                if (2 * i + 1 < h)
+                    memcpy(r1, plane + (size_t)(2 * i + 1) * w, w * sizeof(float));
+                else
+                    memset(r1, 0, w * sizeof(float));
+                float *di = d + (size_t)i * tw;
+                for (int j = 0; j < tw; j += COPY_BLOCK) {
+                    const Block a0 = LOAD(r0 + 2 * j), b0 = LOAD(r0 + 2 * j + COPY_BLOCK);
+                    const Block a1 = LOAD(r1 + 2 * j), b1 = LOAD(r1 + 2 * j + COPY_BLOCK);
+                    const Block p0 = EVENS(a0, b0), q0 = ODDS(a0, b0), p1 = EVENS(a1, b1), q1 = ODDS(a1, b1);
+                    const Block P[4] = {p0, p0 + p1, p0 - p1, -p1}, Q[4] = {q0, q0 + q1, q0 - q1, -q1};
+                    for (int r = 0; r < 4; r++) {
+                        float *x = di + (size_t)4 * r * sm + j;
+                        STORE(x, P[r]), STORE(x + sm, P[r] + Q[r]), STORE(x + 2 * sm, P[r] - Q[r]);
+                        STORE(x + 3 * sm, -Q[r]);
+                    }
+                }
+            }
+        }
+}
+
+/* din (count images of (c, h, w)) += B dV B^T, patches overlapping: the row
+ * sums into tile-row planes R[k][row parity] (padded row 2i+r of tile row i
+ * is row i + r/2 of parity r%2), then per padded row the column sums. */
+static void wino_input_grad(float *din, const float *dV, size_t sv, int count, const ConvShape *s,
+                            float *restrict work) {
+    const Tiles t = wino_tiles(s);
+    const int c = s->in_channels, h = s->in_h, w = s->in_w, tw = t.tw, n = count * t.tiles;
+    const size_t rows = (size_t)(t.th + 1) * tw;
+    float *R = work, *row = work + 8 * t.plane, *z = row + t.row;
+    for (int ci = 0; ci < c; ci++)
+        for (int g = 0; g < count; g++) {
+            const float *x = dV + (size_t)ci * n + (size_t)g * t.tiles;
+            for (int k = 0; k < 4; k++) {
+                const float *x0 = x + k * sv, *x1 = x0 + 4 * sv, *x2 = x1 + 4 * sv, *x3 = x2 + 4 * sv;
+                float *re = R + (size_t)2 * k * t.plane, *ro = re + t.plane;
+                for (int u = 0; u < t.tiles; u += COPY_BLOCK) { /* rows 2i and 2i+1 */
+                    const Block b1 = LOAD(x1 + u), b2 = LOAD(x2 + u);
+                    STORE(re + u, LOAD(x0 + u)), STORE(ro + u, b1 - b2 + LOAD(x3 + u));
+                }
+                for (size_t u = t.tiles; u < rows; u++) re[u] = ro[u] = 0;
+                for (int u = 0; u < t.tiles; u += COPY_BLOCK) { /* rows 2i+2 and 2i+3 */
+                    const Block b1 = LOAD(x1 + u), b2 = LOAD(x2 + u);
+                    STORE(re + tw + u, LOAD(re + tw + u) + b1 + b2 - LOAD(x0 + u));
+                    STORE(ro + tw + u, LOAD(ro + tw + u) - LOAD(x3 + u));
+                }
+            }
+            float *plane = din + ((size_t)g * c + ci) * h * w;
+            for (int y = 0; y < h; y++) { /* padded row y + 1 */
+                const int r = y + 1;
+                const size_t at = (size_t)(r & 1) * t.plane + (size_t)(r >> 1) * tw;
+                /* z: the four tile rows, each between zeros (z[k][-1] = z[k][tw] = 0) */
+                const int zs = tw + 2;
+                for (int k = 0; k < 4; k++) {
+                    float *zk = z + k * zs;
+                    zk[0] = zk[tw + 1] = 0;
+                    memcpy(zk + 1, R + 2 * k * t.plane + at, tw * sizeof(float));
+                }
+                /* input column 2q: col1 of tile q + col3 of tile q-1; 2q+1: col2 of tile q + col0 of tile q+1 */
+                for (int q = 0; q < tw; q++) {
+                    const float *z0 = z + 1 + q, *z1 = z0 + zs, *z2 = z1 + zs, *z3 = z2 + zs;
+                    row[2 * q] = z1[0] - z2[0] + z3[0] - z3[-1];
+                    row[2 * q + 1] = z0[1] - z0[0] + z1[0] + z2[0];
+                }
+                float *dst = plane + (size_t)y * w;
+                for (int x = 0; x < w; x++) dst[x] += row[x];
+            }
+        }
+}
+#pragma GCC pop_options
+
+static void wino_forward(float *out, const float *in, const float *w, const ConvShape *s, int accumulate,
+                         float *scratch) {
+    const int m = s->out_channels, c = s->in_channels, threads = omp_get_max_threads();
+    const size_t in_size = (size_t)c * s->in_h * s->in_w, out_size = (size_t)m * s->out_h * s->out_w;
+    const ConvScratch layout = conv_scratch_layout(s, threads);
+    const size_t sv = wino_stride(s, c), sm = wino_stride(s, m);
+    float *U = scratch + (size_t)threads * layout.per_thread;
+    wino_weights(U, w, m, c);
+    const int group = wino_group(s, threads), groups = (s->batch + group - 1) / group;
+#pragma omp parallel for schedule(static)
+    for (int gi = 0; gi < groups; gi++) {
+        float *V = scratch + (size_t)omp_get_thread_num() * layout.per_thread, *M = V + layout.col;
+        float *work = M + layout.dcol + layout.dw;
+        const int b0 = gi * group, count = s->batch - b0 < group ? s->batch - b0 : group;
+        const int n = count * wino_tiles(s).tiles;
+        wino_input(V, sv, in + b0 * in_size, count, s, work);
+        for (int x = 0; x < 16; x++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, c, 1.0f, U + (size_t)x * m * c, c, V + x * sv,
+                        n, 0.0f, M + x * sm, n);
+        wino_output(out + b0 * out_size, M, sm, count, s, accumulate, work);
+    }
+}
+
+/* As conv2d_backward: a contiguous chunk of images per thread, dU summed
+ * privately, the partials added in thread order. */
+static void wino_backward(float *din, float *dw, const float *dout, const float *in, const float *w,
+                          const ConvShape *s, float *scratch) {
+    const int m = s->out_channels, c = s->in_channels, threads = omp_get_max_threads();
+    const size_t in_size = (size_t)c * s->in_h * s->in_w, out_size = (size_t)m * s->out_h * s->out_w;
+    const ConvScratch layout = conv_scratch_layout(s, threads);
+    const size_t sv = wino_stride(s, c), sm = wino_stride(s, m);
+    const int used = threads < s->batch ? threads : s->batch;
+    float *U = scratch + (size_t)threads * layout.per_thread;
+    if (din) wino_weights(U, w, m, c);
+    const int group = wino_group(s, 1);
+#pragma omp parallel num_threads(used)
+    {
+        const int tid = omp_get_thread_num();
+        float *V = scratch + (size_t)tid * layout.per_thread, *D = V + layout.col, *dU = D + layout.dcol;
+        float *work = dU + layout.dw;
+        memset(dU, 0, layout.dw * sizeof(float));
+        const int b0 = (int)((long)s->batch * tid / used), b1 = (int)((long)s->batch * (tid + 1) / used);
+        for (int b = b0; b < b1; b += group) {
+            const int count = b1 - b < group ? b1 - b : group, n = count * wino_tiles(s).tiles;
+            wino_input(V, sv, in + b * in_size, count, s, work);
+            wino_output_grad(D, sm, dout + b * out_size, count, s, work);
+            for (int x = 0; x < 16; x++) {
+                /* dU (m, c) += dM (m, n) . V^T (n, c); then V (c, n) = U^T (c, m) . dM (m, n) */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, c, n, 1.0f, D + x * sm, n, V + x * sv, n, 1.0f,
+                            dU + (size_t)x * m * c, c);
+                if (din)
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, c, n, m, 1.0f, U + (size_t)x * m * c, c,
+                                D + x * sm, n, 0.0f, V + x * sv, n);
+            }
+            if (din) wino_input_grad(din + b * in_size, V, sv, count, s, work);
+        }
+#pragma omp barrier
+        const float *parts[used];
+        for (int u = 0; u < used; u++) parts[u] = scratch + (size_t)u * layout.per_thread + layout.col + layout.dcol;
+        const size_t pairs = (size_t)m * c;
+        wino_weight_grad(dw, parts, used, m, c, pairs * tid / used, pairs * (tid + 1) / used);
+    }
+}
+
 void conv2d_forward(float *out, const float *in, const float *w, const ConvShape *s, int accumulate, float *scratch) {
+    if (conv_is_winograd(s)) {
+        wino_forward(out, in, w, s, accumulate, scratch);
+        return;
+    }
     const int m = s->out_channels, n = s->out_h * s->out_w;
     const int k = s->in_channels * s->kernel_h * s->kernel_w;
     const size_t in_size = (size_t)s->in_channels * s->in_h * s->in_w;
@@ -268,6 +641,10 @@ void conv2d_forward(float *out, const float *in, const float *w, const ConvShape
  * result depends only on the thread count. */
 void conv2d_backward(float *din, float *dw, const float *dout, const float *in, const float *w,
                      const ConvShape *s, float *scratch) {
+    if (conv_is_winograd(s)) {
+        wino_backward(din, dw, dout, in, w, s, scratch);
+        return;
+    }
     const int m = s->out_channels, n = s->out_h * s->out_w, cin = s->in_channels, hw = s->in_h * s->in_w;
     const int kk = s->kernel_h * s->kernel_w, k = cin * kk;
     const size_t in_size = (size_t)cin * hw, w_size = (size_t)m * k;

@@ -25,7 +25,8 @@ int conv_shape_init(ConvShape *s);
 /* Floats of scratch the conv needs with omp_get_max_threads() threads: per
  * thread an im2col of one image and its gradient (none for a 1x1 stride-1
  * unpadded conv on images of 256 pixels or more), plus a private dW when
- * there is more than one thread. Convolutions split the batch across OpenMP
+ * there is more than one thread; for a Winograd conv the transformed input,
+ * output and dW of a group of images per thread. Convolutions split the batch across OpenMP
  * threads; each GEMM is single-threaded and sized to stay in cache. */
 size_t conv_scratch_size(const ConvShape *s);
 /* Images side by side in one forward GEMM with `threads` threads: 1, or for
@@ -37,6 +38,11 @@ void conv2d_forward(float *out,        /* (B, Cout, Ho, Wo); += when accumulate 
                     const float *in,   /* (B, Cin, H, W) */
                     const float *w,    /* (Cout, Cin, KH, KW) */
                     const ConvShape *s, int accumulate, float *scratch);
+/* 1 when the convolution runs as Winograd F(2x2, 3x3): 3x3, stride 1, pad 1,
+ * at least 8 input and 8 output channels. Per 2x2 output tile, 16 GEMMs
+ * (one per transform element) of Cout x tiles x Cin, images side by side to
+ * about 256 tiles, in place of the im2col GEMM: 4/9 of its FLOPs. */
+int conv_is_winograd(const ConvShape *s);
 /* 1 when conv2d_backward takes the input gradient as a convolution of dout
  * (stride 1, square kernel, fewer than 256 output channels) and dW from the
  * same im2col: its GEMMs are then (Cout*KH*KW) x Cin x (H*W) for dW and

@@ -317,7 +317,10 @@ static void test_conv(const char *name, int batch, int in_channels, int in_h, in
     else if (pointwise)
         CHECK(n_scratch == (size_t)omp_get_max_threads() * n_w, "pointwise conv needs one private dW per thread, got %zu",
               n_scratch);
-    else
+    else if (conv_is_winograd(&s)) {
+        const size_t vm = (size_t)16 * (in_channels + out_channels) * ((s.out_h + 1) / 2) * ((s.out_w + 1) / 2);
+        CHECK(n_scratch >= vm, "Winograd scratch %zu smaller than one image's transforms (%zu)", n_scratch, vm);
+    } else
         CHECK(n_scratch >= n_col, "scratch %zu smaller than one im2col (%zu)", n_scratch, n_col);
     /* the advertised scratch and a canary behind it that must survive (ASan
      * catches reads past it); none at all (NULL) when the op needs none */
@@ -365,7 +368,8 @@ static void test_conv(const char *name, int batch, int in_channels, int in_h, in
     /* the image needs no gradient: din NULL still gives dw, the same one
      * unless din took the input gradient as a convolution: then dw came from
      * the im2col of dout, and without din it comes from the input's, a
-     * different order of the same sums */
+     * different order of the same sums (Winograd computes dw the same way
+     * with or without din) */
     float *dw_only = new_floats(n_w);
     fill_constant(dw_only, n_w, GRAD_PREFILL);
     conv2d_backward(NULL, dw_only, r, in, w, &s, scratch);
@@ -965,8 +969,17 @@ int main(void) {
     test_conv("conv 3x3 s2 p1", 2, 3, 7, 6, 2, 3, 3, 2, 1, 4, 3);
     test_conv("conv 7x7 s2 p3 (stem)", 2, 3, 9, 8, 2, 7, 7, 2, 3, 5, 4);
     test_conv("conv 2x2 s3 p1 (im2col skips a phase and a row in three)", 2, 2, 7, 8, 3, 2, 2, 3, 1, 3, 3);
-    /* large enough that only the direct sums check the gradients */
-    test_conv("conv 3x3 s1 p1, 8 -> 8 at 40x48", 2, 8, 40, 48, 8, 3, 3, 1, 1, 40, 48);
+    /* 3x3 pad 1 with 8 channels or more: Winograd F(2x2, 3x3). Odd edges
+     * (half tiles), rows of tiles shorter and longer than a vector, images
+     * side by side in a partial group, more than one group per thread */
+    test_conv("conv 3x3 s1 p1, 8 -> 8 at 40x48 (Winograd; large: direct sums only)", 2, 8, 40, 48, 8, 3, 3, 1, 1, 40,
+              48);
+    test_conv("conv 3x3 s1 p1, 8 -> 12 at 7x5, 5 images (Winograd side by side; on 2 threads 3 + 2)", 5, 8, 7, 5, 12,
+              3, 3, 1, 1, 7, 5);
+    test_conv("conv 3x3 s1 p1, 12 -> 8 at 1x19 (Winograd, one row of tiles)", 2, 12, 1, 19, 8, 3, 3, 1, 1, 1, 19);
+    test_conv("conv 3x3 s1 p1, 8 -> 8 at 18x17 (Winograd, 9 tiles a row)", 2, 8, 18, 17, 8, 3, 3, 1, 1, 18, 17);
+    test_conv("conv 3x3 s1 p1, 16 -> 8 at 2x2, 20 images (Winograd, one tile each, groups of 16 + 4)", 20, 16, 2, 2,
+              8, 3, 3, 1, 1, 2, 2);
     test_conv("conv 3x5 s2 p2 (non-square kernel and image)", 2, 2, 6, 9, 3, 3, 5, 2, 2, 4, 5);
     test_conv("conv 5x3 s1 p0 (non-square, no padding)", 3, 2, 7, 5, 2, 5, 3, 1, 0, 3, 3);
     /* the input gradient of a stride-1 conv is a conv of dout, and dW comes
