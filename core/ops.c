@@ -85,6 +85,52 @@ static size_t conv_padded_plane(const ConvShape *s) {
     return (size_t)s->stride * conv_phases(s).plane + COPY_BLOCK;
 }
 
+/* Winograd F(2x2, 3x3).
+ *
+ * A 3x3 stride-1 pad-1 convolution computes each 2x2 block of output pixels
+ * (a tile) from the 4x4 input patch around it. With the F(2x2, 3x3)
+ * transforms (Lavin and Gray, "Fast Algorithms for Convolutional Neural
+ * Networks", 2016) a tile takes 16 products per channel pair instead of 36:
+ *   out_tile = A^T [ (G w G^T) . (B^T patch B) ] A
+ * where . multiplies element by element. For each of the 16 elements xi the
+ * sum over input channels is a GEMM: M_xi (Cout, tiles) = U_xi (Cout, Cin) .
+ * V_xi (Cin, tiles), so a forward pass is an input transform, 16 GEMMs of
+ * 4/9 of the direct FLOPs, and an output transform. The backward pass is the
+ * exact gradient of that computation: dM_xi = A dout_tile A^T, then
+ * dU_xi += dM_xi . V_xi^T (dW = G^T dU G) and dV_xi = U_xi^T . dM_xi
+ * (din += B dV B^T, patches overlapping by two pixels). The transforms
+ * use only 0, +-1 and +-1/2, so results match direct convolution to a few
+ * float roundings.
+ *
+ * Tile (i, j) reads padded rows 2i..2i+3 and padded columns 2j..2j+3 (the
+ * zero border is padded row and column 0). Tiles are numbered u = i*tw + j
+ * within an image, images side by side (conv_group: about GROUP_COLUMNS
+ * tiles), so each xi's matrix row for a channel is count*tiles floats. The
+ * transforms run on whole rows of tiles as Block vectors, and like im2col
+ * they round lengths up to COPY_BLOCK and write in order, into slack at the
+ * end. */
+#define WINO_MIN_CHANNELS 8
+
+int conv_is_winograd(const ConvShape *s) {
+    return s->kernel_h == 3 && s->kernel_w == 3 && s->stride == 1 && s->pad == 1 &&
+           s->in_channels >= WINO_MIN_CHANNELS && s->out_channels >= WINO_MIN_CHANNELS;
+}
+
+typedef struct {
+    int th, tw, tiles; /* tiles per image: th rows of tw */
+    int row;           /* floats of a padded row buffer, rounded up, with slack */
+    size_t plane;      /* floats of one (th + 1) x tw plane of tile rows, with slack */
+} Tiles;
+
+static Tiles wino_tiles(const ConvShape *s) {
+    Tiles t = {.th = (s->out_h + 1) / 2, .tw = (s->out_w + 1) / 2};
+    t.tiles = t.th * t.tw;
+    const int tw_up = (t.tw + COPY_BLOCK - 1) / COPY_BLOCK * COPY_BLOCK;
+    t.row = 2 * tw_up + 2 * COPY_BLOCK;
+    t.plane = (size_t)(t.th + 1) * t.tw + COPY_BLOCK;
+    return t;
+}
+
 /* Images per forward GEMM: one, unless an image has fewer than
  * GROUP_COLUMNS output pixels. A GEMM of one image's 4x4 outputs packs the
  * whole kernel for 16 columns of work; side by side, up to GROUP_IMAGES
@@ -95,10 +141,27 @@ static size_t conv_padded_plane(const ConvShape *s) {
 #define GROUP_IMAGES 16
 
 int conv_group(const ConvShape *s, int threads) {
-    const int n = s->out_h * s->out_w, share = (s->batch + threads - 1) / threads; /* every thread gets a group */
+    const int n = conv_is_winograd(s) ? wino_tiles(s).tiles : s->out_h * s->out_w;
+    const int share = (s->batch + threads - 1) / threads; /* every thread gets a group */
     int g = (GROUP_COLUMNS + n - 1) / n;
     if (g > GROUP_IMAGES) g = GROUP_IMAGES;
     return g < share ? g : share > 0 ? share : 1;
+}
+
+/* Floats between the 16 matrices of `rows` channels: a multiple of 16 that
+ * is not a multiple of 32, so that the 16 streams of a transform do not
+ * land in the same cache sets, and at least COPY_BLOCK of slack. */
+static size_t wino_stride(const ConvShape *s, int rows) {
+    size_t n = (size_t)rows * conv_group(s, 1) * wino_tiles(s).tiles + COPY_BLOCK;
+    n = (n + 15) / 16 * 16;
+    return n / 16 % 2 ? n : n + 16;
+}
+
+/* Work floats of the transforms: eight tile-row planes, two rows, and four
+ * rows of tiles between zeros. */
+static size_t wino_work(const ConvShape *s) {
+    const Tiles t = wino_tiles(s);
+    return 8 * t.plane + 2 * (size_t)t.row + 4 * (size_t)(t.tw + 2) + COPY_BLOCK;
 }
 
 /* Per thread: im2col of one image, or of a group of images side by side in
@@ -111,9 +174,6 @@ int conv_group(const ConvShape *s, int threads) {
 typedef struct {
     size_t col, dcol, dw, padded, per_thread;
 } ConvScratch;
-
-static size_t wino_stride(const ConvShape *s, int rows);
-static size_t wino_work(const ConvShape *s);
 
 static ConvScratch conv_scratch_layout(const ConvShape *s, int threads) {
     ConvScratch l = {0};
@@ -238,32 +298,7 @@ static void col2im_add(float *img, const float *col, const ConvShape *s) {
     }
 }
 
-
-/* ------------------------------------------------ Winograd F(2x2, 3x3)
- *
- * A 3x3 stride-1 pad-1 convolution computes each 2x2 block of output pixels
- * (a tile) from the 4x4 input patch around it. With the F(2x2, 3x3)
- * transforms (Lavin and Gray, "Fast Algorithms for Convolutional Neural
- * Networks", 2016) a tile takes 16 products per channel pair instead of 36:
- *   out_tile = A^T [ (G w G^T) . (B^T patch B) ] A
- * where . multiplies element by element. For each of the 16 elements xi the
- * sum over input channels is a GEMM: M_xi (Cout, tiles) = U_xi (Cout, Cin) .
- * V_xi (Cin, tiles), so a forward pass is an input transform, 16 GEMMs of
- * 4/9 of the direct FLOPs, and an output transform. The backward pass is the
- * exact gradient of that computation: dM_xi = A dout_tile A^T, then
- * dU_xi += dM_xi . V_xi^T (dW = G^T dU G) and dV_xi = U_xi^T . dM_xi
- * (din += B dV B^T, patches overlapping by two pixels). The transforms
- * use only 0, +-1 and +-1/2, so results match direct convolution to a few
- * float roundings.
- *
- * Tile (i, j) reads padded rows 2i..2i+3 and padded columns 2j..2j+3 (the
- * zero border is padded row and column 0). Tiles are numbered u = i*tw + j
- * within an image, images side by side (WINO_COLUMNS), so each xi's matrix
- * row for a channel is count*tiles floats. The transforms run on whole rows
- * of tiles as Block vectors, and like im2col they round lengths up to
- * COPY_BLOCK and write in order, into slack at the end. */
-#define WINO_COLUMNS 256
-#define WINO_MIN_CHANNELS 8
+/* --------------------------------------------------- Winograd transforms */
 
 typedef int BlockMask __attribute__((vector_size(COPY_BLOCK * sizeof(int))));
 #define EVENS(a, b) __builtin_shuffle(a, b, (BlockMask){0, 2, 4, 6, 8, 10, 12, 14})
@@ -272,50 +307,6 @@ typedef int BlockMask __attribute__((vector_size(COPY_BLOCK * sizeof(int))));
 #define ZIP_HI(a, b) __builtin_shuffle(a, b, (BlockMask){4, 12, 5, 13, 6, 14, 7, 15})
 #define LOAD(p) (*(const Block *)(p))
 #define STORE(p, v) (*(Block *)(p) = (v))
-
-int conv_is_winograd(const ConvShape *s) {
-    return s->kernel_h == 3 && s->kernel_w == 3 && s->stride == 1 && s->pad == 1 &&
-           s->in_channels >= WINO_MIN_CHANNELS && s->out_channels >= WINO_MIN_CHANNELS;
-}
-
-typedef struct {
-    int th, tw, tiles; /* tiles per image: th rows of tw */
-    int row;           /* floats of a padded row buffer, rounded up, with slack */
-    size_t plane;      /* floats of one (th + 1) x tw plane of tile rows, with slack */
-} Tiles;
-
-static Tiles wino_tiles(const ConvShape *s) {
-    Tiles t = {.th = (s->out_h + 1) / 2, .tw = (s->out_w + 1) / 2};
-    t.tiles = t.th * t.tw;
-    const int tw_up = (t.tw + COPY_BLOCK - 1) / COPY_BLOCK * COPY_BLOCK;
-    t.row = 2 * tw_up + 2 * COPY_BLOCK;
-    t.plane = (size_t)(t.th + 1) * t.tw + COPY_BLOCK;
-    return t;
-}
-
-/* Images per GEMM, as conv_group: about WINO_COLUMNS tiles. */
-static int wino_group(const ConvShape *s, int threads) {
-    const int n = wino_tiles(s).tiles, share = (s->batch + threads - 1) / threads;
-    int g = (WINO_COLUMNS + n - 1) / n;
-    if (g > GROUP_IMAGES) g = GROUP_IMAGES;
-    return g < share ? g : share > 0 ? share : 1;
-}
-
-/* Floats between the 16 matrices of `rows` channels: a multiple of 16 that
- * is not a multiple of 32, so that the 16 streams of a transform do not
- * land in the same cache sets, and at least COPY_BLOCK of slack. */
-static size_t wino_stride(const ConvShape *s, int rows) {
-    size_t n = (size_t)rows * wino_group(s, 1) * wino_tiles(s).tiles + COPY_BLOCK;
-    n = (n + 15) / 16 * 16;
-    return n / 16 % 2 ? n : n + 16;
-}
-
-/* Work floats of the transforms: eight tile-row planes, two rows, and four
- * rows of tiles between zeros. */
-static size_t wino_work(const ConvShape *s) {
-    const Tiles t = wino_tiles(s);
-    return 8 * t.plane + 2 * (size_t)t.row + 4 * (size_t)(t.tw + 2) + COPY_BLOCK;
-}
 
 /* U[xi] (m, c) = (G w G^T)[xi] for each kernel w[o][i] (3x3) */
 static void wino_weights(float *U, const float *w, int m, int c) {
@@ -535,7 +526,7 @@ static void wino_forward(float *out, const float *in, const float *w, const Conv
     const size_t sv = wino_stride(s, c), sm = wino_stride(s, m);
     float *U = scratch + (size_t)threads * layout.per_thread;
     wino_weights(U, w, m, c);
-    const int group = wino_group(s, threads), groups = (s->batch + group - 1) / group;
+    const int group = conv_group(s, threads), groups = (s->batch + group - 1) / group;
 #pragma omp parallel for schedule(static)
     for (int gi = 0; gi < groups; gi++) {
         float *V = scratch + (size_t)omp_get_thread_num() * layout.per_thread, *M = V + layout.col;
@@ -561,7 +552,7 @@ static void wino_backward(float *din, float *dw, const float *dout, const float 
     const int used = threads < s->batch ? threads : s->batch;
     float *U = scratch + (size_t)threads * layout.per_thread;
     if (din) wino_weights(U, w, m, c);
-    const int group = wino_group(s, 1);
+    const int group = conv_group(s, 1);
 #pragma omp parallel num_threads(used)
     {
         const int tid = omp_get_thread_num();

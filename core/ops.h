@@ -30,8 +30,10 @@ int conv_shape_init(ConvShape *s);
  * threads; each GEMM is single-threaded and sized to stay in cache. */
 size_t conv_scratch_size(const ConvShape *s);
 /* Images side by side in one forward GEMM with `threads` threads: 1, or for
- * images of fewer than 256 output pixels up to 16, so that the GEMM has
- * about 256 columns, while every thread still gets a group. */
+ * images of fewer than 256 output pixels (for a Winograd conv, 2x2 tiles)
+ * up to 16, so that the GEMM has about 256 columns, while every thread
+ * still gets a group. A Winograd backward takes the same groups, with one
+ * thread's count, from each thread's chunk of images. */
 int conv_group(const ConvShape *s, int threads);
 
 void conv2d_forward(float *out,        /* (B, Cout, Ho, Wo); += when accumulate (a residual unit's last conv) */

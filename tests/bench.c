@@ -6,9 +6,11 @@
  * distill (augmentation + mixup of the batch, teacher forward, student
  * forward/backward on T^2 KL, Adam), infer (forward only). Random weights and
  * images; the work per step does not depend on their values. Prints one JSON
- * line: median images/s over the timed iterations, GFLOP/s achieved, the
- * sgemm ceiling on the step's own GEMM shapes, and the peak resident memory
- * of the process. */
+ * line: median images/s over the timed iterations, GFLOP/s achieved (counted
+ * as direct convolution: an effective rate where Winograd does fewer), the
+ * sgemm rate on the step's own GEMM shapes and the share of the step that
+ * those GEMMs alone would take, and the peak resident memory of the
+ * process. */
 #include <cblas.h>
 #include <jansson.h>
 #include <omp.h>
@@ -50,7 +52,7 @@ static Model *make_model(const char *json, int batch, int inference) {
     return m;
 }
 
-/* multiply-adds of one forward pass per image, x2 for FLOPs */
+/* multiply-adds of one forward pass per image as direct convolution, x2 for FLOPs */
 static double forward_flops(const Model *m) {
     double f = 0;
     for (int i = 0; i < m->num_convs; i++) {
@@ -63,13 +65,15 @@ static double forward_flops(const Model *m) {
 /* Seconds that OpenBLAS alone needs for the GEMMs of a step's convolutions,
  * at the shapes the step runs them: per image (or group of images,
  * conv_group), the batch split over the threads as conv2d_forward/backward
- * split it, forward (W . col) and, for a
- * training step, the backward products conv2d_backward runs: dout . col^T
- * and W^T . dout, or, where the input gradient is a convolution
- * (conv_input_grad_is_conv), the two products on the im2col of dout; the
- * stem has no input gradient. Best of 3. Nothing else is timed: the step's
- * FLOPs over this is the fastest the step could go with the same GEMMs. */
-static double conv_gemm_seconds(const Model *m, int batch, int backward) {
+ * split it, forward (W . col) and, for a training step, the backward products
+ * conv2d_backward runs: dout . col^T and W^T . dout, or, where the input
+ * gradient is a convolution (conv_input_grad_is_conv), the two products on
+ * the im2col of dout; the stem has no input gradient. A Winograd conv
+ * (conv_is_winograd) runs 16 GEMMs per group of images instead: U . V
+ * forward, dM . V^T and U^T . dM backward, with 2x2 tiles as columns. Best of
+ * 3; *executed gets the FLOPs of those GEMMs. Nothing else is timed: this is
+ * the least time the step could take with the same GEMMs. */
+static double conv_gemm_seconds(const Model *m, int batch, int backward, double *executed) {
     const int threads = omp_get_max_threads();
     double total = 0;
     for (int i = 0; i < m->num_convs; i++) {
@@ -78,6 +82,46 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward) {
         const int kk = s->kernel_h * s->kernel_w, cin = s->in_channels, hw = s->in_h * s->in_w;
         const int grad_conv = i > 0 && conv_input_grad_is_conv(s);
         const int group = conv_group(s, threads), groups = (batch + group - 1) / group;
+        if (conv_is_winograd(s)) {
+            const int tiles = ((s->out_h + 1) / 2) * ((s->out_w + 1) / 2), bgroup = conv_group(s, 1);
+            const int bgroups = (batch + bgroup - 1) / bgroup, most = group > bgroup ? group : bgroup;
+            const size_t mat = (size_t)(M > cin ? M : cin) * tiles * most, uw = (size_t)M * cin;
+            float *u = xcalloc(16 * uw, sizeof(float)), *du = xcalloc((size_t)threads * 16 * uw, sizeof(float));
+            float *v = xcalloc((size_t)threads * 16 * mat, sizeof(float));
+            float *o = xcalloc((size_t)threads * 16 * mat, sizeof(float));
+            for (size_t j = 0; j < 16 * uw; j++) u[j] = 0.01f * (float)(j % 13);
+            for (size_t j = 0; j < (size_t)threads * 16 * mat; j++) v[j] = 0.01f * (float)(j % 7);
+            double best = 1e30;
+            for (int rep = 0; rep < 3; rep++) {
+                double t0 = now_seconds();
+#pragma omp parallel for schedule(static)
+                for (int g = 0; g < groups; g++) {
+                    const int t = omp_get_thread_num(), n = (batch - g * group < group ? batch - g * group : group) * tiles;
+                    for (int x = 0; x < 16; x++)
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, n, cin, 1.0f, u + x * uw, cin,
+                                    v + ((size_t)t * 16 + x) * mat, n, 0.0f, o + ((size_t)t * 16 + x) * mat, n);
+                }
+#pragma omp parallel for schedule(static)
+                for (int g = 0; g < (backward ? bgroups : 0); g++) {
+                    const int t = omp_get_thread_num();
+                    const int n = (batch - g * bgroup < bgroup ? batch - g * bgroup : bgroup) * tiles;
+                    for (int x = 0; x < 16; x++) {
+                        float *vx = v + ((size_t)t * 16 + x) * mat, *ox = o + ((size_t)t * 16 + x) * mat;
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, cin, n, 1.0f, ox, n, vx, n, 1.0f,
+                                    du + ((size_t)t * 16 + x) * uw, cin);
+                        if (i > 0)
+                            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cin, n, M, 1.0f, u + x * uw, cin, ox,
+                                        n, 0.0f, vx, n);
+                    }
+                }
+                double dt = now_seconds() - t0;
+                if (dt < best) best = dt;
+            }
+            total += best;
+            *executed += 2.0 * 16 * M * cin * tiles * batch * (1 + (backward ? (i > 0 ? 2 : 1) : 0));
+            free(u), free(du), free(v), free(o);
+            continue;
+        }
         size_t cols = grad_conv && (size_t)M * kk * hw > (size_t)K * N ? (size_t)M * kk * hw : (size_t)K * N;
         if ((size_t)K * N * group > cols) cols = (size_t)K * N * group;
         float *w = xcalloc((size_t)M * K, sizeof(float));
@@ -116,6 +160,7 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward) {
             if (dt < best) best = dt;
         }
         total += best;
+        *executed += 2.0 * M * N * K * batch * (1 + (backward ? (i > 0 ? 2 : 1) : 0));
         free(w), free(col), free(out), free(dw), free(dcol);
     }
     return total;
@@ -201,14 +246,15 @@ int main(int argc, char **argv) {
     double median = iters % 2 ? times[iters / 2] : 0.5 * (times[iters / 2 - 1] + times[iters / 2]);
     double flops = forward_flops(student) * (is_train || is_distill ? 3.0 : 1.0) * batch;
     if (teacher) flops += forward_flops(teacher) * batch;
-    double gemm = conv_gemm_seconds(student, batch, is_train || is_distill);
-    if (teacher) gemm += conv_gemm_seconds(teacher, batch, 0);
+    double executed = 0, gemm = conv_gemm_seconds(student, batch, is_train || is_distill, &executed);
+    if (teacher) gemm += conv_gemm_seconds(teacher, batch, 0, &executed);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     printf("{\"impl\": \"distilld\", \"kind\": \"%s\", \"batch\": %d, \"threads\": %d, \"images_per_second\": %.1f, "
-           "\"gflops\": %.1f, \"sgemm_gflops\": %.1f, \"peak_rss_mb\": %.1f, \"params\": %zu, \"blas\": \"%s\"}\n",
-           kind, batch, threads, batch / median, flops / median * 1e-9, flops / gemm * 1e-9, ru.ru_maxrss / 1024.0,
-           student->num_floats, blas_describe());
+           "\"gflops\": %.1f, \"sgemm_gflops\": %.1f, \"gemm_share\": %.3f, \"peak_rss_mb\": %.1f, \"params\": %zu, "
+           "\"blas\": \"%s\"}\n",
+           kind, batch, threads, batch / median, flops / median * 1e-9, executed / gemm * 1e-9, gemm / median,
+           ru.ru_maxrss / 1024.0, student->num_floats, blas_describe());
     model_free(student);
     model_free(teacher);
     return 0;

@@ -188,7 +188,7 @@ if unpinned:
 table = []
 for k in keys:
     d, t, u = by[k].get("distilld"), by[k].get("pytorch"), by[k].get("unpinned")
-    share = "%.0f" % (100 * d["gflops"] / d["sgemm_gflops"]) if d and not d.get("failed") else "-"
+    share = "%.0f" % (100 * d["gemm_share"]) if d and not d.get("failed") else "-"
     table.append([k[0], k[1], str(k[2]), f(d, "images_per_second", "%.1f"), f(t, "images_per_second", "%.1f"),
                   ratio(d, t), f(d, "gflops", "%.1f"), f(d, "sgemm_gflops", "%.1f"), share, f(d, "peak_rss_mb", "%.0f"),
                   f(t, "peak_rss_mb", "%.0f")])
@@ -209,9 +209,11 @@ EOF
 
 echo
 echo "images/s: median over the timed steps; ratio > 1 means distilld is faster. batch $BATCH."
-echo "GFLOP/s: conv + head multiply-adds x2 (x3 for a training step, + teacher forward for distill)."
-echo "sgemm GFLOP/s: the same FLOPs over the time OpenBLAS alone takes for the step's conv GEMMs at their own"
-echo "  shapes and threading (bench.c, best of 3): the ceiling for this step; % of sgemm = distilld / it."
+echo "GFLOP/s: conv + head multiply-adds x2 (x3 for a training step, + teacher forward for distill), counted as"
+echo "  direct convolution: Winograd 3x3 convs do 4/9 of them, so this is an effective rate."
+echo "sgemm GFLOP/s: the FLOPs of the step's conv GEMMs over the time OpenBLAS alone takes for them at their own"
+echo "  shapes and threading (bench.c, best of 3); % of sgemm = that time over the step's: the share of the step"
+echo "  the GEMMs alone would take (100 = nothing but GEMMs)."
 echo "machine:  $CPU, $(nproc) cores ($FLAGS), $(uname -r)"
 echo "distilld: ${BLAS_LINE:-OpenBLAS core unknown}"
 [ -n "$PINNED" ] && echo "unpinned: distilld with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset (the environment sets OPENBLAS_CORETYPE=$PINNED)"
