@@ -999,6 +999,10 @@ int main(void) {
     test_groupnorm("groupnorm groups=3 (B2 C6 HW5)", 2, 6, 5, 3, 0);
     test_groupnorm("groupnorm groups=C (B2 C6 HW5)", 2, 6, 5, 6, 0);
     test_groupnorm("groupnorm groups=2 (B3 C8 HW4)", 3, 8, 4, 2, 0);
+    /* sums in float partials of whole channels, up to 256 floats each: four
+     * partials of 4 channels, and one channel each */
+    test_groupnorm("groupnorm groups=2 (B2 C32 HW49, partials of 4 channels)", 2, 32, 49, 2, 0);
+    test_groupnorm("groupnorm groups=2 (B1 C4 HW300, partials of 1 channel)", 1, 4, 300, 2, 0);
     test_groupnorm("groupnorm+relu fused groups=3 (B2 C6 HW5)", 2, 6, 5, 3, 1);
     test_groupnorm("groupnorm+relu fused groups=2 (B3 C8 HW4)", 3, 8, 4, 2, 1);
 
