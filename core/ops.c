@@ -32,6 +32,10 @@ static int conv_is_pointwise(const ConvShape *s) {
     return s->kernel_h == 1 && s->kernel_w == 1 && s->stride == 1 && s->pad == 0;
 }
 
+static int conv_is_3x3_stride2(const ConvShape *s) {
+    return s->kernel_h == 3 && s->kernel_w == 3 && s->stride == 2 && s->pad == 1;
+}
+
 /* The input gradient of a stride-1 convolution is itself a stride-1
  * convolution: of dout, with the kernel flipped and its two channel axes
  * swapped, padded kernel-1-pad. Its GEMM, Cin x (H*W) x (Cout*KH*KW), has the
@@ -62,6 +66,13 @@ static ConvShape conv_input_grad_shape(const ConvShape *s) {
 #define COPY_BLOCK 8
 /* one unaligned vector load or store */
 typedef float Block __attribute__((vector_size(COPY_BLOCK * sizeof(float)), aligned(sizeof(float)), may_alias));
+typedef int BlockMask __attribute__((vector_size(COPY_BLOCK * sizeof(int))));
+#define EVENS(a, b) __builtin_shuffle(a, b, (BlockMask){0, 2, 4, 6, 8, 10, 12, 14})
+#define ODDS(a, b) __builtin_shuffle(a, b, (BlockMask){1, 3, 5, 7, 9, 11, 13, 15})
+#define ZIP_LO(a, b) __builtin_shuffle(a, b, (BlockMask){0, 8, 1, 9, 2, 10, 3, 11})
+#define ZIP_HI(a, b) __builtin_shuffle(a, b, (BlockMask){4, 12, 5, 13, 6, 14, 7, 15})
+#define LOAD(p) (*(const Block *)(p))
+#define STORE(p, v) (*(Block *)(p) = (v))
 
 /* The zero-bordered input plane im2col reads from, split by column into
  * `stride` phase planes (phase p holds the padded columns p, p+stride, ...),
@@ -202,6 +213,10 @@ static ConvScratch conv_scratch_layout(const ConvShape *s, int threads) {
         if (conv_padded_plane(&t) > l.padded) l.padded = conv_padded_plane(&t);
     }
     if (group > 1 && s->out_channels * n * group > l.dcol) l.dcol = s->out_channels * n * group;
+    if (conv_is_3x3_stride2(s)) { /* col2im's row */
+        const size_t row = 2 * (size_t)((s->out_w + COPY_BLOCK - 1) / COPY_BLOCK * COPY_BLOCK) + COPY_BLOCK;
+        if (row > l.padded) l.padded = row;
+    }
     if (threads > 1 || conv_input_grad_is_conv(s)) l.dw = s->out_channels * s->in_channels * kk;
     l.per_thread = l.col + l.dcol + l.dw + l.padded;
     return l;
@@ -276,6 +291,35 @@ static void im2col(float *restrict col, const float *img, int count, const ConvS
 
 #pragma GCC pop_options
 
+/* col2im_add for a 3x3 stride-2 pad-1 kernel: per input row, the three
+ * taps of a column row land interleaved, input column 2q from tap 1 of
+ * output column q, 2q+1 from tap 2 of q and tap 0 of q+1; so a row is built
+ * in `row` (2 * out_w rounded up, plus COPY_BLOCK) with whole vectors and
+ * added to the image in one contiguous pass, where the general loop adds
+ * one float at a stride of two. Reads round up into the next column row or
+ * col's slack; the one value of tap 0 read past a row's end is not used. */
+static void col2im_add_3x3_stride2(float *img, const float *col, const ConvShape *s, float *restrict row) {
+    const int ho = s->out_h, wo = s->out_w, n = ho * wo, w = s->in_w;
+    for (int c = 0; c < s->in_channels; c++) {
+        float *plane = img + (size_t)c * s->in_h * w;
+        for (int kh = 0; kh < 3; kh++) {
+            const float *taps = col + (size_t)(c * 3 + kh) * 3 * n;
+            for (int oh = 0; oh < ho; oh++) {
+                const int ih = 2 * oh - 1 + kh;
+                if (ih < 0 || ih >= s->in_h) continue;
+                const float *t0 = taps + (size_t)oh * wo, *t1 = t0 + n, *t2 = t1 + n;
+                for (int q = 0; q < wo; q += COPY_BLOCK) {
+                    const Block even = LOAD(t1 + q), odd = LOAD(t2 + q) + LOAD(t0 + q + 1);
+                    STORE(row + 2 * q, ZIP_LO(even, odd)), STORE(row + 2 * q + COPY_BLOCK, ZIP_HI(even, odd));
+                }
+                row[2 * wo - 1] = t2[wo - 1]; /* no tap 0 of column wo */
+                float *dst = plane + (size_t)ih * w;
+                for (int x = 0; x < w; x++) dst[x] += row[x];
+            }
+        }
+    }
+}
+
 /* img += col2im(col) */
 static void col2im_add(float *img, const float *col, const ConvShape *s) {
     const int ho = s->out_h, wo = s->out_w, stride = s->stride;
@@ -299,14 +343,6 @@ static void col2im_add(float *img, const float *col, const ConvShape *s) {
 }
 
 /* --------------------------------------------------- Winograd transforms */
-
-typedef int BlockMask __attribute__((vector_size(COPY_BLOCK * sizeof(int))));
-#define EVENS(a, b) __builtin_shuffle(a, b, (BlockMask){0, 2, 4, 6, 8, 10, 12, 14})
-#define ODDS(a, b) __builtin_shuffle(a, b, (BlockMask){1, 3, 5, 7, 9, 11, 13, 15})
-#define ZIP_LO(a, b) __builtin_shuffle(a, b, (BlockMask){0, 8, 1, 9, 2, 10, 3, 11})
-#define ZIP_HI(a, b) __builtin_shuffle(a, b, (BlockMask){4, 12, 5, 13, 6, 14, 7, 15})
-#define LOAD(p) (*(const Block *)(p))
-#define STORE(p, v) (*(Block *)(p) = (v))
 
 /* U[xi] (m, c) = (G w G^T)[xi] for each kernel w[o][i] (3x3) */
 static void wino_weights(float *U, const float *w, int m, int c) {
@@ -684,7 +720,10 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, n, m, 1.0f, w, k, dout_b, n, 1.0f, din_b, n);
             } else { /* dcol (k, n) = W^T (k, m) . dout_b (m, n), scattered back by col2im */
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, n, m, 1.0f, w, k, dout_b, n, 0.0f, dcol, n);
-                col2im_add(din_b, dcol, s);
+                if (conv_is_3x3_stride2(s))
+                    col2im_add_3x3_stride2(din_b, dcol, s, padded);
+                else
+                    col2im_add(din_b, dcol, s);
             }
         }
         if (layout.dw) {

@@ -967,6 +967,10 @@ int main(void) {
     test_conv("conv 1x1 s1 p1 (padded, not pointwise)", 2, 2, 3, 4, 3, 1, 1, 1, 1, 5, 6);
     test_conv("conv 3x3 s1 p1", 2, 2, 5, 4, 3, 3, 3, 1, 1, 5, 4);
     test_conv("conv 3x3 s2 p1", 2, 3, 7, 6, 2, 3, 3, 2, 1, 4, 3);
+    /* the 3x3 stride-2 col2im builds each input row from interleaved taps:
+     * odd and even widths, rows of more than one vector */
+    test_conv("conv 3x3 s2 p1 on 21x19 (col2im by rows, odd width)", 2, 4, 21, 19, 8, 3, 3, 2, 1, 11, 10);
+    test_conv("conv 3x3 s2 p1 on 18x20 (col2im by rows, even width)", 2, 4, 18, 20, 8, 3, 3, 2, 1, 9, 10);
     test_conv("conv 7x7 s2 p3 (stem)", 2, 3, 9, 8, 2, 7, 7, 2, 3, 5, 4);
     test_conv("conv 2x2 s3 p1 (im2col skips a phase and a row in three)", 2, 2, 7, 8, 3, 2, 2, 3, 1, 3, 3);
     /* 3x3 pad 1 with 8 channels or more: Winograd F(2x2, 3x3). Odd edges
