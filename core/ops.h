@@ -26,8 +26,9 @@ int conv_shape_init(ConvShape *s);
  * thread an im2col of one image and its gradient (none for a 1x1 stride-1
  * unpadded conv on images of 256 pixels or more), plus a private dW when
  * there is more than one thread; for a Winograd conv the transformed input,
- * output and dW of a group of images per thread. Convolutions split the batch across OpenMP
- * threads; each GEMM is single-threaded and sized to stay in cache. */
+ * output and dW of a group of images per thread. Convolutions split the
+ * batch across OpenMP threads; each GEMM is single-threaded and sized to
+ * stay in cache. */
 size_t conv_scratch_size(const ConvShape *s);
 /* Images side by side in one forward GEMM with `threads` threads: 1, or for
  * images of fewer than 256 output pixels (for a Winograd conv, 2x2 tiles)
@@ -46,9 +47,9 @@ void conv2d_forward(float *out,        /* (B, Cout, Ho, Wo); += when accumulate 
  * about 256 tiles, in place of the im2col GEMM: 4/9 of its FLOPs. */
 int conv_is_winograd(const ConvShape *s);
 /* 1 when conv2d_backward takes the input gradient as a convolution of dout
- * (stride 1, square kernel, fewer than 256 output channels) and dW from the
- * same im2col: its GEMMs are then (Cout*KH*KW) x Cin x (H*W) for dW and
- * Cin x (H*W) x (Cout*KH*KW) for the input gradient. */
+ * (stride 1, square kernel, fewer than 256 output channels, not Winograd)
+ * and dW from the same im2col: its GEMMs are then (Cout*KH*KW) x Cin x (H*W)
+ * for dW and Cin x (H*W) x (Cout*KH*KW) for the input gradient. */
 int conv_input_grad_is_conv(const ConvShape *s);
 void conv2d_backward(float *din,       /* (B, Cin, H, W) += ; may be NULL */
                      float *dw,        /* (Cout, Cin, KH, KW) += */
