@@ -13,6 +13,8 @@
  * groups do not lose precision. */
 #include "ops.h"
 
+#include "bf16.h"
+
 #include <cblas.h>
 #include <float.h>
 #include <math.h>
@@ -554,14 +556,25 @@ static void wino_input_grad(float *din, const float *dV, size_t sv, int count, c
 }
 #pragma GCC pop_options
 
-static void wino_forward(float *out, const float *in, const float *w, const ConvShape *s, int accumulate,
-                         float *scratch) {
+/* out (m, n) = w (m, k) . col (k, n), or += when accumulate: through sgemm,
+ * or the bf16 GEMM when the weights come packed for it */
+static void forward_gemm(float *out, int ldo, const float *w, const uint32_t *packed, const float *col, int m, int n,
+                         int k, int accumulate) {
+    if (packed)
+        bf16_gemm(out, ldo, packed, col, n, m, n, k, accumulate);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, w, k, col, n, accumulate ? 1.0f : 0.0f,
+                    out, ldo);
+}
+
+static void wino_forward(float *out, const float *in, const float *w, const uint32_t *packed, const ConvShape *s,
+                         int accumulate, float *scratch) {
     const int m = s->out_channels, c = s->in_channels, threads = omp_get_max_threads();
     const size_t in_size = (size_t)c * s->in_h * s->in_w, out_size = (size_t)m * s->out_h * s->out_w;
     const ConvScratch layout = conv_scratch_layout(s, threads);
-    const size_t sv = wino_stride(s, c), sm = wino_stride(s, m);
+    const size_t sv = wino_stride(s, c), sm = wino_stride(s, m), su = packed ? bf16_packed_size(m, c) : 0;
     float *U = scratch + (size_t)threads * layout.per_thread;
-    wino_weights(U, w, m, c);
+    if (!packed) wino_weights(U, w, m, c);
     const int group = conv_group(s, threads), groups = (s->batch + group - 1) / group;
 #pragma omp parallel for schedule(static)
     for (int gi = 0; gi < groups; gi++) {
@@ -571,8 +584,8 @@ static void wino_forward(float *out, const float *in, const float *w, const Conv
         const int n = count * wino_tiles(s).tiles;
         wino_input(V, sv, in + b0 * in_size, count, s, work);
         for (int x = 0; x < 16; x++)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, c, 1.0f, U + (size_t)x * m * c, c, V + x * sv,
-                        n, 0.0f, M + x * sm, n);
+            forward_gemm(M + x * sm, n, U + (size_t)x * m * c, packed ? packed + x * su : NULL, V + x * sv, m, n, c,
+                         0);
         wino_output(out + b0 * out_size, M, sm, count, s, accumulate, work);
     }
 }
@@ -618,9 +631,11 @@ static void wino_backward(float *din, float *dw, const float *dout, const float 
     }
 }
 
-void conv2d_forward(float *out, const float *in, const float *w, const ConvShape *s, int accumulate, float *scratch) {
+/* conv2d_forward with float weights w, or conv2d_forward_bf16 with packed ones */
+static void conv_forward_any(float *out, const float *in, const float *w, const uint32_t *packed, const ConvShape *s,
+                             int accumulate, float *scratch) {
     if (conv_is_winograd(s)) {
-        wino_forward(out, in, w, s, accumulate, scratch);
+        wino_forward(out, in, w, packed, s, accumulate, scratch);
         return;
     }
     const int m = s->out_channels, n = s->out_h * s->out_w;
@@ -644,13 +659,12 @@ void conv2d_forward(float *out, const float *in, const float *w, const ConvShape
         }
         float *out_b = out + (size_t)b0 * m * n;
         if (count == 1) {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, w, k, col, n,
-                        accumulate ? 1.0f : 0.0f, out_b, n);
+            forward_gemm(out_b, n, w, packed, col, m, n, k, accumulate);
             continue;
         }
         /* the group's output (m, count*n), then to its images */
         float *res = mine + layout.col;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, nn, k, 1.0f, w, k, col, nn, 0.0f, res, nn);
+        forward_gemm(res, nn, w, packed, col, m, nn, k, 0);
         for (int g = 0; g < count; g++)
             for (int o = 0; o < m; o++) {
                 const float *src = res + (size_t)o * nn + (size_t)g * n;
@@ -661,6 +675,30 @@ void conv2d_forward(float *out, const float *in, const float *w, const ConvShape
                     memcpy(dst, src, n * sizeof(float));
             }
     }
+}
+
+void conv2d_forward(float *out, const float *in, const float *w, const ConvShape *s, int accumulate, float *scratch) {
+    conv_forward_any(out, in, w, NULL, s, accumulate, scratch);
+}
+
+size_t conv_bf16_packed_size(const ConvShape *s) {
+    if (conv_is_winograd(s)) return 16 * bf16_packed_size(s->out_channels, s->in_channels);
+    return bf16_packed_size(s->out_channels, s->in_channels * s->kernel_h * s->kernel_w);
+}
+
+void conv_bf16_pack(uint32_t *packed, const float *w, const ConvShape *s, float *scratch) {
+    const int m = s->out_channels, c = s->in_channels;
+    if (!conv_is_winograd(s)) {
+        bf16_pack(packed, w, m, c * s->kernel_h * s->kernel_w, c * s->kernel_h * s->kernel_w);
+        return;
+    }
+    wino_weights(scratch, w, m, c); /* U: 16 matrices (m, c) */
+    for (int x = 0; x < 16; x++) bf16_pack(packed + x * bf16_packed_size(m, c), scratch + (size_t)x * m * c, m, c, c);
+}
+
+void conv2d_forward_bf16(float *out, const float *in, const uint32_t *packed, const ConvShape *s, int accumulate,
+                         float *scratch) {
+    conv_forward_any(out, in, NULL, packed, s, accumulate, scratch);
 }
 
 /* Images are split into one contiguous chunk per thread; each thread sums its

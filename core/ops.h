@@ -41,6 +41,16 @@ void conv2d_forward(float *out,        /* (B, Cout, Ho, Wo); += when accumulate 
                     const float *in,   /* (B, Cin, H, W) */
                     const float *w,    /* (Cout, Cin, KH, KW) */
                     const ConvShape *s, int accumulate, float *scratch);
+/* The same forward pass in bfloat16 (bf16.h), for weights that stay fixed
+ * (a teacher's): conv_bf16_pack rounds the kernel once - for a Winograd conv
+ * its 16 transformed matrices, computed in float first - and
+ * conv2d_forward_bf16 rounds the input (or its Winograd transform) as the
+ * GEMMs read it. Products are summed in float. conv_bf16_pack uses scratch
+ * (conv_scratch_size) for the transform. */
+size_t conv_bf16_packed_size(const ConvShape *s); /* uint32s */
+void conv_bf16_pack(uint32_t *packed, const float *w /* (Cout, Cin, KH, KW) */, const ConvShape *s, float *scratch);
+void conv2d_forward_bf16(float *out, const float *in, const uint32_t *packed, const ConvShape *s, int accumulate,
+                         float *scratch);
 /* 1 when the convolution runs as Winograd F(2x2, 3x3): 3x3, stride 1, pad 1,
  * at least 8 input and 8 output channels. Per 2x2 output tile, 16 GEMMs
  * (one per transform element) of Cout x tiles x Cin, images side by side to

@@ -19,6 +19,7 @@
 
 #include <omp.h>
 
+#include "bf16.h"
 #include "ops.h"
 #include "test.h"
 
@@ -381,6 +382,104 @@ static void test_conv(const char *name, int batch, int in_channels, int in_h, in
     size_t overrun = 0;
     for (size_t i = 0; scratch && i < CANARY; i++) overrun += scratch[n_scratch + i] != -12345.0f;
     CHECK(overrun == 0, "the op wrote %zu floats past the %zu of scratch it asked for", overrun, n_scratch);
+    free_tracked();
+}
+
+/* ---------------------------------------------------------- bfloat16 */
+
+static void test_bf16_round(void) {
+    TEST_CASE("bf16 rounding: nearest, ties to even, NaN and infinity kept");
+    const float one = 1.0f, ulp = 1.0f / 128; /* bf16 keeps 7 fraction bits */
+    CHECK(bf16_round(one + ulp) == one + ulp, "1 + 2^-7 is a bf16 value, got %.9g", bf16_round(one + ulp));
+    CHECK(bf16_round(one + ulp / 2) == one, "1 + 2^-8 is a tie: to even (1), got %.9g", bf16_round(one + ulp / 2));
+    CHECK(bf16_round(one + 3 * ulp / 2) == one + 2 * ulp, "1 + 3 * 2^-8 is a tie: to even, got %.9g",
+          bf16_round(one + 3 * ulp / 2));
+    CHECK(bf16_round(one + ulp / 2 + ulp / 64) == one + ulp, "just above a tie rounds up, got %.9g",
+          bf16_round(one + ulp / 2 + ulp / 64));
+    CHECK(bf16_round(-3.0f) == -3.0f && bf16_round(0.0f) == 0.0f, "exact values kept");
+    CHECK(isnan(bf16_round(NAN)) && isinf(bf16_round(INFINITY)) && bf16_round(-INFINITY) < 0, "NaN and inf kept");
+    CHECK(isinf(bf16_round(FLT_MAX)), "FLT_MAX rounds up to infinity in bf16, got %g", bf16_round(FLT_MAX));
+}
+
+/* C (+)= round(A) . round(B) in double, against the bf16 GEMM: the products
+ * of bf16 values are exact in float, so only the float sums differ */
+static void test_bf16_gemm(const char *name, int m, int n, int k, int accumulate) {
+    char full[160];
+    snprintf(full, sizeof full, "%s (%s kernel)", name, bf16_fast() ? "AVX512-BF16" : "portable");
+    TEST_CASE(full);
+    const int ldb = n + 3, ldc = n + 5; /* strides wider than the rows */
+    float *a = new_floats((size_t)m * k), *b = new_floats((size_t)k * ldb), *c = new_floats((size_t)m * ldc);
+    uint32_t *packed = track(calloc(bf16_packed_size(m, k), sizeof(uint32_t)));
+    double *want = new_doubles((size_t)m * n);
+    fill_uniform(a, (size_t)m * k, -1.0, 1.0);
+    fill_uniform(b, (size_t)k * ldb, -1.0, 1.0);
+    fill_uniform(c, (size_t)m * ldc, -1.0, 1.0);
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            double acc = accumulate ? c[(size_t)i * ldc + j] : 0.0;
+            for (int p = 0; p < k; p++)
+                acc += (double)bf16_round(a[(size_t)i * k + p]) * bf16_round(b[(size_t)p * ldb + j]);
+            want[(size_t)i * n + j] = acc;
+        }
+    bf16_pack(packed, a, m, k, k);
+    float *beyond = new_floats(m);
+    for (int i = 0; i < m; i++) beyond[i] = c[(size_t)i * ldc + n];
+    bf16_gemm(c, ldc, packed, b, ldb, m, n, k, accumulate);
+    float *got = new_floats((size_t)m * n);
+    size_t touched = 0;
+    for (int i = 0; i < m; i++) {
+        memcpy(got + (size_t)i * n, c + (size_t)i * ldc, n * sizeof(float));
+        touched += c[(size_t)i * ldc + n] != beyond[i];
+    }
+    check_forward("bf16 GEMM", got, want, (size_t)m * n);
+    CHECK(touched == 0, "the GEMM wrote %zu values past the n columns of C", touched);
+    free_tracked();
+}
+
+/* conv2d_forward_bf16 against the float conv: within bf16's precision of it
+ * always, and for the im2col and 1x1 paths, whose GEMMs multiply the inputs
+ * and weights themselves, equal to the exact conv of the rounded tensors */
+static void test_conv_bf16(const char *name, int batch, int in_channels, int in_h, int in_w, int out_channels,
+                           int kernel, int stride, int pad) {
+    char full[160];
+    snprintf(full, sizeof full, "%s [%d thread%s]", name, omp_get_max_threads(), omp_get_max_threads() == 1 ? "" : "s");
+    TEST_CASE(full);
+    ConvShape s = {.batch = batch, .in_channels = in_channels, .in_h = in_h, .in_w = in_w,
+                   .out_channels = out_channels, .kernel_h = kernel, .kernel_w = kernel, .stride = stride, .pad = pad};
+    CHECK(conv_shape_init(&s) == 0, "shape");
+    const size_t n_in = (size_t)batch * in_channels * in_h * in_w, n_w = (size_t)out_channels * in_channels * kernel * kernel;
+    const size_t n_out = (size_t)batch * out_channels * s.out_h * s.out_w, n_scratch = conv_scratch_size(&s);
+    float *in = new_floats(n_in), *w = new_floats(n_w), *out = new_floats(n_out), *exact = new_floats(n_out);
+    float *scratch = new_floats(n_scratch);
+    uint32_t *packed = track(calloc(conv_bf16_packed_size(&s), sizeof(uint32_t)));
+    fill_uniform(in, n_in, -1.0, 1.0);
+    fill_uniform(w, n_w, -1.0, 1.0);
+    conv_bf16_pack(packed, w, &s, scratch);
+    fill_constant(out, n_out, OUT_GARBAGE);
+    fill_constant(scratch, n_scratch, OUT_GARBAGE);
+    conv2d_forward_bf16(out, in, packed, &s, 0, scratch);
+
+    double *want = new_doubles(n_out);
+    conv_reference(want, as_doubles(in, n_in), as_doubles(w, n_w), &s);
+    double scale = 0.0, worst = 0.0;
+    for (size_t i = 0; i < n_out; i++) scale = fmax(scale, fabs(want[i]));
+    for (size_t i = 0; i < n_out; i++) worst = fmax(worst, fabs(out[i] - want[i]) / scale);
+    /* bf16 keeps 8 significant bits (a relative rounding of 2^-9), the float conv 24 */
+    CHECK(worst < 1e-2, "bf16 conv is off the exact conv by %.3g of the output's scale", worst);
+    CHECK(worst > 1e-5, "bf16 conv agrees with the exact conv to %.3g: it did not round to bf16", worst);
+    if (!conv_is_winograd(&s)) {
+        double *rin = new_doubles(n_in), *rw = new_doubles(n_w), *rounded = new_doubles(n_out);
+        for (size_t i = 0; i < n_in; i++) rin[i] = bf16_round(in[i]);
+        for (size_t i = 0; i < n_w; i++) rw[i] = bf16_round(w[i]);
+        conv_reference(rounded, rin, rw, &s);
+        check_forward("bf16 conv = exact conv of the rounded input and weights", out, rounded, n_out);
+    }
+    /* accumulate: the same sums added to what out held */
+    for (size_t i = 0; i < n_out; i++) exact[i] = out[i], out[i] = 1.0f;
+    conv2d_forward_bf16(out, in, packed, &s, 1, scratch);
+    size_t bad = 0;
+    for (size_t i = 0; i < n_out; i++) bad += !(fabs(out[i] - (exact[i] + 1.0f)) <= 1e-6 * (1.0 + fabs(exact[i])));
+    CHECK(bad == 0, "accumulate: %zu of %zu values are not the forward's plus 1", bad, n_out);
     free_tracked();
 }
 
@@ -994,7 +1093,25 @@ int main(void) {
     test_conv("conv 3x3 s1 p0 (input gradient as a conv padded 2)", 2, 3, 6, 5, 4, 3, 3, 1, 0, 4, 3);
     test_conv("conv 5x5 s1 p2 (input gradient as a conv, 25 taps)", 2, 2, 6, 7, 3, 5, 5, 1, 2, 6, 7);
     test_conv("conv 3x3 s1 p1, 2 -> 256 (input gradient through W^T . dout)", 1, 2, 4, 3, 256, 3, 3, 1, 1, 4, 3);
+    /* the bf16 forward of a fixed teacher, through each of the float forward's paths */
+    /*             name                                              B Cin  H  W Cout K  s  p */
+    test_conv_bf16("bf16 conv 1x1 (pointwise, in place)",             2, 20, 16, 17, 12, 1, 1, 0);
+    test_conv_bf16("bf16 conv 1x1 on 4x5 (images side by side)",      5, 24, 4, 5, 40, 1, 1, 0);
+    test_conv_bf16("bf16 conv 3x3 s1 p1, 4 channels (im2col)",        2, 4, 9, 11, 9, 3, 1, 1);
+    test_conv_bf16("bf16 conv 3x3 s2 p1 (strided im2col, side by side)", 3, 16, 9, 8, 24, 3, 2, 1);
+    test_conv_bf16("bf16 conv 7x7 s2 p3 (stem)",                      2, 3, 19, 18, 17, 7, 2, 3);
+    test_conv_bf16("bf16 conv 3x3 s1 p1, 8 -> 12 at 7x5 (Winograd side by side)", 5, 8, 7, 5, 12, 3, 1, 1);
+    test_conv_bf16("bf16 conv 3x3 s1 p1, 16 -> 8 at 2x2 (Winograd, groups of 16 + 4)", 20, 16, 2, 2, 8, 3, 1, 1);
+    test_conv_bf16("bf16 conv 3x3 s1 p1, 40 -> 33 at 24x26 (Winograd, many tiles)", 2, 40, 24, 26, 33, 3, 1, 1);
     }
+
+    test_bf16_round();
+    /*             name                                          m    n    k  accumulate */
+    test_bf16_gemm("bf16 GEMM 8 x 32 x 2 (one block)",           8,  32,   2, 0);
+    test_bf16_gemm("bf16 GEMM 13 x 45 x 7 (edges, odd k)",       13,  45,   7, 0);
+    test_bf16_gemm("bf16 GEMM 3 x 5 x 1 (less than a block)",     3,   5,   1, 0);
+    test_bf16_gemm("bf16 GEMM 21 x 70 x 777 (k in three blocks)", 21,  70, 777, 0);
+    test_bf16_gemm("bf16 GEMM 17 x 33 x 400, accumulate",        17,  33, 400, 1);
 
     test_weight_standardize("weight standardization 4 x 27 (3x3x3)", 4, 27);
     test_weight_standardize("weight standardization 3 x 8 (1x1x8)", 3, 8);

@@ -1,0 +1,154 @@
+/* bf16.c - the bfloat16 GEMM of bf16.h.
+ *
+ * Blocking: B is taken a strip of BF16_NR columns and BF16_KC pairs of rows
+ * at a time, rounded and interleaved into a 24 KiB buffer that stays in L1;
+ * every 8-row panel of packed A (from L2) runs the micro-kernel over it. The
+ * micro-kernel holds an 8 x 32 block of C in 16 registers and, per pair of
+ * k, broadcasts each row's pair of A and multiplies it with two vectors of
+ * B pairs (vdpbf16ps: c += a0*b0 + a1*b1 in 16 lanes). */
+#include "bf16.h"
+
+#include <string.h>
+
+#ifdef __AVX512BF16__
+#include <immintrin.h>
+#endif
+
+#define BF16_MR 8   /* rows of C per micro-kernel call */
+#define BF16_NR 32  /* columns of C per strip: two vectors */
+#define BF16_KC 192 /* pairs of k per strip */
+
+static uint32_t bf16_bits(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u; /* NaN stays a (quiet) NaN */
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
+float bf16_round(float x) {
+    uint32_t u = bf16_bits(x) << 16;
+    float r;
+    memcpy(&r, &u, sizeof r);
+    return r;
+}
+
+size_t bf16_packed_size(int m, int k) {
+    return (size_t)(m + BF16_MR - 1) / BF16_MR * BF16_MR * ((k + 1) / 2);
+}
+
+void bf16_pack(uint32_t *packed, const float *a, int m, int k, int lda) {
+    const int pairs = (k + 1) / 2;
+    for (int i = 0; i < m; i += BF16_MR)
+        for (int p = 0; p < pairs; p++)
+            for (int r = 0; r < BF16_MR; r++) {
+                const float *row = a + (size_t)(i + r) * lda + 2 * p;
+                const float lo = i + r < m ? row[0] : 0.0f, hi = i + r < m && 2 * p + 1 < k ? row[1] : 0.0f;
+                *packed++ = bf16_bits(lo) | bf16_bits(hi) << 16;
+            }
+}
+
+#ifdef __AVX512BF16__
+int bf16_fast(void) {
+    return 1;
+}
+
+static __mmask16 lanes(int count) {
+    return count >= 16 ? 0xffff : count <= 0 ? 0 : (__mmask16)((1u << count) - 1);
+}
+
+/* rows k0, k0+1, ... (pairs of them) of B's columns [0, cols) into strip: per pair, 32 (lo, hi) */
+static void pack_strip(uint32_t *strip, const float *b, int ldb, int k0, int k, int pairs, int cols) {
+    /* cvtne2ps gives row 2p's 16 values in the low half and row 2p+1's in the high half; interleave them */
+    const __m512i zip = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                         21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __mmask16 m0 = lanes(cols), m1 = lanes(cols - 16);
+    for (int p = 0; p < pairs; p++, strip += BF16_NR) {
+        const int r = k0 + 2 * p;
+        const float *lo = b + (size_t)r * ldb, *hi = lo + ldb;
+        const int has_hi = r + 1 < k;
+        for (int h = 0; h < 2; h++) {
+            const __mmask16 mask = h ? m1 : m0;
+            const __m512 x0 = _mm512_maskz_loadu_ps(mask, lo + 16 * h);
+            const __m512 x1 = has_hi ? _mm512_maskz_loadu_ps(mask, hi + 16 * h) : _mm512_setzero_ps();
+            const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(x1, x0);
+            _mm512_store_si512(strip + 16 * h, _mm512_permutexvar_epi16(zip, both));
+        }
+    }
+}
+
+static void micro_kernel(float *c, int ldc, const uint32_t *a, const uint32_t *strip, int pairs, int rows, int cols,
+                         int accumulate) {
+    __m512 acc[BF16_MR][2];
+    for (int r = 0; r < BF16_MR; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int p = 0; p < pairs; p++, a += BF16_MR, strip += BF16_NR) {
+        const __m512bh b0 = (__m512bh)_mm512_load_si512(strip), b1 = (__m512bh)_mm512_load_si512(strip + 16);
+        for (int r = 0; r < BF16_MR; r++) {
+            const __m512bh ar = (__m512bh)_mm512_set1_epi32((int)a[r]);
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], ar, b0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], ar, b1);
+        }
+    }
+    const __mmask16 m0 = lanes(cols), m1 = lanes(cols - 16);
+    for (int r = 0; r < rows; r++) {
+        float *cr = c + (size_t)r * ldc;
+        if (accumulate) {
+            acc[r][0] = _mm512_add_ps(acc[r][0], _mm512_maskz_loadu_ps(m0, cr));
+            acc[r][1] = _mm512_add_ps(acc[r][1], _mm512_maskz_loadu_ps(m1, cr + 16));
+        }
+        _mm512_mask_storeu_ps(cr, m0, acc[r][0]);
+        _mm512_mask_storeu_ps(cr + 16, m1, acc[r][1]);
+    }
+}
+
+#else /* portable: the same blocking and packing, plain loops */
+int bf16_fast(void) {
+    return 0;
+}
+
+static float half(uint32_t pair, int high) {
+    uint32_t u = high ? pair & 0xffff0000u : pair << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static void pack_strip(uint32_t *strip, const float *b, int ldb, int k0, int k, int pairs, int cols) {
+    for (int p = 0; p < pairs; p++, strip += BF16_NR) {
+        const int r = k0 + 2 * p;
+        for (int j = 0; j < BF16_NR; j++) {
+            const float lo = j < cols ? b[(size_t)r * ldb + j] : 0.0f;
+            const float hi = j < cols && r + 1 < k ? b[(size_t)(r + 1) * ldb + j] : 0.0f;
+            strip[j] = bf16_bits(lo) | bf16_bits(hi) << 16;
+        }
+    }
+}
+
+static void micro_kernel(float *c, int ldc, const uint32_t *a, const uint32_t *strip, int pairs, int rows, int cols,
+                         int accumulate) {
+    for (int r = 0; r < rows; r++)
+        for (int j = 0; j < cols; j++) {
+            float acc = 0.0f;
+            for (int p = 0; p < pairs; p++) {
+                const uint32_t ap = a[p * BF16_MR + r], bp = strip[p * BF16_NR + j];
+                acc += half(ap, 0) * half(bp, 0) + half(ap, 1) * half(bp, 1);
+            }
+            c[(size_t)r * ldc + j] = accumulate ? c[(size_t)r * ldc + j] + acc : acc;
+        }
+}
+#endif
+
+void bf16_gemm(float *c, int ldc, const uint32_t *a_packed, const float *b, int ldb, int m, int n, int k,
+               int accumulate) {
+    _Alignas(64) uint32_t strip[BF16_KC * BF16_NR];
+    const int pairs = (k + 1) / 2;
+    for (int j = 0; j < n; j += BF16_NR) {
+        const int cols = n - j < BF16_NR ? n - j : BF16_NR;
+        for (int p0 = 0; p0 < pairs; p0 += BF16_KC) {
+            const int np = pairs - p0 < BF16_KC ? pairs - p0 : BF16_KC;
+            pack_strip(strip, b + j, ldb, 2 * p0, k, np, cols);
+            for (int i = 0; i < m; i += BF16_MR)
+                micro_kernel(c + (size_t)i * ldc + j, ldc, a_packed + (size_t)i * pairs + (size_t)p0 * BF16_MR, strip,
+                             np, m - i < BF16_MR ? m - i : BF16_MR, cols, accumulate || p0 > 0);
+        }
+    }
+}
