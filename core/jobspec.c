@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bf16.h"
 #include "images.h"
 #include "util.h"
 
@@ -220,6 +221,12 @@ int jobspec_parse_json(json_t *root, JobSpec *s, char *err) {
             } else {
                 rc = get_string(v, "teacher", s->teacher, sizeof s->teacher, err);
             }
+        } else if (strcmp(key, "teacher_precision") == 0) { /* indexed by PRECISION_* */
+            static const char *const precisions[] = {"float32", "bfloat16"};
+            rc = get_choice(v, key, precisions, 2, &s->teacher_precision, err);
+            if (!rc && s->teacher_precision == PRECISION_BFLOAT16 && !bf16_fast())
+                rc = set_error(err, "teacher_precision: \"bfloat16\" needs a CPU with AVX512-BF16 and a build of "
+                                    "distilld for it (make ARCH=native on such a CPU); this build has none");
         } else if (strcmp(key, "batch_size") == 0) {
             rc = get_int(v, key, 1, 65536, &x, err);
             s->batch_size = (int)x;
@@ -282,9 +289,10 @@ int jobspec_parse_json(json_t *root, JobSpec *s, char *err) {
             rc = get_int(v, key, 0, 256, &x, err);
             s->threads = (int)x;
         } else {
-            rc = set_error(err, "%s: unknown key (known: kind, dataset, model, teacher, batch_size, steps, epochs, "
-                                "lr, weight_decay, clip_norm, warmup_steps, temperature, mixup, flip, crop, crop_area, "
-                                "eval_resize, eval_crop, eval_every, checkpoint_every, seed, threads)", key);
+            rc = set_error(err, "%s: unknown key (known: kind, dataset, model, teacher, teacher_precision, "
+                                "batch_size, steps, epochs, lr, weight_decay, clip_norm, warmup_steps, temperature, "
+                                "mixup, flip, crop, crop_area, eval_resize, eval_crop, eval_every, checkpoint_every, "
+                                "seed, threads)", key);
         }
         if (rc) return -1;
     }
@@ -298,6 +306,8 @@ int jobspec_parse_json(json_t *root, JobSpec *s, char *err) {
         return set_error(err, "teacher: a distill job needs a teacher (a weights file, or a finished job's id)");
     if (s->kind == JOB_TRAIN && (s->teacher[0] || s->teacher_job[0]))
         return set_error(err, "teacher: only a distill job takes a teacher");
+    if (s->kind == JOB_TRAIN && s->teacher_precision != PRECISION_FLOAT32)
+        return set_error(err, "teacher_precision: only a distill job has a teacher");
     if (have_steps && s->warmup_steps >= s->steps)
         return set_error(err, "warmup_steps: %ld is not shorter than the whole schedule (%ld steps)", s->warmup_steps,
                          s->steps);
@@ -389,6 +399,7 @@ char *jobspec_to_json(const JobSpec *s) {
     json_object_set_new(o, "model", m);
     if (s->teacher[0]) json_object_set_new(o, "teacher", json_string(s->teacher));
     if (s->teacher_job[0]) json_object_set_new(o, "teacher", json_pack("{s:s}", "job", s->teacher_job));
+    if (s->teacher_precision == PRECISION_BFLOAT16) json_object_set_new(o, "teacher_precision", json_string("bfloat16"));
     json_object_set_new(o, "batch_size", json_integer(s->batch_size));
     if (s->have_epochs && !s->steps) json_object_set_new(o, "epochs", json_real(s->epochs));
     else json_object_set_new(o, "steps", json_integer(s->steps));

@@ -16,6 +16,7 @@
 
 enum { JOB_TRAIN = 0, JOB_DISTILL = 1 };
 enum { CROP_INCEPTION = 0, CROP_RANDOM = 1, CROP_NONE = 2 };
+enum { PRECISION_FLOAT32 = 0, PRECISION_BFLOAT16 = 1 };
 
 typedef struct {
     char name[64];             /* built-in dataset ("fashion-mnist", "mnist"), or "" */
@@ -34,6 +35,7 @@ typedef struct {
     ModelConfig model;
     char teacher[SPEC_PATH_MAX]; /* teacher weights file (distill) */
     char teacher_job[64];        /* or a finished job's id (daemon only) */
+    int teacher_precision;       /* PRECISION_*: the teacher's forward in float or bfloat16 (model_set_bf16) */
     int batch_size;
     long steps;                /* total optimizer steps (from steps or epochs) */
     double epochs;             /* as given, 0 if steps was given */

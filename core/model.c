@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bf16.h"
 #include "formats.h"
 #include "util.h"
 
@@ -387,6 +388,7 @@ void model_free(Model *m) {
     free(m->adam_m);
     free(m->adam_v);
     free(m->w_hat);
+    free(m->w_bf16);
     free(m->dw_hat);
     free(m->ws_rstd);
     free(m->scratch);
@@ -452,7 +454,10 @@ static ConvShape at_batch(const Conv *c, int batch) {
 
 static void conv_forward(Model *m, const Conv *c, float *out, const float *in, int accumulate, int batch) {
     ConvShape s = at_batch(c, batch);
-    conv2d_forward(out, in, m->w_hat + c->weight, &s, accumulate, m->scratch);
+    if (m->w_bf16)
+        conv2d_forward_bf16(out, in, m->w_bf16 + c->packed, &s, accumulate, m->scratch);
+    else
+        conv2d_forward(out, in, m->w_hat + c->weight, &s, accumulate, m->scratch);
 }
 
 static void conv_backward(Model *m, const Conv *c, float *din, const float *dout, const float *in, int batch) {
@@ -486,8 +491,27 @@ static void standardize_all(Model *m) {
         const ConvShape *s = &cv->shape;
         weight_standardize_forward(m->w_hat + cv->weight, m->ws_rstd + cv->rstd, m->weights + cv->weight,
                                    s->out_channels, s->in_channels * s->kernel_h * s->kernel_w);
+        if (m->w_bf16) conv_bf16_pack(m->w_bf16 + cv->packed, m->w_hat + cv->weight, s, m->scratch);
     }
     m->w_hat_valid = 1;
+}
+
+int model_set_bf16(Model *m, char *err) {
+    if (!m->inference) return set_error(err, "bfloat16 forward: only a model built for inference (a teacher) runs it");
+    if (!bf16_fast())
+        return set_error(err, "bfloat16 forward: this build of distilld has no AVX512-BF16 kernel (it needs a CPU "
+                              "with AVX512-BF16, and a build with ARCH=native on it)");
+    if (m->w_bf16) return 0;
+    size_t total = 0;
+    for (int i = 0; i < m->num_convs; i++) {
+        m->convs[i]->packed = total;
+        total += conv_bf16_packed_size(&m->convs[i]->shape);
+    }
+    if (!(m->w_bf16 = calloc(total, sizeof(uint32_t))))
+        return set_error(err, "bfloat16 forward: not enough memory for the packed kernels (%.0f MB)",
+                         total * sizeof(uint32_t) / (1024.0 * 1024.0));
+    m->w_hat_valid = 0; /* the next forward standardizes and packs */
+    return 0;
 }
 
 float *model_forward(Model *m, const float *images, int batch) {

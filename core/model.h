@@ -45,6 +45,7 @@ typedef struct {
     ConvShape shape;   /* batch = capacity */
     size_t weight;     /* offset of the kernel in the parameter block (and w_hat block) */
     size_t rstd;       /* offset of its per-channel 1/std in the standardization cache */
+    size_t packed;     /* offset of its bf16-packed kernel in w_bf16 (model_set_bf16) */
 } Conv;
 
 typedef struct {
@@ -82,6 +83,7 @@ typedef struct {
     float *dw_hat;          /* their gradients */
     float *ws_rstd;         /* (sum of Cout over standardized convs) */
     int w_hat_valid;        /* 0 after the weights change */
+    uint32_t *w_bf16;       /* NULL, or (model_set_bf16) the standardized kernels packed for the bf16 GEMM */
 
     Conv stem;
     int has_pool;
@@ -131,6 +133,13 @@ int model_create(Model **out, const ModelConfig *c, int batch_capacity, char *er
  * checkpoints refuse such a model. */
 int model_create_inference(Model **out, const ModelConfig *c, int batch_capacity, char *err);
 void model_free(Model *m);
+
+/* Runs the convolutions of an inference model's forwards in bfloat16
+ * (conv2d_forward_bf16): products of bf16-rounded kernels and activations,
+ * summed in float; GroupNorm, pooling and the head stay float. For a fixed
+ * teacher. Refused for a training model, and by a build without the
+ * AVX512-BF16 kernel (bf16_fast), which would be slower than float. */
+int model_set_bf16(Model *m, char *err);
 
 /* BiT initialisation: He-normal kernels, GroupNorm gamma 1 / beta 0, zero head. */
 void model_init_bit(Model *m, uint64_t seed);

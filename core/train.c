@@ -144,6 +144,8 @@ static int load_teacher(Run *r, char *err) {
     for (int c = 0; c < m->in_channels; c++)
         if (t->norm_mean[c] != m->norm_mean[c] || t->norm_std[c] != m->norm_std[c])
             return set_error(err, "teacher: its input normalization differs from the student's");
+    if (s->teacher_precision == PRECISION_BFLOAT16 && model_set_bf16(r->teacher, why) != 0)
+        return set_error(err, "teacher_precision: %s", why);
     return 0;
 }
 

@@ -1,10 +1,12 @@
 /* bench.c - times one kind of step of distilld's engine, for make bench.
  *
- *   bench KIND MODEL_JSON [TEACHER_JSON] --batch B --threads N [--iters I] [--warmup W]
+ *   bench KIND MODEL_JSON [TEACHER_JSON] --batch B --threads N [--iters I] [--warmup W] [--bf16]
  *
  * KIND: train (supervised step: forward, cross-entropy, backward, Adam),
  * distill (augmentation + mixup of the batch, teacher forward, student
- * forward/backward on T^2 KL, Adam), infer (forward only). Random weights and
+ * forward/backward on T^2 KL, Adam), infer (forward only). --bf16 runs the
+ * teacher (distill) or the model (infer) in bfloat16 (model_set_bf16), as a
+ * job with "teacher_precision": "bfloat16" runs its teacher. Random weights and
  * images; the work per step does not depend on their values. Prints one JSON
  * line: median images/s over the timed iterations, GFLOP/s achieved (counted
  * as direct convolution: an effective rate where Winograd does fewer), the
@@ -20,6 +22,7 @@
 #include <sys/resource.h>
 
 #include "augment.h"
+#include "bf16.h"
 #include "blas.h"
 #include "jobspec.h"
 #include "model.h"
@@ -72,9 +75,10 @@ static double forward_flops(const Model *m) {
  * (conv_is_winograd) runs 16 GEMMs per group of images instead: U . V
  * forward, dM . V^T and U^T . dM backward, with 2x2 tiles as columns. Best of
  * 3; *executed gets the FLOPs of those GEMMs. Nothing else is timed: this is
- * the least time the step could take with the same GEMMs. */
+ * the least time the step could take with the same GEMMs. A model that runs
+ * in bfloat16 (model_set_bf16) is timed with the bf16 GEMM instead. */
 static double conv_gemm_seconds(const Model *m, int batch, int backward, double *executed) {
-    const int threads = omp_get_max_threads();
+    const int threads = omp_get_max_threads(), bf16 = m->w_bf16 != NULL;
     double total = 0;
     for (int i = 0; i < m->num_convs; i++) {
         const ConvShape *s = &m->convs[i]->shape;
@@ -90,6 +94,8 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
             float *v = xcalloc((size_t)threads * 16 * mat, sizeof(float));
             float *o = xcalloc((size_t)threads * 16 * mat, sizeof(float));
             for (size_t j = 0; j < 16 * uw; j++) u[j] = 0.01f * (float)(j % 13);
+            uint32_t *packed = bf16 ? xcalloc(16 * bf16_packed_size(M, cin), sizeof(uint32_t)) : NULL;
+            for (int x = 0; packed && x < 16; x++) bf16_pack(packed + x * bf16_packed_size(M, cin), u + x * uw, M, cin, cin);
             for (size_t j = 0; j < (size_t)threads * 16 * mat; j++) v[j] = 0.01f * (float)(j % 7);
             double best = 1e30;
             for (int rep = 0; rep < 3; rep++) {
@@ -98,8 +104,12 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
                 for (int g = 0; g < groups; g++) {
                     const int t = omp_get_thread_num(), n = (batch - g * group < group ? batch - g * group : group) * tiles;
                     for (int x = 0; x < 16; x++)
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, n, cin, 1.0f, u + x * uw, cin,
-                                    v + ((size_t)t * 16 + x) * mat, n, 0.0f, o + ((size_t)t * 16 + x) * mat, n);
+                        if (packed)
+                            bf16_gemm(o + ((size_t)t * 16 + x) * mat, n, packed + x * bf16_packed_size(M, cin),
+                                      v + ((size_t)t * 16 + x) * mat, n, M, n, cin, 0);
+                        else
+                            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, n, cin, 1.0f, u + x * uw, cin,
+                                        v + ((size_t)t * 16 + x) * mat, n, 0.0f, o + ((size_t)t * 16 + x) * mat, n);
                 }
 #pragma omp parallel for schedule(static)
                 for (int g = 0; g < (backward ? bgroups : 0); g++) {
@@ -119,7 +129,7 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
             }
             total += best;
             *executed += 2.0 * 16 * M * cin * tiles * batch * (1 + (backward ? (i > 0 ? 2 : 1) : 0));
-            free(u), free(du), free(v), free(o);
+            free(u), free(du), free(v), free(o), free(packed);
             continue;
         }
         size_t cols = grad_conv && (size_t)M * kk * hw > (size_t)K * N ? (size_t)M * kk * hw : (size_t)K * N;
@@ -130,6 +140,8 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
         float *out = xcalloc((size_t)threads * M * N * group, sizeof(float));
         float *dw = xcalloc((size_t)threads * M * K, sizeof(float));
         for (size_t j = 0; j < (size_t)M * K; j++) w[j] = 0.01f * (float)(j % 13);
+        uint32_t *packed = bf16 ? xcalloc(bf16_packed_size(M, K), sizeof(uint32_t)) : NULL;
+        if (packed) bf16_pack(packed, w, M, K, K);
         for (size_t j = 0; j < (size_t)threads * cols; j++) col[j] = 0.01f * (float)(j % 7);
         double best = 1e30;
         for (int rep = 0; rep < 3; rep++) {
@@ -137,8 +149,11 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
 #pragma omp parallel for schedule(static)
             for (int g = 0; g < groups; g++) {
                 const int t = omp_get_thread_num(), n = (batch - g * group < group ? batch - g * group : group) * N;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, n, K, 1.0f, w, K, col + (size_t)t * cols, n,
-                            0.0f, out + (size_t)t * M * N * group, n);
+                if (packed)
+                    bf16_gemm(out + (size_t)t * M * N * group, n, packed, col + (size_t)t * cols, n, M, n, K, 0);
+                else
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, n, K, 1.0f, w, K, col + (size_t)t * cols,
+                                n, 0.0f, out + (size_t)t * M * N * group, n);
             }
 #pragma omp parallel for schedule(static)
             for (int b = 0; b < (backward ? batch : 0); b++) { /* backward: per image */
@@ -161,7 +176,7 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
         }
         total += best;
         *executed += 2.0 * M * N * K * batch * (1 + (backward ? (i > 0 ? 2 : 1) : 0));
-        free(w), free(col), free(out), free(dw), free(dcol);
+        free(w), free(col), free(out), free(dw), free(dcol), free(packed);
     }
     return total;
 }
@@ -173,12 +188,13 @@ int main(int argc, char **argv) {
         return 2;
     }
     const char *kind = argv[1], *student_json = argv[2], *teacher_json = NULL;
-    int batch = 128, threads = 1, iters = 10, warmup = 3;
+    int batch = 128, threads = 1, iters = 10, warmup = 3, bf16 = 0;
     for (int i = 3; i < argc; i++) {
         if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc) batch = atoi(argv[++i]);
         else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) threads = atoi(argv[++i]);
         else if (strcmp(argv[i], "--iters") == 0 && i + 1 < argc) iters = atoi(argv[++i]);
         else if (strcmp(argv[i], "--warmup") == 0 && i + 1 < argc) warmup = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--bf16") == 0) bf16 = 1;
         else teacher_json = argv[i];
     }
     int is_train = strcmp(kind, "train") == 0, is_distill = strcmp(kind, "distill") == 0;
@@ -194,6 +210,11 @@ int main(int argc, char **argv) {
     /* the teacher (and inference) without gradients, as a job runs it */
     Model *student = make_model(student_json, batch, !is_train && !is_distill);
     Model *teacher = is_distill ? make_model(teacher_json, batch, 1) : NULL;
+    char err[ERR_LEN];
+    if (bf16 && (is_train || model_set_bf16(is_distill ? teacher : student, err) != 0)) {
+        fprintf(stderr, "bench: --bf16: %s\n", is_train ? "a training step runs in float" : err);
+        return 2;
+    }
     const ModelConfig *c = &student->cfg;
     const int k = c->num_classes;
     const size_t image_floats = (size_t)c->in_channels * c->image_size * c->image_size;
@@ -252,9 +273,9 @@ int main(int argc, char **argv) {
     getrusage(RUSAGE_SELF, &ru);
     printf("{\"impl\": \"distilld\", \"kind\": \"%s\", \"batch\": %d, \"threads\": %d, \"images_per_second\": %.1f, "
            "\"gflops\": %.1f, \"sgemm_gflops\": %.1f, \"gemm_share\": %.3f, \"peak_rss_mb\": %.1f, \"params\": %zu, "
-           "\"blas\": \"%s\"}\n",
+           "\"blas\": \"%s\", \"precision\": \"%s\"}\n",
            kind, batch, threads, batch / median, flops / median * 1e-9, executed / gemm * 1e-9, gemm / median,
-           ru.ru_maxrss / 1024.0, student->num_floats, blas_describe());
+           ru.ru_maxrss / 1024.0, student->num_floats, blas_describe(), bf16 ? "bfloat16" : "float32");
     model_free(student);
     model_free(teacher);
     return 0;

@@ -26,6 +26,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "bf16.h"
 #include "blas.h"
 #include "formats.h"
 #include "jobspec.h"
@@ -1079,6 +1080,7 @@ static void check_specs_equal(const JobSpec *a, const JobSpec *b, const char *wh
     SPEC_FIELD(model.image_size, "%d");
     CHECK(strcmp(a->teacher, b->teacher) == 0, "%s: teacher %s vs %s", what, a->teacher, b->teacher);
     CHECK(strcmp(a->teacher_job, b->teacher_job) == 0, "%s: teacher_job %s vs %s", what, a->teacher_job, b->teacher_job);
+    SPEC_FIELD(teacher_precision, "%d");
     SPEC_FIELD(batch_size, "%d");
     SPEC_FIELD(steps, "%ld");
     SPEC_FIELD(epochs, "%g");
@@ -1159,6 +1161,14 @@ static void test_jobspec_refusals(void) {
     expect_spec_refused("{\"kind\":\"distill\",\"steps\":100}", "teacher", NULL);
     expect_spec_refused("{\"kind\":\"train\",\"steps\":100,\"teacher\":\"t.safetensors\"}", "teacher", NULL);
     expect_spec_refused("{\"kind\":\"train\",\"steps\":100,\"teacher\":{\"job\":\"j1\"}}", "teacher", NULL);
+    expect_spec_refused("{\"kind\":\"distill\",\"teacher\":\"t.safetensors\",\"steps\":10,\"teacher_precision\":\"fp8\"}",
+                        "teacher_precision", "bfloat16");
+    expect_spec_refused("{\"kind\":\"train\",\"steps\":10,\"teacher_precision\":\"bfloat16\"}", "teacher_precision",
+                        "distill");
+    if (!bf16_fast()) /* a build without the kernel says so rather than run slowly */
+        expect_spec_refused("{\"kind\":\"distill\",\"teacher\":\"t.safetensors\",\"steps\":10,"
+                            "\"teacher_precision\":\"bfloat16\"}",
+                            "teacher_precision", "AVX512-BF16");
 
     TEST_CASE("job spec: steps xor epochs");
     expect_spec_refused("{\"kind\":\"train\",\"steps\":100,\"epochs\":2}", "steps", "epochs");
@@ -1206,6 +1216,7 @@ static void test_jobspec_accepted(void) {
         CHECK(s.model.in_channels == 0 && s.model.num_classes == 0 && s.model.image_size == 0,
               "in/out sizes should wait for the dataset");
         CHECK(s.teacher[0] == 0 && s.teacher_job[0] == 0, "teacher set");
+        CHECK(s.teacher_precision == PRECISION_FLOAT32, "teacher_precision %d", s.teacher_precision);
         CHECK(s.seed == 0 && s.threads == 0 && s.eval_every == 0 && s.checkpoint_every == 0, "seed/threads/every");
         check_json_round_trip(&s, "minimal");
     }
@@ -1240,6 +1251,17 @@ static void test_jobspec_accepted(void) {
         CHECK(s.have_epochs && s.epochs == 2.5 && s.steps == 0, "epochs %g steps %ld", s.epochs, s.steps);
         CHECK(strcmp(s.dataset.name, "mnist") == 0, "dataset %s", s.dataset.name);
         check_json_round_trip(&s, "epochs + teacher job");
+    }
+
+    TEST_CASE("job spec: teacher_precision");
+    if (parse_ok("{\"kind\":\"distill\",\"teacher\":\"t.safetensors\",\"steps\":10,\"teacher_precision\":\"float32\"}",
+                 &s))
+        CHECK(s.teacher_precision == PRECISION_FLOAT32, "teacher_precision %d", s.teacher_precision);
+    if (bf16_fast() &&
+        parse_ok("{\"kind\":\"distill\",\"teacher\":\"t.safetensors\",\"steps\":10,\"teacher_precision\":\"bfloat16\"}",
+                 &s)) {
+        CHECK(s.teacher_precision == PRECISION_BFLOAT16, "teacher_precision %d", s.teacher_precision);
+        check_json_round_trip(&s, "bfloat16 teacher");
     }
 
     TEST_CASE("job spec: a teacher with both weights and job is refused or kept whole");
