@@ -8,12 +8,18 @@
  *   ends bit-for-bit equal to an uninterrupted run, for `train` and for
  *   `distill` (the teacher being the first run's weights), with crop, flip and
  *   mixup on.
- * - Refusals: resuming with a different spec; a teacher of another class count. */
+ * - Refusals: resuming with a different spec; a teacher of another class count.
+ * - The bfloat16 teacher ("teacher_precision"): the learned model in bf16
+ *   predicts as it does in float (thresholds measured, see BF16_*), and a
+ *   distill job runs its teacher that way. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "bf16.h"
+#include "data.h"
 #include "formats.h"
 #include "jobspec.h"
 #include "model.h"
@@ -78,7 +84,7 @@ static int files_equal(const char *a, const char *b) {
     return same;
 }
 
-static void test_learns(const char *root) {
+static void test_learns(const char *root, char *weights_out) {
     TEST_CASE("a small model learns Fashion-MNIST (300 steps, 6,000 images)");
     const char *spec = "{\"kind\":\"train\",\"dataset\":{\"name\":\"fashion-mnist\",\"subset_size\":6000},"
                        "\"model\":{\"depth\":[1,1,1],\"base_width\":16,\"gn_groups\":8,\"stem\":\"small\"},"
@@ -96,6 +102,7 @@ static void test_learns(const char *root) {
     CHECK(w.steps_seen == 300 && r.steps_done == 300, "steps seen %ld, done %ld", w.steps_seen, r.steps_done);
     CHECK(w.evals == 1, "expected one evaluation, at the end, got %d", w.evals);
     CHECK(access(r.weights_path, F_OK) == 0, "no weights at %s", r.weights_path);
+    snprintf(weights_out, 512, "%s", r.weights_path);
 }
 
 static const char *small_spec(char *buf, size_t size, const char *kind, const char *teacher) {
@@ -207,6 +214,120 @@ static void test_teacher_augmented(const char *root, const char *teacher) {
           w.last_eval.teacher_test_top1);
 }
 
+/* Measured with test_learns's model (75 % test top-1) on the 10,000 test
+ * images, plain and augmented as function matching shows them: see
+ * test_bf16_teacher's printout. */
+#define BF16_MIN_AGREEMENT 0.985f /* same top-1 class as the float teacher: 99.6 % plain, 99.1 % augmented */
+#define BF16_MAX_TOP1_CHANGE 0.005f /* 0.17 and 0.04 points */
+#define BF16_MAX_KL 1e-3 /* mean KL(float softmax || bf16 softmax), nats: 5.6e-5 and 4.3e-4 */
+
+static double kl_softmax(const float *p_logits, const float *q_logits, int k) {
+    double mp = p_logits[0], mq = q_logits[0], zp = 0, zq = 0, kl = 0;
+    for (int i = 1; i < k; i++) mp = fmax(mp, p_logits[i]), mq = fmax(mq, q_logits[i]);
+    for (int i = 0; i < k; i++) zp += exp(p_logits[i] - mp), zq += exp(q_logits[i] - mq);
+    for (int i = 0; i < k; i++) {
+        const double lp = p_logits[i] - mp - log(zp), lq = q_logits[i] - mq - log(zq);
+        kl += exp(lp) * (lp - lq);
+    }
+    return kl;
+}
+
+static int argmax_of(const float *x, int k) {
+    int best = 0;
+    for (int i = 1; i < k; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+/* The model test_learns trained, as a teacher in float and in bfloat16, on
+ * the test images as evaluation shows them and as a distill job's training
+ * crops do (data_augmented_eval_batch); then a distill job with
+ * "teacher_precision": "bfloat16" reports the bf16 teacher's test top-1. */
+static void test_bf16_teacher(const char *root, const char *weights) {
+    TEST_CASE("bfloat16 teacher: predicts as the float one on the 10,000 test images, plain and augmented");
+    if (!bf16_fast()) {
+        printf("     not run: this build has no AVX512-BF16 kernel, and refuses bfloat16 teachers\n");
+        return;
+    }
+    enum { B = 250 };
+    JobSpec s;
+    JobData d;
+    char err[ERR_LEN];
+    Model *f32 = NULL, *b16 = NULL;
+    int rc = jobspec_parse("{\"kind\":\"train\",\"steps\":1,\"batch_size\":250}", &s, err);
+    if (!rc) rc = data_open(&s.dataset, NULL, &d, err);
+    if (!rc) rc = jobspec_resolve(&s, d.train_count, d.train.num_classes, d.train.c, d.train.h, err);
+    if (!rc) rc = model_load(&f32, weights, B, err);
+    if (!rc) rc = model_load(&b16, weights, B, err);
+    if (!rc) rc = model_set_bf16(b16, err);
+    CHECK(rc == 0, "setup: %s", err);
+    if (rc) return;
+    Model *trainable = NULL;
+    char why[ERR_LEN] = "";
+    if (model_create(&trainable, &f32->cfg, 2, why) == 0)
+        CHECK(model_set_bf16(trainable, why) != 0 && strstr(why, "inference"),
+              "a model built for training must refuse bf16: %s", why);
+    model_free(trainable);
+    const int k = s.model.num_classes, total = data_split_size(&d, SPLIT_TEST);
+    const size_t image_floats = (size_t)s.model.in_channels * s.model.image_size * s.model.image_size;
+    float *images = xcalloc(B * image_floats, sizeof(float)), *logits = xcalloc((size_t)B * k, sizeof(float));
+    float plain_f32 = 0, plain_b16 = 0;
+    float *scratch = xcalloc(data_scratch_size(&d, &s) + 1, sizeof(float));
+    int32_t *labels = xcalloc(B, sizeof(int32_t));
+    for (int augmented = 0; augmented <= 1; augmented++) {
+        long agree = 0, right_f32 = 0, right_b16 = 0;
+        double kl = 0, worst_logit = 0;
+        for (int start = 0; start < total; start += B) {
+            int n = augmented ? data_augmented_eval_batch(&d, &s, SPLIT_TEST, start, B, images, labels, scratch)
+                              : data_eval_batch(&d, &s, SPLIT_TEST, start, B, images, labels, scratch);
+            memcpy(logits, model_forward(f32, images, n), sizeof(float) * n * k);
+            const float *low = model_forward(b16, images, n);
+            for (int i = 0; i < n; i++) {
+                const int a = argmax_of(logits + (size_t)i * k, k), b = argmax_of(low + (size_t)i * k, k);
+                agree += a == b, right_f32 += a == labels[i], right_b16 += b == labels[i];
+                kl += kl_softmax(logits + (size_t)i * k, low + (size_t)i * k, k);
+                for (int j = 0; j < k; j++)
+                    worst_logit = fmax(worst_logit, fabs(logits[(size_t)i * k + j] - low[(size_t)i * k + j]));
+            }
+        }
+        const float agreement = (float)agree / total, top1_f32 = (float)right_f32 / total;
+        const float top1_b16 = (float)right_b16 / total;
+        printf("     %s test images: top-1 %.2f%% float, %.2f%% bf16; same class %.2f%%; mean KL %.2e; "
+               "largest logit change %.3f\n",
+               augmented ? "augmented" : "plain", 100 * top1_f32, 100 * top1_b16, 100 * agreement, kl / total,
+               worst_logit);
+        if (!augmented) {
+            CHECK(top1_f32 >= TRAIN_MIN_TOP1, "the float teacher is not the learned model: %.4f", top1_f32);
+            plain_f32 = top1_f32, plain_b16 = top1_b16;
+        }
+        CHECK(agreement >= BF16_MIN_AGREEMENT, "bf16 and float agree on %.4f of the images", agreement);
+        CHECK(fabsf(top1_b16 - top1_f32) <= BF16_MAX_TOP1_CHANGE, "top-1 %.4f in bf16, %.4f in float", top1_b16,
+              top1_f32);
+        CHECK(kl / total <= BF16_MAX_KL, "mean KL %.3g", kl / total);
+        CHECK(worst_logit > 0, "bf16 logits equal the float ones: the bf16 path did not run");
+    }
+    free(images), free(logits), free(scratch), free(labels);
+    model_free(f32);
+    model_free(b16);
+    data_close(&d);
+
+    TEST_CASE("bfloat16 teacher: a distill job runs its teacher in bf16 (its test top-1, as measured above)");
+    Watch wf = {0}, wb = {0};
+    const char *model = "\"model\":{\"depth\":[1],\"base_width\":8,\"gn_groups\":4,\"stem\":\"small\"},\"batch_size\":250";
+    char rest[512];
+    snprintf(rest, sizeof rest, "%s,\"teacher_precision\":\"bfloat16\"", model);
+    rc = run_small_distill(root, "teacher-f32", weights, ",\"test_size\":10000", model, &wf, err);
+    CHECK(rc == TRAIN_DONE && wf.last_eval.has_teacher, "float teacher job: %d %s", rc, err);
+    rc = run_small_distill(root, "teacher-bf16", weights, ",\"test_size\":10000", rest, &wb, err);
+    CHECK(rc == TRAIN_DONE && wb.last_eval.has_teacher, "bf16 teacher job: %d %s", rc, err);
+    printf("     teacher test top-1 reported by the jobs: %.2f%% float, %.2f%% bf16\n",
+           100 * wf.last_eval.teacher_test_top1, 100 * wb.last_eval.teacher_test_top1);
+    /* the same batches of the same model on as many threads: the same logits */
+    CHECK(wf.last_eval.teacher_test_top1 == plain_f32 && wb.last_eval.teacher_test_top1 == plain_b16,
+          "the jobs' teachers scored %.4f (float) and %.4f (bf16), the direct runs above %.4f and %.4f",
+          wf.last_eval.teacher_test_top1, wb.last_eval.teacher_test_top1, plain_f32, plain_b16);
+}
+
 static void test_recipes_parse(void) {
     TEST_CASE("every recipe in recipes/ is a valid spec");
     const char *names[] = {"demo", "fmnist-teacher", "fmnist-fm-1k", "fmnist-labels-1k"};
@@ -234,7 +355,9 @@ int main(void) {
     test_resume(root, "distill", teacher, NULL);
     test_teacher_mismatch(root, teacher);
     test_teacher_augmented(root, teacher);
-    test_learns(root);
+    char learned[512] = "";
+    test_learns(root, learned);
+    test_bf16_teacher(root, learned);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf %s", root);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", root);
