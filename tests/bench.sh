@@ -45,20 +45,25 @@ FM_S='{"depth":[1,1,1,1],"base_width":16,"width":1,"gn_groups":8,"stem":"small",
 BIT_T='{"depth":[2,2,2,2],"base_width":32,"width":1,"gn_groups":8,"stem":"bit","in_channels":3,"num_classes":102,"image_size":128}'
 BIT_S='{"depth":[1,1,1,1],"base_width":16,"width":1,"gn_groups":8,"stem":"bit","in_channels":3,"num_classes":102,"image_size":128}'
 
-# label | kind | model | teacher (or -) | warm-up | timed iterations
-# Iterations are sized so that a whole run takes ~7 minutes on a quiet 2-core machine (~12 under
-# load); the slow 128 px measurements get fewer.
+# label | kind | model | teacher (or -) | warm-up | timed iterations [| flags]
+# Iterations are sized so that a whole run takes ~12 minutes on a quiet 2-core machine; the slow
+# 128 px measurements get fewer. --bf16 rows run the teacher (distill) or the model (infer) in
+# bfloat16 on both sides: distilld's "teacher_precision": "bfloat16", PyTorch's torch.bfloat16.
 PLAN=(
     "fmnist R26 teacher|train|$FM_T|-|2|5"
     "fmnist R10 student|train|$FM_S|-|2|9"
     "fmnist R26 teacher|infer|$FM_T|-|2|9"
+    "fmnist R26 teacher bf16|infer|$FM_T|-|2|9|--bf16"
     "fmnist R10 student|infer|$FM_S|-|2|11"
     "fmnist R26 -> R10|distill|$FM_S|$FM_T|2|5"
+    "fmnist R26 bf16 -> R10|distill|$FM_S|$FM_T|2|5|--bf16"
     "bit128 R26 teacher|train|$BIT_T|-|1|3"
     "bit128 R14 student|train|$BIT_S|-|1|5"
     "bit128 R26 teacher|infer|$BIT_T|-|1|5"
+    "bit128 R26 teacher bf16|infer|$BIT_T|-|1|5|--bf16"
     "bit128 R14 student|infer|$BIT_S|-|1|7"
     "bit128 R26 -> R14|distill|$BIT_S|$BIT_T|1|3"
+    "bit128 R26 bf16 -> R14|distill|$BIT_S|$BIT_T|1|3|--bf16"
 )
 
 failed=0
@@ -88,14 +93,16 @@ run() {
 echo "make bench: batch $BATCH, threads $THREADS; each line is one process (distilld, then PyTorch)" >&2
 for threads in $THREADS; do
     for entry in "${PLAN[@]}"; do
-        IFS='|' read -r label kind model teacher warmup iters <<< "$entry"
+        IFS='|' read -r label kind model teacher warmup iters flags <<< "$entry"
         [ "$QUICK" = 1 ] && warmup=1 iters=1
         args=("$kind" "$model")
         [ "$teacher" != "-" ] && args+=("$teacher")
-        args+=(--batch "$BATCH" --threads "$threads" --iters "$iters" --warmup "$warmup")
+        args+=(--batch "$BATCH" --threads "$threads" --iters "$iters" --warmup "$warmup" $flags)
         run "$label" distilld "$threads" "$BENCH" "${args[@]}"
         [ -n "$PINNED" ] && run "$label" unpinned "$threads" env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$BENCH" "${args[@]}"
+        # PyTorch in both memory formats: the peer is the faster of the two
         run "$label" pytorch "$threads" env "${TORCH_ENV[@]}" "$PY" tests/bench_torch.py "${args[@]}"
+        run "$label" pytorch-cl "$threads" env "${TORCH_ENV[@]}" "$PY" tests/bench_torch.py "${args[@]}" --channels-last
     done
 done
 
@@ -181,16 +188,26 @@ def ratio(d, t):
     ok = d and t and not d.get("failed") and not t.get("failed")
     return "%.2f" % (d["images_per_second"] / t["images_per_second"]) if ok else "-"
 unpinned = any("unpinned" in v for v in by.values())
-hdr = ["config", "kind", "thr", "distilld img/s", "PyTorch img/s", "ratio", "distilld GFLOP/s",
+hdr = ["config", "kind", "thr", "distilld img/s", "PyTorch img/s", "layout", "ratio", "distilld GFLOP/s",
        "sgemm GFLOP/s", "% of sgemm", "distilld MB", "PyTorch MB"]
 if unpinned:
     hdr += ["unpinned img/s", "ratio"]
 table = []
+def faster(a, b):
+    ok = [r for r in (a, b) if r and not r.get("failed")]
+    return max(ok, key=lambda r: r["images_per_second"]) if ok else a
 for k in keys:
-    d, t, u = by[k].get("distilld"), by[k].get("pytorch"), by[k].get("unpinned")
+    d, u = by[k].get("distilld"), by[k].get("unpinned")
+    t = faster(by[k].get("pytorch"), by[k].get("pytorch-cl"))
+    if " bf16" in k[0]:  # PyTorch's fastest way to the same result: its bf16 runs, or its float ones
+        f32 = by.get((k[0].replace(" bf16", ""), k[1], k[2]), {})
+        t = faster(t, faster(f32.get("pytorch"), f32.get("pytorch-cl")))
     share = "%.0f" % (100 * d["gemm_share"]) if d and not d.get("failed") else "-"
+    layout = {"NCHW": "NCHW", "channels_last": "NHWC"}.get(t.get("format"), "-") if t else "-"
+    if t and t.get("precision") == "bfloat16":
+        layout += " bf16"
     table.append([k[0], k[1], str(k[2]), f(d, "images_per_second", "%.1f"), f(t, "images_per_second", "%.1f"),
-                  ratio(d, t), f(d, "gflops", "%.1f"), f(d, "sgemm_gflops", "%.1f"), share, f(d, "peak_rss_mb", "%.0f"),
+                  layout, ratio(d, t), f(d, "gflops", "%.1f"), f(d, "sgemm_gflops", "%.1f"), share, f(d, "peak_rss_mb", "%.0f"),
                   f(t, "peak_rss_mb", "%.0f")])
     if unpinned:
         table[-1] += [f(u, "images_per_second", "%.1f"), ratio(u, t)]
@@ -209,11 +226,15 @@ EOF
 
 echo
 echo "images/s: median over the timed steps; ratio > 1 means distilld is faster. batch $BATCH."
+echo "PyTorch:  the faster of its two memory formats (layout: NCHW, or NHWC = channels_last), each run separately."
+echo "bf16:     those rows run the teacher (distill) or the model (infer) in bfloat16. PyTorch ran it both in"
+echo "          torch.bfloat16 and in float (the row above): its faster run is the peer (layout says which)."
 echo "GFLOP/s: conv + head multiply-adds x2 (x3 for a training step, + teacher forward for distill), counted as"
 echo "  direct convolution: Winograd 3x3 convs do 4/9 of them, so this is an effective rate."
 echo "sgemm GFLOP/s: the FLOPs of the step's conv GEMMs over the time OpenBLAS alone takes for them at their own"
 echo "  shapes and threading (bench.c, best of 3); % of sgemm = that time over the step's: the share of the step"
-echo "  the GEMMs alone would take (100 = nothing but GEMMs)."
+echo "  the GEMMs alone would take (100 = nothing but GEMMs). In bf16 rows the bfloat16 model's GEMMs are timed with"
+echo "  distilld's bf16 GEMM (core/bf16.c), which is why their rate exceeds sgemm's."
 echo "machine:  $CPU, $(nproc) cores ($FLAGS), $(uname -r)"
 echo "distilld: ${BLAS_LINE:-OpenBLAS core unknown}"
 [ -n "$PINNED" ] && echo "unpinned: distilld with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset (the environment sets OPENBLAS_CORETYPE=$PINNED)"

@@ -2,13 +2,15 @@
 """bench_torch.py - the PyTorch peer of build/tests/bench, for make bench.
 
     /usr/bin/python3 tests/bench_torch.py KIND MODEL_JSON [TEACHER_JSON] --batch B --threads N
-                                          [--iters I] [--warmup W] [--channels-last]
+                                          [--iters I] [--warmup W] [--channels-last] [--bf16]
     /usr/bin/python3 tests/bench_torch.py check MODEL_JSON [--batch B]
 
 KIND is train (forward, cross-entropy, backward, clip + Adam), distill (inception crop + flip of
 every image, mixup with the batch rolled by one, teacher forward under no_grad, student
 forward/backward on T^2 KL, clip + Adam) or infer (forward only, under no_grad, with the
 standardized weights computed once up front, as distilld caches them for fixed weights).
+--bf16 runs the teacher (distill) or the model (infer) in torch.bfloat16, weights and
+activations, as PyTorch's peer of distilld's bfloat16 teacher.
 The model is the BiT ResNetV2 of DESIGN.md section 3 (the same one tests/torch_check.py
 implements functionally): pre-activation bottleneck units (or basic units for "block": "basic"),
 GroupNorm, weight-standardized
@@ -291,7 +293,7 @@ def parse_args(argv):
         sys.stderr.write(__doc__)
         sys.exit(2)
     a = {"kind": argv[1], "student": argv[2], "teacher": None, "batch": 128, "threads": 1,
-         "iters": 10, "warmup": 3, "channels_last": False}
+         "iters": 10, "warmup": 3, "channels_last": False, "bf16": False}
     i = 3
     while i < len(argv):
         opt = argv[i]
@@ -301,6 +303,9 @@ def parse_args(argv):
         elif opt == "--channels-last":
             a["channels_last"] = True
             i += 1
+        elif opt == "--bf16":
+            a["bf16"] = True
+            i += 1
         elif opt.startswith("--"):
             sys.stderr.write("bench_torch: unknown option %s\n" % opt)
             sys.exit(2)
@@ -309,6 +314,9 @@ def parse_args(argv):
             i += 1
     if a["kind"] not in ("train", "distill", "infer", "check"):
         sys.stderr.write("bench_torch: unknown kind %s\n" % a["kind"])
+        sys.exit(2)
+    if a["bf16"] and a["kind"] not in ("distill", "infer"):
+        sys.stderr.write("bench_torch: --bf16 is for the teacher (distill) or inference\n")
         sys.exit(2)
     if a["kind"] == "distill" and not a["teacher"]:
         sys.stderr.write("bench_torch: distill needs a teacher config\n")
@@ -384,6 +392,8 @@ def main(argv):
             sys.stderr.write("bench_torch: teacher and student disagree on input or classes\n")
             return 2
         teacher.eval()
+        if a["bf16"]:
+            teacher = teacher.to(torch.bfloat16)
         teacher.freeze()  # fixed teacher weights: standardized once, as distilld caches them
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -393,7 +403,10 @@ def main(argv):
     opt = make_optimizer(student) if kind != "infer" else None
     if kind == "infer":
         student.eval()
+        if a["bf16"]:
+            student = student.to(torch.bfloat16)
         student.freeze()
+    low = torch.bfloat16 if a["bf16"] else torch.float32
 
     def step():
         if kind == "train":
@@ -403,13 +416,13 @@ def main(argv):
         elif kind == "distill":
             with torch.no_grad():
                 images = mixup(augment(raw, gen), gen).contiguous(memory_format=fmt)
-                tlogits = teacher(images)
+                tlogits = teacher(images.to(low)).float()
             opt.zero_grad(set_to_none=True)
             distill_loss(student(images), tlogits).backward()
             clip_and_step(student, opt)
         else:
             with torch.no_grad():
-                student(raw)
+                student(raw.to(low))
 
     times = []
     for it in range(-a["warmup"], a["iters"]):
@@ -428,7 +441,9 @@ def main(argv):
                       "images_per_second": round(B / median, 1), "gflops": round(flops / median * 1e-9, 1),
                       "peak_rss_mb": round(rss, 1), "params": sum(p.numel() for p in student.parameters()),
                       "torch": "%s, %s" % (torch.__version__,
-                                           "channels_last" if a["channels_last"] else "NCHW")}), flush=True)
+                                           "channels_last" if a["channels_last"] else "NCHW"),
+                      "format": "channels_last" if a["channels_last"] else "NCHW",
+                      "precision": "bfloat16" if a["bf16"] else "float32"}), flush=True)
     return 0
 
 
