@@ -959,13 +959,52 @@ int pool_shape_init(PoolShape *s) {
     return s->out_h > 0 && s->out_w > 0 ? 0 : -1;
 }
 
+/* The 3x3 stride-2 pad-1 pool of BiT's stem, output columns [lo, hi) of row
+ * oh, whose windows lie inside the image's columns: the general loop's
+ * result (the first largest value in window order, zero padding rows
+ * included) without its bounds checks or branches. A padding row's base is
+ * far below zero, so its index comes out negative and is stored as -1. */
+static void maxpool_3x3_stride2_row(float *out, int32_t *argmax, const float *x, const PoolShape *s, int oh, int lo,
+                                    int hi) {
+    static const float zeros[4096];
+    const float *rows[3];
+    int base[3];
+    for (int kh = 0; kh < 3; kh++) {
+        const int ih = 2 * oh - 1 + kh, inside = ih >= 0 && ih < s->in_h && s->in_w <= 4096;
+        rows[kh] = inside ? x + (size_t)ih * s->in_w : zeros;
+        base[kh] = inside ? ih * s->in_w : -(1 << 30);
+    }
+    for (int ow = lo; ow < hi; ow++) {
+        float best = -FLT_MAX;
+        int32_t where = -1;
+        for (int kh = 0; kh < 3; kh++)
+            for (int kw = 0; kw < 3; kw++) {
+                const int iw = 2 * ow - 1 + kw;
+                const float v = rows[kh][iw];
+                const int larger = v > best;
+                where = larger ? base[kh] + iw : where;
+                best = larger ? v : best;
+            }
+        out[ow] = best;
+        argmax[ow] = where < 0 ? -1 : where;
+    }
+}
+
 void maxpool_forward(float *out, int32_t *argmax, const float *in, const PoolShape *s) {
     const long planes = (long)s->batch * s->channels;
+    const int stem_pool = s->kernel == 3 && s->stride == 2 && s->pad == 1 && s->in_w <= 4096;
 #pragma omp parallel for schedule(static)
     for (long p = 0; p < planes; p++) {
         const float *x = in + p * s->in_h * s->in_w;
         for (int oh = 0; oh < s->out_h; oh++) {
+            /* columns 1 .. (in_w - 2) / 2 have all three taps inside the image */
+            const int lo = 1, hi = stem_pool ? (s->in_w - 2) / 2 + 1 : 0;
+            if (hi > lo) {
+                const size_t o = (p * s->out_h + oh) * s->out_w;
+                maxpool_3x3_stride2_row(out + o, argmax + o, x, s, oh, lo, hi);
+            }
             for (int ow = 0; ow < s->out_w; ow++) {
+                if (ow >= lo && ow < hi) continue;
                 float best = -FLT_MAX;
                 int32_t where = -1;
                 for (int kh = 0; kh < s->kernel; kh++) {

@@ -730,9 +730,10 @@ static void test_maxpool(const char *name, int in_h, int in_w, int expect_h, int
     for (size_t o = 0; o < n_out; o++) {
         size_t plane = o / plane_out;
         int32_t a = argmax[o];
-        if (a >= 0 ? (size_t)a >= plane_in || in[plane * plane_in + a] != out[o] : out[o] != 0.0f) argmax_bad++;
+        if (a < -1 || (a >= 0 ? (size_t)a >= plane_in || in[plane * plane_in + a] != out[o] : out[o] != 0.0f))
+            argmax_bad++;
     }
-    CHECK(argmax_bad == 0, "%zu argmax entries do not point at the output value", argmax_bad);
+    CHECK(argmax_bad == 0, "%zu argmax entries do not point at the output value (or -1 for padding)", argmax_bad);
 
     /* in the negative plane, the corner window (overlapping padding) is 0 from
      * the padding and the window at (1,1) (inside the image) is negative */
@@ -742,6 +743,20 @@ static void test_maxpool(const char *name, int in_h, int in_w, int expect_h, int
           neg_arg[0]);
     CHECK(neg_out[s.out_w + 1] < 0.0f && neg_arg[s.out_w + 1] >= 0, "inner window of negative plane: %g, argmax %d",
           neg_out[s.out_w + 1], neg_arg[s.out_w + 1]);
+    CHECK(neg_out[1] == 0.0f && neg_arg[1] == -1, "top edge of negative plane: %g, argmax %d", neg_out[1], neg_arg[1]);
+
+    /* ties: on zeros, every window's first tap in window order wins - the
+     * padding (-1) where the window starts outside the image */
+    float *zeros = new_floats(n_in), *tie_out = new_floats(n_out);
+    int32_t *tie_arg = new_ints(n_out);
+    maxpool_forward(tie_out, tie_arg, zeros, &s);
+    size_t tie_bad = 0;
+    for (size_t o = 0; o < n_out; o++) {
+        const int oh = (int)(o % plane_out) / s.out_w, ow = (int)(o % plane_out) % s.out_w;
+        const int ih = 2 * oh - 1, iw = 2 * ow - 1, first = ih < 0 || iw < 0 ? -1 : ih * in_w + iw;
+        tie_bad += tie_arg[o] != first || tie_out[o] != 0.0f;
+    }
+    CHECK(tie_bad == 0, "on a tie, %zu windows did not pick their first tap", tie_bad);
 
     fill_constant(din, n_in, GRAD_PREFILL);
     maxpool_backward(din, r, argmax, &s);
@@ -1130,6 +1145,7 @@ int main(void) {
     test_relu();
     test_maxpool("maxpool 3x3 s2 p1 on 7x7 (zero padding wins on a negative plane)", 7, 7, 4, 4);
     test_maxpool("maxpool 3x3 s2 p1 on 8x6", 8, 6, 4, 3);
+    test_maxpool("maxpool 3x3 s2 p1 on 16x21 (branch-free inner columns, odd width)", 16, 21, 8, 11);
     test_avgpool();
     test_dense();
 
