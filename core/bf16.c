@@ -64,8 +64,8 @@ static void pack_strip(uint32_t *strip, const float *b, int ldb, int k0, int k, 
     const __mmask16 m0 = lanes(cols), m1 = lanes(cols - 16);
     for (int p = 0; p < pairs; p++, strip += BF16_NR) {
         const int r = k0 + 2 * p;
-        const float *lo = b + (size_t)r * ldb, *hi = lo + ldb;
         const int has_hi = r + 1 < k;
+        const float *lo = b + (size_t)r * ldb, *hi = has_hi ? lo + ldb : lo;
         for (int h = 0; h < 2; h++) {
             const __mmask16 mask = h ? m1 : m0;
             const __m512 x0 = _mm512_maskz_loadu_ps(mask, lo + 16 * h);
