@@ -278,5 +278,7 @@ int main(int argc, char **argv) {
            ru.ru_maxrss / 1024.0, student->num_floats, blas_describe(), bf16 ? "bfloat16" : "float32");
     model_free(student);
     model_free(teacher);
+    free(raw), free(images), free(targets), free(dlogits), free(probs), free(tprobs), free(tlogits), free(tmp);
+    free(times);
     return 0;
 }
