@@ -85,7 +85,9 @@ int model_config_validate(const ModelConfig *c, char *err) {
  * everything inside a unit lives in region 3, reused by every unit, in two
  * slots: p, then q and r over it (a unit's input has at least `mid`
  * channels, so they fit), and a, then b over it. Each is dead when the next
- * in its slot is written, forward and backward. The stem conv before a pool
+ * in its slot is written, forward and backward. In an inference model a unit
+ * with an identity shortcut has its output where its input is: its last
+ * convolution adds onto x, which nothing reads after gn_a. The stem conv before a pool
  * is read by nothing after the pool, so it is in region 3 in every layout.
  * Offsets are laid out region-relative (the region in the top bits), then
  * relocated. */
@@ -198,7 +200,7 @@ static int count_params(const ModelConfig *c) {
  * Returns the sizes of the buffers that are not per-parameter or per-activation. */
 typedef struct { size_t rstd, scratch; } ScratchSizes;
 
-static ScratchSizes model_layout(Model *m, int capacity, int reuse) {
+static ScratchSizes model_layout(Model *m, int capacity, int reuse, int in_place_shortcut) {
     const ModelConfig *c = &m->cfg;
     Layout l = {.m = m, .capacity = capacity, .reuse = reuse, .region = REGION_FIXED};
     m->num_params = 0;
@@ -226,7 +228,7 @@ static ScratchSizes model_layout(Model *m, int capacity, int reuse) {
     }
 
     size_t x = m->act_stem_out;
-    int u = 0;
+    int x_region = REGION_PING, u = 0;
     const int basic = c->block == BLOCK_BASIC;
     for (int s = 0; s < c->num_stages; s++) {
         int mid = c->base_width * c->width << s, out = basic ? mid : 4 * mid;
@@ -274,9 +276,13 @@ static ScratchSizes model_layout(Model *m, int capacity, int reuse) {
                 snprintf(prefix, sizeof prefix, "resnet/block%d/unit%02d/c", s + 1, b + 1);
                 un->conv_c = make_conv(&l, prefix, mid, out, 1, 1, 0, size, size);
             }
-            l.region = u % 2 ? REGION_PING : REGION_PONG; /* not the region of x */
-            l.cursor[l.region] = 0;
-            un->out = add_act(&l, (size_t)out * hw);
+            if (in_place_shortcut && !un->has_proj) {
+                un->out = x; /* conv_c (or a basic unit's conv_b) adds onto the input */
+            } else {
+                l.region = x_region = x_region == REGION_PING ? REGION_PONG : REGION_PING; /* not x's region */
+                l.cursor[l.region] = 0;
+                un->out = add_act(&l, (size_t)out * hw);
+            }
             x = un->out;
             channels = out;
         }
@@ -304,7 +310,7 @@ size_t model_config_param_count(const ModelConfig *c) {
     for (int s = 0; s < c->num_stages; s++) m.num_units += c->depth[s];
     m.units = xcalloc(m.num_units, sizeof *m.units);
     m.params = xcalloc(count_params(c), sizeof *m.params);
-    model_layout(&m, 1, 0);
+    model_layout(&m, 1, 0, 0);
     free(m.units);
     free(m.params);
     return m.num_floats;
@@ -322,7 +328,7 @@ static int model_build(Model **out, const ModelConfig *c, int batch_capacity, in
     m->units = xcalloc(m->num_units, sizeof *m->units);
     m->params = xcalloc(count_params(c), sizeof *m->params);
     if (!inference) { /* the gradients' layout first: the activations' is the model's */
-        model_layout(m, batch_capacity, 1);
+        model_layout(m, batch_capacity, 1, 0);
         m->grad_units = xcalloc(m->num_units, sizeof *m->grad_units);
         memcpy(m->grad_units, m->units, m->num_units * sizeof *m->units);
         m->num_grad_acts = m->num_acts;
@@ -331,7 +337,7 @@ static int model_build(Model **out, const ModelConfig *c, int batch_capacity, in
         m->grad_head = m->act_head;
         m->grad_pooled = m->act_pooled;
     }
-    ScratchSizes sizes = model_layout(m, batch_capacity, inference);
+    ScratchSizes sizes = model_layout(m, batch_capacity, inference, inference);
     m->convs = xcalloc((size_t)m->num_units * 4 + 1, sizeof *m->convs);
     m->convs[m->num_convs++] = &m->stem;
     for (int i = 0; i < m->num_units; i++) {
@@ -534,7 +540,7 @@ float *model_forward(Model *m, const float *images, int batch) {
         /* out starts as the shortcut, and the unit's last conv adds to it */
         if (u->has_proj)
             conv_forward(m, &u->proj, a + u->out, a + u->p, 0, batch);
-        else
+        else if (u->out != u->x) /* an inference model adds onto x in place */
             bulk_copy(a + u->out, a + u->x, out_size);
         conv_forward(m, &u->conv_a, a + u->a, a + u->p, 0, batch);
         norm_relu_forward(m, &u->gn_b, a + u->q, a + u->a, batch);

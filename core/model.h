@@ -101,7 +101,8 @@ typedef struct {
     size_t num_acts;
     float *acts;
     /* activation gradients (training): laid out as an inference model's
-     * activations, so only the unit being differentiated and its input and
+     * activations (but an identity unit's output gradient apart from its
+     * input's), so only the unit being differentiated and its input and
      * output gradients are live; grad_units holds the units' offsets in it */
     float *grad_acts;
     size_t num_grad_acts;
