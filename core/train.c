@@ -277,9 +277,10 @@ int train_run(const JobSpec *spec_in, const char *run_dir, const char *cache_dir
         }
     }
     logf_cb(cb, "%s job: %ld steps of %d images (%d training images, %d validation, %d test), %zu parameters, "
-                "%d compute thread%s",
+                "%d compute thread%s%s",
             s->kind == JOB_DISTILL ? "distill" : "train", s->steps, b, r.data.train_count, r.data.val_count,
-            r.data.test_count, r.student->num_floats, threads, threads == 1 ? "" : "s");
+            r.data.test_count, r.student->num_floats, threads, threads == 1 ? "" : "s",
+            s->teacher_precision == PRECISION_BFLOAT16 ? ", the teacher's forward in bfloat16" : "");
 
     OptimConfig opt = {.lr = s->lr, .weight_decay = s->weight_decay, .clip_norm = s->clip_norm,
                        .warmup_steps = s->warmup_steps, .total_steps = s->steps};

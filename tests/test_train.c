@@ -320,6 +320,8 @@ static void test_bf16_teacher(const char *root, const char *weights) {
     CHECK(rc == TRAIN_DONE && wf.last_eval.has_teacher, "float teacher job: %d %s", rc, err);
     rc = run_small_distill(root, "teacher-bf16", weights, ",\"test_size\":10000", rest, &wb, err);
     CHECK(rc == TRAIN_DONE && wb.last_eval.has_teacher, "bf16 teacher job: %d %s", rc, err);
+    CHECK(strstr(wb.log, "teacher's forward in bfloat16") && !strstr(wf.log, "bfloat16"),
+          "the job log must say when the teacher runs in bfloat16:\n%s", wb.log);
     printf("     teacher test top-1 reported by the jobs: %.2f%% float, %.2f%% bf16\n",
            100 * wf.last_eval.teacher_test_top1, 100 * wb.last_eval.teacher_test_top1);
     /* the same batches of the same model on as many threads: the same logits */
