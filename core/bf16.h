@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 /* 1 when this build has the AVX512-BF16 kernel; 0 when it runs the portable
- * loop (same results, far slower), so callers refuse bf16 work instead. */
+ * loop (the same products, far slower), so callers refuse bf16 work. */
 int bf16_fast(void);
 
 /* x rounded to bfloat16 and back to float: the value the GEMM multiplies. */

@@ -399,7 +399,8 @@ char *jobspec_to_json(const JobSpec *s) {
     json_object_set_new(o, "model", m);
     if (s->teacher[0]) json_object_set_new(o, "teacher", json_string(s->teacher));
     if (s->teacher_job[0]) json_object_set_new(o, "teacher", json_pack("{s:s}", "job", s->teacher_job));
-    if (s->teacher_precision == PRECISION_BFLOAT16) json_object_set_new(o, "teacher_precision", json_string("bfloat16"));
+    if (s->teacher_precision == PRECISION_BFLOAT16)
+        json_object_set_new(o, "teacher_precision", json_string("bfloat16"));
     json_object_set_new(o, "batch_size", json_integer(s->batch_size));
     if (s->have_epochs && !s->steps) json_object_set_new(o, "epochs", json_real(s->epochs));
     else json_object_set_new(o, "steps", json_integer(s->steps));

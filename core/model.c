@@ -87,8 +87,9 @@ int model_config_validate(const ModelConfig *c, char *err) {
  * channels, so they fit), and a, then b over it. Each is dead when the next
  * in its slot is written, forward and backward. In an inference model a unit
  * with an identity shortcut has its output where its input is: its last
- * convolution adds onto x, which nothing reads after gn_a. The stem conv before a pool
- * is read by nothing after the pool, so it is in region 3 in every layout.
+ * convolution adds onto x, which nothing reads after gn_a. The stem conv
+ * before a pool is read by nothing after the pool, so it is in region 3 in
+ * every layout.
  * Offsets are laid out region-relative (the region in the top bits), then
  * relocated. */
 enum { REGION_FIXED = 0, REGION_PING = 1, REGION_PONG = 2, REGION_UNIT = 3, REGION_SHIFT = 56 };

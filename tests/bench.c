@@ -95,7 +95,8 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
             float *o = xcalloc((size_t)threads * 16 * mat, sizeof(float));
             for (size_t j = 0; j < 16 * uw; j++) u[j] = 0.01f * (float)(j % 13);
             uint32_t *packed = bf16 ? xcalloc(16 * bf16_packed_size(M, cin), sizeof(uint32_t)) : NULL;
-            for (int x = 0; packed && x < 16; x++) bf16_pack(packed + x * bf16_packed_size(M, cin), u + x * uw, M, cin, cin);
+            for (int x = 0; packed && x < 16; x++)
+                bf16_pack(packed + x * bf16_packed_size(M, cin), u + x * uw, M, cin, cin);
             for (size_t j = 0; j < (size_t)threads * 16 * mat; j++) v[j] = 0.01f * (float)(j % 7);
             double best = 1e30;
             for (int rep = 0; rep < 3; rep++) {

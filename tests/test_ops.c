@@ -447,7 +447,8 @@ static void test_conv_bf16(const char *name, int batch, int in_channels, int in_
     ConvShape s = {.batch = batch, .in_channels = in_channels, .in_h = in_h, .in_w = in_w,
                    .out_channels = out_channels, .kernel_h = kernel, .kernel_w = kernel, .stride = stride, .pad = pad};
     CHECK(conv_shape_init(&s) == 0, "shape");
-    const size_t n_in = (size_t)batch * in_channels * in_h * in_w, n_w = (size_t)out_channels * in_channels * kernel * kernel;
+    const size_t n_in = (size_t)batch * in_channels * in_h * in_w;
+    const size_t n_w = (size_t)out_channels * in_channels * kernel * kernel;
     const size_t n_out = (size_t)batch * out_channels * s.out_h * s.out_w, n_scratch = conv_scratch_size(&s);
     float *in = new_floats(n_in), *w = new_floats(n_w), *out = new_floats(n_out), *exact = new_floats(n_out);
     float *scratch = new_floats(n_scratch);
