@@ -6,7 +6,8 @@
  * into the input gradient and the parameter gradients, so a tensor used twice
  * (the residual shortcut) simply receives both contributions; callers zero
  * gradients first. A NULL input gradient means "not needed" (the image).
- * Heavy work goes through cblas_sgemm. */
+ * Heavy work goes through cblas_sgemm (or, for a bfloat16 teacher's
+ * forward, bf16_gemm). */
 #ifndef DISTILLD_OPS_H
 #define DISTILLD_OPS_H
 
