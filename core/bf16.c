@@ -17,6 +17,9 @@
 #define BF16_MR 8   /* rows of C per micro-kernel call */
 #define BF16_NR 32  /* columns of C per strip: two vectors */
 #define BF16_KC 192 /* pairs of k per strip */
+#define BF16_NT_R 4 /* bf16_gemm_nt: rows of C per block */
+#define BF16_NT_C 4 /* bf16_gemm_nt: columns of C per block */
+#define BF16_NT_KC 512 /* bf16_gemm_nt: pairs per pass over C (2 KiB of each row) */
 
 static uint32_t bf16_bits(float x) {
     uint32_t u;
@@ -36,14 +39,14 @@ size_t bf16_packed_size(int m, int k) {
     return (size_t)(m + BF16_MR - 1) / BF16_MR * BF16_MR * ((k + 1) / 2);
 }
 
-void bf16_pack(uint32_t *packed, const float *a, int m, int k, int lda) {
+void bf16_pack(uint32_t *packed, const float *a, int m, int k, size_t row_stride, size_t col_stride) {
     const int pairs = (k + 1) / 2;
     for (int i = 0; i < m; i += BF16_MR)
         for (int p = 0; p < pairs; p++)
             for (int r = 0; r < BF16_MR; r++) {
-                const float *row = a + (size_t)(i + r) * lda + 2 * p;
-                const float lo = i + r < m ? row[0] : 0.0f, hi = i + r < m && 2 * p + 1 < k ? row[1] : 0.0f;
-                *packed++ = bf16_bits(lo) | bf16_bits(hi) << 16;
+                const float *lo = a + (size_t)(i + r) * row_stride + (size_t)2 * p * col_stride;
+                const int in = i + r < m;
+                *packed++ = bf16_bits(in ? lo[0] : 0.0f) | bf16_bits(in && 2 * p + 1 < k ? lo[col_stride] : 0.0f) << 16;
             }
 }
 
@@ -100,6 +103,58 @@ static void micro_kernel(float *c, int ldc, const uint32_t *a, const uint32_t *s
     }
 }
 
+
+void bf16_rows(uint32_t *dst, const float *src, int k) {
+    int i = 0;
+    for (; i + 32 <= k; i += 32, dst += 16) {
+        const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + i + 16), _mm512_loadu_ps(src + i));
+        _mm512_storeu_si512(dst, both);
+    }
+    if (i < k) {
+        const __m512 x0 = _mm512_maskz_loadu_ps(lanes(k - i), src + i);
+        const __m512 x1 = _mm512_maskz_loadu_ps(lanes(k - i - 16), src + i + 16);
+        _mm512_mask_storeu_epi32(dst, lanes((k - i + 1) / 2), (__m512i)_mm512_cvtne2ps_pbh(x1, x0));
+    }
+}
+
+/* a BF16_NT_R x BF16_NT_C block of C += over `pairs` pairs: one vector of
+ * partial sums per element, 16 pairs at a time, summed across at the end */
+static void dot_block(float *c, size_t ldc, const uint32_t *a, size_t lda, const uint32_t *b, size_t ldb,
+                      int rows, int cols, int pairs) {
+    const uint32_t *ar[BF16_NT_R], *bc[BF16_NT_C];
+    for (int r = 0; r < BF16_NT_R; r++) ar[r] = a + (size_t)(r < rows ? r : rows - 1) * lda;
+    for (int j = 0; j < BF16_NT_C; j++) bc[j] = b + (size_t)(j < cols ? j : cols - 1) * ldb;
+    __m512 acc[BF16_NT_R][BF16_NT_C];
+    for (int r = 0; r < BF16_NT_R; r++)
+        for (int j = 0; j < BF16_NT_C; j++) acc[r][j] = _mm512_setzero_ps();
+    for (int p = 0; p < pairs; p += 16) {
+        const __mmask16 mask = lanes(pairs - p);
+        __m512bh av[BF16_NT_R], bv[BF16_NT_C];
+        for (int r = 0; r < BF16_NT_R; r++) av[r] = (__m512bh)_mm512_maskz_loadu_epi32(mask, ar[r] + p);
+        for (int j = 0; j < BF16_NT_C; j++) bv[j] = (__m512bh)_mm512_maskz_loadu_epi32(mask, bc[j] + p);
+        for (int r = 0; r < BF16_NT_R; r++)
+            for (int j = 0; j < BF16_NT_C; j++) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], av[r], bv[j]);
+    }
+    /* the 16 vectors' sums into one vector, element 4r + j: pairs of vectors
+     * added within 128-bit lanes, then the four lanes added across */
+    __m512 x[8], y[4];
+    for (int i = 0; i < 8; i++) {
+        const __m512 u = acc[i / 2][i % 2 * 2], v = acc[i / 2][i % 2 * 2 + 1];
+        x[i] = _mm512_add_ps(_mm512_unpacklo_ps(u, v), _mm512_unpackhi_ps(u, v));
+    }
+    for (int i = 0; i < 4; i++) {
+        const __m512d u = _mm512_castps_pd(x[2 * i]), v = _mm512_castps_pd(x[2 * i + 1]);
+        y[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(u, v)), _mm512_castpd_ps(_mm512_unpackhi_pd(u, v)));
+    }
+    const __m512 z0 = _mm512_add_ps(_mm512_shuffle_f32x4(y[0], y[1], 0x44), _mm512_shuffle_f32x4(y[0], y[1], 0xee));
+    const __m512 z1 = _mm512_add_ps(_mm512_shuffle_f32x4(y[2], y[3], 0x44), _mm512_shuffle_f32x4(y[2], y[3], 0xee));
+    const __m512 sum = _mm512_add_ps(_mm512_shuffle_f32x4(z0, z1, 0x88), _mm512_shuffle_f32x4(z0, z1, 0xdd));
+    _Alignas(64) float s[16];
+    _mm512_store_ps(s, sum);
+    for (int r = 0; r < rows; r++)
+        for (int j = 0; j < cols; j++) c[(size_t)r * ldc + j] += s[4 * r + j];
+}
+
 #else /* portable: the same blocking and packing, plain loops */
 int bf16_fast(void) {
     return 0;
@@ -135,6 +190,22 @@ static void micro_kernel(float *c, int ldc, const uint32_t *a, const uint32_t *s
             c[(size_t)r * ldc + j] = accumulate ? c[(size_t)r * ldc + j] + acc : acc;
         }
 }
+void bf16_rows(uint32_t *dst, const float *src, int k) {
+    for (int i = 0; i < k; i += 2) dst[i / 2] = bf16_bits(src[i]) | (i + 1 < k ? bf16_bits(src[i + 1]) << 16 : 0u);
+}
+
+static void dot_block(float *c, size_t ldc, const uint32_t *a, size_t lda, const uint32_t *b, size_t ldb,
+                      int rows, int cols, int pairs) {
+    for (int r = 0; r < rows; r++)
+        for (int j = 0; j < cols; j++) {
+            float acc = 0.0f;
+            for (int p = 0; p < pairs; p++) {
+                const uint32_t ap = a[r * lda + p], bp = b[j * ldb + p];
+                acc += half(ap, 0) * half(bp, 0) + half(ap, 1) * half(bp, 1);
+            }
+            c[(size_t)r * ldc + j] += acc;
+        }
+}
 #endif
 
 void bf16_gemm(float *c, int ldc, const uint32_t *a_packed, const float *b, int ldb, int m, int n, int k,
@@ -150,5 +221,16 @@ void bf16_gemm(float *c, int ldc, const uint32_t *a_packed, const float *b, int 
                 micro_kernel(c + (size_t)i * ldc + j, ldc, a_packed + (size_t)i * pairs + (size_t)p0 * BF16_MR, strip,
                              np, m - i < BF16_MR ? m - i : BF16_MR, cols, accumulate || p0 > 0);
         }
+    }
+}
+
+void bf16_gemm_nt(float *c, size_t ldc, const uint32_t *a, size_t lda, const uint32_t *b, size_t ldb, int m, int n,
+                  int pairs) {
+    for (int p0 = 0; p0 < pairs; p0 += BF16_NT_KC) {
+        const int np = pairs - p0 < BF16_NT_KC ? pairs - p0 : BF16_NT_KC;
+        for (int i = 0; i < m; i += BF16_NT_R)
+            for (int j = 0; j < n; j += BF16_NT_C)
+                dot_block(c + (size_t)i * ldc + j, ldc, a + (size_t)i * lda + p0, lda, b + (size_t)j * ldb + p0, ldb,
+                          m - i < BF16_NT_R ? m - i : BF16_NT_R, n - j < BF16_NT_C ? n - j : BF16_NT_C, np);
     }
 }

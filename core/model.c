@@ -174,7 +174,7 @@ static Conv make_conv(Layout *l, const char *prefix, int cin, int cout, int k, i
     c.weight = add_param(l, PARAM_KERNEL, name, cout, cin, k, k);
     c.rstd = l->rstd;
     l->rstd += cout;
-    size_t s = conv_scratch_size(&c.shape);
+    size_t s = conv_scratch_size(&c.shape, 0);
     if (s > l->scratch) l->scratch = s;
     return c;
 }
@@ -354,7 +354,8 @@ static int model_build(Model **out, const ModelConfig *c, int batch_capacity, in
     m->weights = calloc(m->num_floats, sizeof(float));
     m->w_hat = calloc(m->num_floats, sizeof(float));
     m->ws_rstd = calloc(sizes.rstd, sizeof(float));
-    m->scratch = calloc(sizes.scratch ? sizes.scratch : 1, sizeof(float));
+    m->scratch_size = sizes.scratch ? sizes.scratch : 1;
+    m->scratch = calloc(m->scratch_size, sizeof(float));
     m->acts = calloc(m->num_acts, sizeof(float));
     m->pool_argmax = calloc(argmax, sizeof(int32_t));
     int training_ok = 1;
@@ -469,7 +470,7 @@ static void conv_forward(Model *m, const Conv *c, float *out, const float *in, i
 
 static void conv_backward(Model *m, const Conv *c, float *din, const float *dout, const float *in, int batch) {
     ConvShape s = at_batch(c, batch);
-    conv2d_backward(din, m->dw_hat + c->weight, dout, in, m->w_hat + c->weight, &s, m->scratch);
+    conv2d_backward(din, m->dw_hat + c->weight, dout, in, m->w_hat + c->weight, &s, m->w_bf16 != NULL, m->scratch);
 }
 
 /* out = relu(gn(in)), fused */
@@ -504,18 +505,29 @@ static void standardize_all(Model *m) {
 }
 
 int model_set_bf16(Model *m, char *err) {
-    if (!m->inference) return set_error(err, "bfloat16 forward: only a model built for inference (a teacher) runs it");
     if (!bf16_fast())
-        return set_error(err, "bfloat16 forward: this build of distilld has no AVX512-BF16 kernel (it needs a CPU "
-                              "with AVX512-BF16, and a build with ARCH=native on it)");
+        return set_error(err, "bfloat16: this build of distilld has no AVX512-BF16 kernel (it needs a CPU with "
+                              "AVX512-BF16, and a build with ARCH=native on it)");
     if (m->w_bf16) return 0;
-    size_t total = 0;
+    omp_set_num_threads(m->threads); /* the scratch is sized for this many */
+    size_t total = 0, scratch = 0;
     for (int i = 0; i < m->num_convs; i++) {
         m->convs[i]->packed = total;
         total += conv_bf16_packed_size(&m->convs[i]->shape);
+        const size_t need = conv_scratch_size(&m->convs[i]->shape, !m->inference);
+        if (need > scratch) scratch = need;
+    }
+    if (scratch > m->scratch_size) { /* a training model's backward in bf16 needs more */
+        float *more = realloc(m->scratch, scratch * sizeof(float));
+        if (!more)
+            return set_error(err, "bfloat16: not enough memory for the convolutions' scratch (%.0f MB)",
+                             scratch * sizeof(float) / (1024.0 * 1024.0));
+        memset(more + m->scratch_size, 0, (scratch - m->scratch_size) * sizeof(float));
+        m->scratch = more;
+        m->scratch_size = scratch;
     }
     if (!(m->w_bf16 = calloc(total, sizeof(uint32_t))))
-        return set_error(err, "bfloat16 forward: not enough memory for the packed kernels (%.0f MB)",
+        return set_error(err, "bfloat16: not enough memory for the packed kernels (%.0f MB)",
                          total * sizeof(uint32_t) / (1024.0 * 1024.0));
     m->w_hat_valid = 0; /* the next forward standardizes and packs */
     return 0;

@@ -109,6 +109,7 @@ typedef struct {
     Unit *grad_units;
     size_t grad_stem_conv, grad_stem_out, grad_head, grad_pooled;
     float *scratch;        /* convolution scratch (see conv_scratch_size) */
+    size_t scratch_size;   /* its floats */
     int threads;           /* OpenMP threads when created: forward/backward run on this many */
     int inference;         /* built for inference: grads, adam_m/v, dw_hat and grad_acts are NULL */
     int32_t *pool_argmax;
@@ -135,11 +136,13 @@ int model_create(Model **out, const ModelConfig *c, int batch_capacity, char *er
 int model_create_inference(Model **out, const ModelConfig *c, int batch_capacity, char *err);
 void model_free(Model *m);
 
-/* Runs the convolutions of an inference model's forwards in bfloat16
- * (conv2d_forward_bf16): products of bf16-rounded kernels and activations,
- * summed in float; GroupNorm, pooling and the head stay float. For a fixed
- * teacher. Refused for a training model, and by a build without the
- * AVX512-BF16 kernel (bf16_fast), which would be slower than float. */
+/* Runs the model's convolutions in bfloat16: their forwards
+ * (conv2d_forward_bf16) and, for a training model, their backwards
+ * (conv2d_backward with bf16): products of bf16-rounded kernels, activations
+ * and gradients, summed in float. Weights, their gradients, the optimizer
+ * and GroupNorm, pooling and the head stay float (mixed precision). Refused
+ * by a build without the AVX512-BF16 kernel (bf16_fast), which would be
+ * slower than float. */
 int model_set_bf16(Model *m, char *err);
 
 /* BiT initialisation: He-normal kernels, GroupNorm gamma 1 / beta 0, zero head. */

@@ -186,17 +186,25 @@ static size_t wino_work(const ConvShape *s) {
  * order when the partials are summed); and the phase planes, one set per
  * image of a group. Each column matrix has COPY_BLOCK floats of slack. */
 typedef struct {
-    size_t col, dcol, dw, padded, per_thread;
+    size_t col, dcol, dw, padded, rows, per_thread;
 } ConvScratch;
 
-static ConvScratch conv_scratch_layout(const ConvShape *s, int threads) {
+/* uint32s of the two operands of a bf16 backward's dW GEMM, as rows of
+ * pairs (bf16_rows): a rows and b rows, each n long */
+static size_t pair_rows(size_t a, size_t b, size_t n) {
+    return (a + b) * ((n + 1) / 2);
+}
+
+static ConvScratch conv_scratch_layout(const ConvShape *s, int threads, int bf16) {
     ConvScratch l = {0};
     if (conv_is_winograd(s)) { /* V, M and dU (16 matrices each), and the transforms' work */
         l.col = 16 * wino_stride(s, s->in_channels);
         l.dcol = 16 * wino_stride(s, s->out_channels);
         l.dw = (size_t)16 * s->out_channels * s->in_channels;
         l.padded = wino_work(s);
-        l.per_thread = l.col + l.dcol + l.dw + l.padded;
+        if (bf16)
+            l.rows = pair_rows(s->out_channels, s->in_channels, (size_t)conv_group(s, 1) * wino_tiles(s).tiles);
+        l.per_thread = l.col + l.dcol + l.dw + l.padded + l.rows;
         return l;
     }
     const size_t kk = (size_t)s->kernel_h * s->kernel_w, n = (size_t)s->out_h * s->out_w;
@@ -221,17 +229,28 @@ static ConvScratch conv_scratch_layout(const ConvShape *s, int threads) {
         if (row > l.padded) l.padded = row;
     }
     if (threads > 1 || conv_input_grad_is_conv(s)) l.dw = s->out_channels * s->in_channels * kk;
-    l.per_thread = l.col + l.dcol + l.dw + l.padded;
+    if (bf16 && conv_input_grad_is_conv(s))
+        l.rows = pair_rows(s->out_channels * kk, s->in_channels, (size_t)s->in_h * s->in_w);
+    else if (bf16)
+        l.rows = pair_rows(s->out_channels, s->in_channels * kk, n);
+    l.per_thread = l.col + l.dcol + l.dw + l.padded + l.rows;
     return l;
 }
 
-/* after the threads' blocks: the flipped, transposed kernel, shared */
-size_t conv_scratch_size(const ConvShape *s) {
+/* The kernel the input gradient's GEMMs multiply: Winograd's U, or the
+ * flipped, transposed kernel of conv_input_grad_is_conv, or in bf16 W^T
+ * packed (bf16_pack) for a GEMM that takes it as A. */
+static size_t grad_kernel_size(const ConvShape *s, int bf16) {
+    const int m = s->out_channels, c = s->in_channels, kk = s->kernel_h * s->kernel_w;
+    if (conv_is_winograd(s)) return (size_t)16 * m * c + (bf16 ? 16 * bf16_packed_size(c, m) : 0);
+    if (conv_input_grad_is_conv(s)) return (size_t)m * c * kk + (bf16 ? bf16_packed_size(c, m * kk) : 0);
+    return bf16 ? bf16_packed_size(c * kk, m) : 0;
+}
+
+/* after the threads' blocks: the input gradient's kernel, shared */
+size_t conv_scratch_size(const ConvShape *s, int bf16) {
     int threads = omp_get_max_threads();
-    size_t flipped = 0;
-    if (conv_is_winograd(s)) flipped = (size_t)16 * s->out_channels * s->in_channels; /* U */
-    else if (conv_input_grad_is_conv(s)) flipped = (size_t)s->out_channels * s->in_channels * s->kernel_h * s->kernel_w;
-    return (size_t)threads * conv_scratch_layout(s, threads).per_thread + flipped;
+    return (size_t)threads * conv_scratch_layout(s, threads, bf16).per_thread + grad_kernel_size(s, bf16);
 }
 
 /* Output columns [lo, hi) whose input column ow*stride - pad + kw is inside the image. */
@@ -572,7 +591,7 @@ static void wino_forward(float *out, const float *in, const float *w, const uint
                          int accumulate, float *scratch) {
     const int m = s->out_channels, c = s->in_channels, threads = omp_get_max_threads();
     const size_t in_size = (size_t)c * s->in_h * s->in_w, out_size = (size_t)m * s->out_h * s->out_w;
-    const ConvScratch layout = conv_scratch_layout(s, threads);
+    const ConvScratch layout = conv_scratch_layout(s, threads, 0);
     const size_t sv = wino_stride(s, c), sm = wino_stride(s, m), su = packed ? bf16_packed_size(m, c) : 0;
     float *U = scratch + (size_t)threads * layout.per_thread;
     if (!packed) wino_weights(U, w, m, c);
@@ -591,23 +610,36 @@ static void wino_forward(float *out, const float *in, const float *w, const uint
     }
 }
 
+/* c (m, k) += a (m, n) . b^T (n, k) in bf16, for a and b of m and k rows of
+ * n floats: both rounded to rows of pairs in `rows` first */
+static void dw_gemm_bf16(float *c, int ldc, const float *a, int m, const float *b, int k, int n, uint32_t *rows) {
+    const int pairs = (n + 1) / 2;
+    for (int i = 0; i < m + k; i++)
+        bf16_rows(rows + (size_t)i * pairs, i < m ? a + (size_t)i * n : b + (size_t)(i - m) * n, n);
+    bf16_gemm_nt(c, ldc, rows, pairs, rows + (size_t)m * pairs, pairs, m, k, pairs);
+}
+
 /* As conv2d_backward: a contiguous chunk of images per thread, dU summed
  * privately, the partials added in thread order. */
 static void wino_backward(float *din, float *dw, const float *dout, const float *in, const float *w,
-                          const ConvShape *s, float *scratch) {
+                          const ConvShape *s, int bf16, float *scratch) {
     const int m = s->out_channels, c = s->in_channels, threads = omp_get_max_threads();
     const size_t in_size = (size_t)c * s->in_h * s->in_w, out_size = (size_t)m * s->out_h * s->out_w;
-    const ConvScratch layout = conv_scratch_layout(s, threads);
-    const size_t sv = wino_stride(s, c), sm = wino_stride(s, m);
+    const ConvScratch layout = conv_scratch_layout(s, threads, bf16);
+    const size_t sv = wino_stride(s, c), sm = wino_stride(s, m), su = bf16_packed_size(c, m);
     const int used = threads < s->batch ? threads : s->batch;
     float *U = scratch + (size_t)threads * layout.per_thread;
+    uint32_t *ut = (uint32_t *)(U + (size_t)16 * m * c); /* bf16: the 16 U^T, packed */
     if (din) wino_weights(U, w, m, c);
+    if (din && bf16)
+        for (int x = 0; x < 16; x++) bf16_pack(ut + x * su, U + (size_t)x * m * c, c, m, 1, c);
     const int group = conv_group(s, 1);
 #pragma omp parallel num_threads(used)
     {
         const int tid = omp_get_thread_num();
         float *V = scratch + (size_t)tid * layout.per_thread, *D = V + layout.col, *dU = D + layout.dcol;
         float *work = dU + layout.dw;
+        uint32_t *rows = (uint32_t *)(work + layout.padded);
         memset(dU, 0, layout.dw * sizeof(float));
         const int b0 = (int)((long)s->batch * tid / used), b1 = (int)((long)s->batch * (tid + 1) / used);
         for (int b = b0; b < b1; b += group) {
@@ -616,6 +648,11 @@ static void wino_backward(float *din, float *dw, const float *dout, const float 
             wino_output_grad(D, sm, dout + b * out_size, count, s, work);
             for (int x = 0; x < 16; x++) {
                 /* dU (m, c) += dM (m, n) . V^T (n, c); then V (c, n) = U^T (c, m) . dM (m, n) */
+                if (bf16) {
+                    dw_gemm_bf16(dU + (size_t)x * m * c, c, D + x * sm, m, V + x * sv, c, n, rows);
+                    if (din) bf16_gemm(V + x * sv, n, ut + x * su, D + x * sm, n, c, n, m, 0);
+                    continue;
+                }
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, c, n, 1.0f, D + x * sm, n, V + x * sv, n, 1.0f,
                             dU + (size_t)x * m * c, c);
                 if (din)
@@ -642,7 +679,7 @@ static void conv_forward_any(float *out, const float *in, const float *w, const 
     const int m = s->out_channels, n = s->out_h * s->out_w;
     const int k = s->in_channels * s->kernel_h * s->kernel_w;
     const size_t in_size = (size_t)s->in_channels * s->in_h * s->in_w;
-    const ConvScratch layout = conv_scratch_layout(s, omp_get_max_threads());
+    const ConvScratch layout = conv_scratch_layout(s, omp_get_max_threads(), 0);
     const int group = conv_group(s, omp_get_max_threads()), groups = (s->batch + group - 1) / group;
 #pragma omp parallel for schedule(static)
     for (int gi = 0; gi < groups; gi++) {
@@ -690,11 +727,11 @@ size_t conv_bf16_packed_size(const ConvShape *s) {
 void conv_bf16_pack(uint32_t *packed, const float *w, const ConvShape *s, float *scratch) {
     const int m = s->out_channels, c = s->in_channels;
     if (!conv_is_winograd(s)) {
-        bf16_pack(packed, w, m, c * s->kernel_h * s->kernel_w, c * s->kernel_h * s->kernel_w);
+        bf16_pack(packed, w, m, c * s->kernel_h * s->kernel_w, (size_t)c * s->kernel_h * s->kernel_w, 1);
         return;
     }
     wino_weights(scratch, w, m, c); /* U: 16 matrices (m, c) */
-    for (int x = 0; x < 16; x++) bf16_pack(packed + x * bf16_packed_size(m, c), scratch + (size_t)x * m * c, m, c, c);
+    for (int x = 0; x < 16; x++) bf16_pack(packed + x * bf16_packed_size(m, c), scratch + (size_t)x * m * c, m, c, c, 1);
 }
 
 void conv2d_forward_bf16(float *out, const float *in, const uint32_t *packed, const ConvShape *s, int accumulate,
@@ -706,9 +743,9 @@ void conv2d_forward_bf16(float *out, const float *in, const uint32_t *packed, co
  * chunk's dW privately and the partial sums are added in thread order, so the
  * result depends only on the thread count. */
 void conv2d_backward(float *din, float *dw, const float *dout, const float *in, const float *w,
-                     const ConvShape *s, float *scratch) {
+                     const ConvShape *s, int bf16, float *scratch) {
     if (conv_is_winograd(s)) {
-        wino_backward(din, dw, dout, in, w, s, scratch);
+        wino_backward(din, dw, dout, in, w, s, bf16, scratch);
         return;
     }
     const int m = s->out_channels, n = s->out_h * s->out_w, cin = s->in_channels, hw = s->in_h * s->in_w;
@@ -716,20 +753,28 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
     const size_t in_size = (size_t)cin * hw, w_size = (size_t)m * k;
     const int pointwise = conv_is_pointwise(s), grad_conv = din && conv_input_grad_is_conv(s);
     const int threads = omp_get_max_threads() < s->batch ? omp_get_max_threads() : s->batch;
-    const ConvScratch layout = conv_scratch_layout(s, omp_get_max_threads());
+    const ConvScratch layout = conv_scratch_layout(s, omp_get_max_threads(), bf16);
     const ConvShape t = conv_input_grad_shape(s);
     float *flipped = scratch + (size_t)omp_get_max_threads() * layout.per_thread;
+    uint32_t *wt = (uint32_t *)(flipped + (grad_conv ? w_size : 0)); /* bf16: flipped or W^T, packed */
     if (grad_conv) /* flipped[c][o][i] = w[o][c][kk-1-i] */
         for (int o = 0; o < m; o++)
             for (int c = 0; c < cin; c++)
                 for (int i = 0; i < kk; i++)
                     flipped[((size_t)c * m + o) * kk + i] = w[((size_t)o * cin + c) * kk + kk - 1 - i];
+    if (din && bf16) {
+        if (grad_conv)
+            bf16_pack(wt, flipped, cin, m * kk, (size_t)m * kk, 1);
+        else
+            bf16_pack(wt, w, k, m, 1, k);
+    }
 #pragma omp parallel num_threads(threads)
     {
         const int tid = omp_get_thread_num();
         float *mine = scratch + (size_t)tid * layout.per_thread;
         float *col = mine, *dcol = mine + layout.col, *padded = mine + layout.col + layout.dcol + layout.dw;
         float *dw_mine = layout.dw ? mine + layout.col + layout.dcol : dw;
+        uint32_t *rows = (uint32_t *)(padded + layout.padded);
         if (layout.dw) memset(dw_mine, 0, w_size * sizeof(float));
         const int b0 = (int)((long)s->batch * tid / threads), b1 = (int)((long)s->batch * (tid + 1) / threads);
         for (int b = b0; b < b1; b++) {
@@ -740,11 +785,17 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
                  * kernel: its row (o, kk-1-i) is dout shifted back by tap i */
                 im2col(dcol, dout_b, 1, &t, padded);
                 /* dW as (m, kk reversed, cin) += dcol (m*kk, hw) . in_b^T (hw, cin) */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m * kk, cin, hw, 1.0f, dcol, hw, in_b, hw, 1.0f,
-                            dw_mine, cin);
+                if (bf16)
+                    dw_gemm_bf16(dw_mine, cin, dcol, m * kk, in_b, cin, hw, rows);
+                else
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m * kk, cin, hw, 1.0f, dcol, hw, in_b, hw,
+                                1.0f, dw_mine, cin);
                 /* din_b (cin, hw) += flipped (cin, m*kk) . dcol (m*kk, hw) */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cin, hw, m * kk, 1.0f, flipped, m * kk, dcol,
-                            hw, 1.0f, din_b, hw);
+                if (bf16)
+                    bf16_gemm(din_b, hw, wt, dcol, hw, cin, hw, m * kk, 1);
+                else
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cin, hw, m * kk, 1.0f, flipped, m * kk,
+                                dcol, hw, 1.0f, din_b, hw);
                 continue;
             }
             const float *col_b = in_b;
@@ -753,12 +804,24 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
                 col_b = col;
             }
             /* dW (m, k) += dout_b (m, n) . col_b^T (n, k) */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, k, n, 1.0f, dout_b, n, col_b, n, 1.0f, dw_mine, k);
+            if (bf16)
+                dw_gemm_bf16(dw_mine, k, dout_b, m, col_b, k, n, rows);
+            else
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, k, n, 1.0f, dout_b, n, col_b, n, 1.0f, dw_mine,
+                            k);
             if (!din) continue;
             if (pointwise) { /* din_b (k, n) += W^T (k, m) . dout_b (m, n) */
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, n, m, 1.0f, w, k, dout_b, n, 1.0f, din_b, n);
+                if (bf16)
+                    bf16_gemm(din_b, n, wt, dout_b, n, k, n, m, 1);
+                else
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, n, m, 1.0f, w, k, dout_b, n, 1.0f, din_b,
+                                n);
             } else { /* dcol (k, n) = W^T (k, m) . dout_b (m, n), scattered back by col2im */
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, n, m, 1.0f, w, k, dout_b, n, 0.0f, dcol, n);
+                if (bf16)
+                    bf16_gemm(dcol, n, wt, dout_b, n, k, n, m, 0);
+                else
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, n, m, 1.0f, w, k, dout_b, n, 0.0f, dcol,
+                                n);
                 if (conv_is_3x3_stride2(s))
                     col2im_add_3x3_stride2(din_b, dcol, s, padded);
                 else

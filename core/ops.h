@@ -30,7 +30,7 @@ int conv_shape_init(ConvShape *s);
  * output and dW of a group of images per thread. Convolutions split the
  * batch across OpenMP threads; each GEMM is single-threaded and sized to
  * stay in cache. */
-size_t conv_scratch_size(const ConvShape *s);
+size_t conv_scratch_size(const ConvShape *s, int bf16 /* room for conv2d_backward in bf16 */);
 /* Images side by side in one forward GEMM with `threads` threads: 1, or for
  * images of fewer than 256 output pixels (for a Winograd conv, 2x2 tiles)
  * up to 16, so that the GEMM has about 256 columns, while every thread
@@ -42,8 +42,8 @@ void conv2d_forward(float *out,        /* (B, Cout, Ho, Wo); += when accumulate 
                     const float *in,   /* (B, Cin, H, W) */
                     const float *w,    /* (Cout, Cin, KH, KW) */
                     const ConvShape *s, int accumulate, float *scratch);
-/* The same forward pass in bfloat16 (bf16.h), for weights that stay fixed
- * (a teacher's): conv_bf16_pack rounds the kernel once - for a Winograd conv
+/* The same forward pass in bfloat16 (bf16.h): conv_bf16_pack rounds the
+ * kernel once per weight change - for a Winograd conv
  * its 16 transformed matrices, computed in float first - and
  * conv2d_forward_bf16 rounds the input (or its Winograd transform) as the
  * GEMMs read it. Products are summed in float. conv_bf16_pack uses scratch
@@ -62,10 +62,15 @@ int conv_is_winograd(const ConvShape *s);
  * and dW from the same im2col: its GEMMs are then (Cout*KH*KW) x Cin x (H*W)
  * for dW and Cin x (H*W) x (Cout*KH*KW) for the input gradient. */
 int conv_input_grad_is_conv(const ConvShape *s);
+/* With bf16, the backward's GEMMs run in bfloat16 (bf16.h) as the forward's
+ * do in conv2d_forward_bf16: their operands rounded (dout, the input or its
+ * transforms, the kernel), their products summed in float; dW and din are
+ * float sums over the images as ever. The scratch must then be sized with
+ * bf16 (conv_scratch_size). */
 void conv2d_backward(float *din,       /* (B, Cin, H, W) += ; may be NULL */
                      float *dw,        /* (Cout, Cin, KH, KW) += */
                      const float *dout,/* (B, Cout, Ho, Wo) */
-                     const float *in, const float *w, const ConvShape *s, float *scratch);
+                     const float *in, const float *w, const ConvShape *s, int bf16, float *scratch);
 
 /* ---- weight standardization: per output channel over (Cin, KH, KW) ---- */
 #define WS_EPS 1e-10f

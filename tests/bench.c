@@ -96,7 +96,7 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
             for (size_t j = 0; j < 16 * uw; j++) u[j] = 0.01f * (float)(j % 13);
             uint32_t *packed = bf16 ? xcalloc(16 * bf16_packed_size(M, cin), sizeof(uint32_t)) : NULL;
             for (int x = 0; packed && x < 16; x++)
-                bf16_pack(packed + x * bf16_packed_size(M, cin), u + x * uw, M, cin, cin);
+                bf16_pack(packed + x * bf16_packed_size(M, cin), u + x * uw, M, cin, cin, 1);
             for (size_t j = 0; j < (size_t)threads * 16 * mat; j++) v[j] = 0.01f * (float)(j % 7);
             double best = 1e30;
             for (int rep = 0; rep < 3; rep++) {
@@ -142,7 +142,7 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
         float *dw = xcalloc((size_t)threads * M * K, sizeof(float));
         for (size_t j = 0; j < (size_t)M * K; j++) w[j] = 0.01f * (float)(j % 13);
         uint32_t *packed = bf16 ? xcalloc(bf16_packed_size(M, K), sizeof(uint32_t)) : NULL;
-        if (packed) bf16_pack(packed, w, M, K, K);
+        if (packed) bf16_pack(packed, w, M, K, K, 1);
         for (size_t j = 0; j < (size_t)threads * cols; j++) col[j] = 0.01f * (float)(j % 7);
         double best = 1e30;
         for (int rep = 0; rep < 3; rep++) {
@@ -189,13 +189,14 @@ int main(int argc, char **argv) {
         return 2;
     }
     const char *kind = argv[1], *student_json = argv[2], *teacher_json = NULL;
-    int batch = 128, threads = 1, iters = 10, warmup = 3, bf16 = 0;
+    int batch = 128, threads = 1, iters = 10, warmup = 3, bf16 = 0, bf16_student = 0;
     for (int i = 3; i < argc; i++) {
         if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc) batch = atoi(argv[++i]);
         else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) threads = atoi(argv[++i]);
         else if (strcmp(argv[i], "--iters") == 0 && i + 1 < argc) iters = atoi(argv[++i]);
         else if (strcmp(argv[i], "--warmup") == 0 && i + 1 < argc) warmup = atoi(argv[++i]);
         else if (strcmp(argv[i], "--bf16") == 0) bf16 = 1;
+        else if (strcmp(argv[i], "--bf16-student") == 0) bf16_student = 1;
         else teacher_json = argv[i];
     }
     int is_train = strcmp(kind, "train") == 0, is_distill = strcmp(kind, "distill") == 0;
@@ -212,8 +213,13 @@ int main(int argc, char **argv) {
     Model *student = make_model(student_json, batch, !is_train && !is_distill);
     Model *teacher = is_distill ? make_model(teacher_json, batch, 1) : NULL;
     char err[ERR_LEN];
-    if (bf16 && (is_train || model_set_bf16(is_distill ? teacher : student, err) != 0)) {
-        fprintf(stderr, "bench: --bf16: %s\n", is_train ? "a training step runs in float" : err);
+    if (bf16_student && !is_distill) {
+        fprintf(stderr, "bench: --bf16-student is for distill (train and infer take --bf16)\n");
+        return 2;
+    }
+    if ((bf16 && model_set_bf16(is_distill ? teacher : student, err) != 0) ||
+        (bf16_student && model_set_bf16(student, err) != 0)) {
+        fprintf(stderr, "bench: %s\n", err);
         return 2;
     }
     const ModelConfig *c = &student->cfg;

@@ -184,8 +184,8 @@ static void test_shapes(void) {
                       .kernel_h = 1, .kernel_w = 1, .stride = 2, .pad = 0};
     CHECK(conv_shape_init(&proj) == 0 && proj.out_h == 28 && proj.out_w == 28, "1x1 s2 on 56: %dx%d",
           proj.out_h, proj.out_w);
-    CHECK(conv_scratch_size(&proj) >= (size_t)8 * 28 * 28, "1x1 s2 needs im2col scratch, got %zu",
-          conv_scratch_size(&proj));
+    CHECK(conv_scratch_size(&proj, 0) >= (size_t)8 * 28 * 28, "1x1 s2 needs im2col scratch, got %zu",
+          conv_scratch_size(&proj, 0));
     ConvShape rect = {.batch = 1, .in_channels = 2, .in_h = 6, .in_w = 9, .out_channels = 1,
                       .kernel_h = 3, .kernel_w = 5, .stride = 2, .pad = 2};
     CHECK(conv_shape_init(&rect) == 0 && rect.out_h == 4 && rect.out_w == 5, "3x5 s2 p2 on 6x9: %dx%d",
@@ -196,23 +196,23 @@ static void test_shapes(void) {
     CHECK(conv_shape_init(&point) == 0 && point.out_h == 16 && point.out_w == 17, "1x1 s1: %dx%d", point.out_h,
           point.out_w);
     omp_set_num_threads(1);
-    CHECK(conv_scratch_size(&point) == 0, "pointwise conv on one thread must need no scratch, got %zu",
-          conv_scratch_size(&point));
+    CHECK(conv_scratch_size(&point, 0) == 0, "pointwise conv on one thread must need no scratch, got %zu",
+          conv_scratch_size(&point, 0));
     omp_set_num_threads(2);
-    CHECK(conv_scratch_size(&point) == (size_t)2 * 32 * 16,
-          "pointwise conv on two threads needs only their private dW (2 x 32 x 16), got %zu", conv_scratch_size(&point));
+    CHECK(conv_scratch_size(&point, 0) == (size_t)2 * 32 * 16,
+          "pointwise conv on two threads needs only their private dW (2 x 32 x 16), got %zu", conv_scratch_size(&point, 0));
     /* fewer pixels: several images side by side per GEMM, copied */
     ConvShape small_point = point;
     small_point.in_h = 7, small_point.in_w = 9;
-    CHECK(conv_shape_init(&small_point) == 0 && conv_scratch_size(&small_point) >= (size_t)4 * 16 * 63,
+    CHECK(conv_shape_init(&small_point) == 0 && conv_scratch_size(&small_point, 0) >= (size_t)4 * 16 * 63,
           "pointwise conv on 7x9 images needs room for the batch side by side, got %zu",
-          conv_scratch_size(&small_point));
+          conv_scratch_size(&small_point, 0));
     ConvShape padded_point = small_point;
     padded_point.pad = 1;
     CHECK(conv_shape_init(&padded_point) == 0 && padded_point.out_h == 9 && padded_point.out_w == 11,
           "1x1 s1 p1: %dx%d", padded_point.out_h, padded_point.out_w);
-    CHECK(conv_scratch_size(&padded_point) >= (size_t)16 * 9 * 11, "padded 1x1 is not pointwise, got %zu",
-          conv_scratch_size(&padded_point));
+    CHECK(conv_scratch_size(&padded_point, 0) >= (size_t)16 * 9 * 11, "padded 1x1 is not pointwise, got %zu",
+          conv_scratch_size(&padded_point, 0));
     ConvShape empty = {.batch = 1, .in_channels = 1, .in_h = 2, .in_w = 8, .out_channels = 1,
                        .kernel_h = 5, .kernel_w = 3, .stride = 1, .pad = 1};
     CHECK(conv_shape_init(&empty) == -1, "5-tall kernel on a 2+2-tall padded image must be rejected");
@@ -312,7 +312,7 @@ static void test_conv(const char *name, int batch, int in_channels, int in_h, in
     const size_t n_col = (size_t)in_channels * kernel_h * kernel_w * s.out_h * s.out_w;
     /* read in place: pointwise, on images of at least 256 (GROUP_COLUMNS) pixels */
     const int pointwise = kernel_h == 1 && kernel_w == 1 && stride == 1 && pad == 0 && in_h * in_w >= 256;
-    const size_t n_scratch = conv_scratch_size(&s);
+    const size_t n_scratch = conv_scratch_size(&s, 0);
     if (pointwise && omp_get_max_threads() == 1)
         CHECK(n_scratch == 0, "pointwise conv on one thread must need no scratch, got %zu", n_scratch);
     else if (pointwise)
@@ -354,7 +354,7 @@ static void test_conv(const char *name, int batch, int in_channels, int in_h, in
     fill_constant(din, n_in, GRAD_PREFILL);
     fill_constant(dw, n_w, GRAD_PREFILL);
     if (scratch) fill_constant(scratch, n_scratch, OUT_GARBAGE); /* backward must not rely on forward's */
-    conv2d_backward(din, dw, r, in, w, &s, scratch);
+    conv2d_backward(din, dw, r, in, w, &s, 0, scratch);
     /* finite differences cost a convolution per input: small problems only;
      * they also vouch for the direct sums that check the large ones */
     if ((double)n_in * n_out * in_channels * kernel_h * kernel_w < 1e9) {
@@ -373,7 +373,7 @@ static void test_conv(const char *name, int batch, int in_channels, int in_h, in
      * with or without din) */
     float *dw_only = new_floats(n_w);
     fill_constant(dw_only, n_w, GRAD_PREFILL);
-    conv2d_backward(NULL, dw_only, r, in, w, &s, scratch);
+    conv2d_backward(NULL, dw_only, r, in, w, &s, 0, scratch);
     if (conv_input_grad_is_conv(&s))
         check_forward("conv d/d weight with din NULL", dw_only, dw_ref, n_w);
     else
@@ -403,7 +403,7 @@ static void test_bf16_round(void) {
 
 /* C (+)= round(A) . round(B) in double, against the bf16 GEMM: the products
  * of bf16 values are exact in float, so only the float sums differ */
-static void test_bf16_gemm(const char *name, int m, int n, int k, int accumulate) {
+static void test_bf16_gemm(const char *name, int m, int n, int k, int accumulate, int trans_a) {
     char full[160];
     snprintf(full, sizeof full, "%s (%s kernel)", name, bf16_fast() ? "AVX512-BF16" : "portable");
     TEST_CASE(full);
@@ -417,11 +417,15 @@ static void test_bf16_gemm(const char *name, int m, int n, int k, int accumulate
     for (int i = 0; i < m; i++)
         for (int j = 0; j < n; j++) {
             double acc = accumulate ? c[(size_t)i * ldc + j] : 0.0;
-            for (int p = 0; p < k; p++)
-                acc += (double)bf16_round(a[(size_t)i * k + p]) * bf16_round(b[(size_t)p * ldb + j]);
+            for (int p = 0; p < k; p++) /* A (m, k), or stored as its transpose (k, m) */
+                acc += (double)bf16_round(a[trans_a ? (size_t)p * m + i : (size_t)i * k + p]) *
+                       bf16_round(b[(size_t)p * ldb + j]);
             want[(size_t)i * n + j] = acc;
         }
-    bf16_pack(packed, a, m, k, k);
+    if (trans_a)
+        bf16_pack(packed, a, m, k, 1, m);
+    else
+        bf16_pack(packed, a, m, k, k, 1);
     float *beyond = new_floats(m);
     for (int i = 0; i < m; i++) beyond[i] = c[(size_t)i * ldc + n];
     bf16_gemm(c, ldc, packed, b, ldb, m, n, k, accumulate);
@@ -432,6 +436,56 @@ static void test_bf16_gemm(const char *name, int m, int n, int k, int accumulate
         touched += c[(size_t)i * ldc + n] != beyond[i];
     }
     check_forward("bf16 GEMM", got, want, (size_t)m * n);
+    CHECK(touched == 0, "the GEMM wrote %zu values past the n columns of C", touched);
+    free_tracked();
+}
+
+/* C += A . B^T from rows of pairs (bf16_rows), against double sums of the
+ * rounded values */
+static void test_bf16_gemm_nt(const char *name, int m, int n, int k) {
+    char full[160];
+    snprintf(full, sizeof full, "%s (%s kernel)", name, bf16_fast() ? "AVX512-BF16" : "portable");
+    TEST_CASE(full);
+    const int pairs = (k + 1) / 2, ld = pairs + 3, ldc = n + 5; /* strides wider than the rows */
+    float *a = new_floats((size_t)m * k), *b = new_floats((size_t)n * k), *c = new_floats((size_t)m * ldc);
+    uint32_t *ra = track(calloc((size_t)m * ld, sizeof(uint32_t))), *rb = track(calloc((size_t)n * ld, sizeof(uint32_t)));
+    double *want = new_doubles((size_t)m * n);
+    fill_uniform(a, (size_t)m * k, -1.0, 1.0);
+    fill_uniform(b, (size_t)n * k, -1.0, 1.0);
+    fill_uniform(c, (size_t)m * ldc, -1.0, 1.0);
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            double acc = c[(size_t)i * ldc + j];
+            for (int p = 0; p < k; p++) acc += (double)bf16_round(a[(size_t)i * k + p]) * bf16_round(b[(size_t)j * k + p]);
+            want[(size_t)i * n + j] = acc;
+        }
+    /* the rows' padding must not be read: garbage there */
+    for (size_t i = 0; i < (size_t)m * ld; i++) ra[i] = 0x7fc07fc0u;
+    for (size_t i = 0; i < (size_t)n * ld; i++) rb[i] = 0x7fc07fc0u;
+    for (int i = 0; i < m; i++) bf16_rows(ra + (size_t)i * ld, a + (size_t)i * k, k);
+    for (int j = 0; j < n; j++) bf16_rows(rb + (size_t)j * ld, b + (size_t)j * k, k);
+    size_t wrong_pairs = 0;
+    for (int p = 0; p < pairs; p++) {
+        const uint32_t pair = ra[p];
+        const float lo = bf16_round(a[2 * p]), hi = 2 * p + 1 < k ? bf16_round(a[2 * p + 1]) : 0.0f;
+        uint32_t want_pair, l, h;
+        memcpy(&l, &lo, 4);
+        memcpy(&h, &hi, 4);
+        want_pair = l >> 16 | (h & 0xffff0000u);
+        wrong_pairs += pair != want_pair;
+    }
+    CHECK(wrong_pairs == 0, "bf16_rows: %zu of %d pairs are not (x[2p], x[2p+1]) rounded, low half first",
+          wrong_pairs, pairs);
+    float *beyond = new_floats(m);
+    for (int i = 0; i < m; i++) beyond[i] = c[(size_t)i * ldc + n];
+    bf16_gemm_nt(c, ldc, ra, ld, rb, ld, m, n, pairs);
+    float *got = new_floats((size_t)m * n);
+    size_t touched = 0;
+    for (int i = 0; i < m; i++) {
+        memcpy(got + (size_t)i * n, c + (size_t)i * ldc, n * sizeof(float));
+        touched += c[(size_t)i * ldc + n] != beyond[i];
+    }
+    check_forward("bf16 GEMM A . B^T", got, want, (size_t)m * n);
     CHECK(touched == 0, "the GEMM wrote %zu values past the n columns of C", touched);
     free_tracked();
 }
@@ -449,7 +503,7 @@ static void test_conv_bf16(const char *name, int batch, int in_channels, int in_
     CHECK(conv_shape_init(&s) == 0, "shape");
     const size_t n_in = (size_t)batch * in_channels * in_h * in_w;
     const size_t n_w = (size_t)out_channels * in_channels * kernel * kernel;
-    const size_t n_out = (size_t)batch * out_channels * s.out_h * s.out_w, n_scratch = conv_scratch_size(&s);
+    const size_t n_out = (size_t)batch * out_channels * s.out_h * s.out_w, n_scratch = conv_scratch_size(&s, 1);
     float *in = new_floats(n_in), *w = new_floats(n_w), *out = new_floats(n_out), *exact = new_floats(n_out);
     float *scratch = new_floats(n_scratch);
     uint32_t *packed = track(calloc(conv_bf16_packed_size(&s), sizeof(uint32_t)));
@@ -481,6 +535,43 @@ static void test_conv_bf16(const char *name, int batch, int in_channels, int in_
     size_t bad = 0;
     for (size_t i = 0; i < n_out; i++) bad += !(fabs(out[i] - (exact[i] + 1.0f)) <= 1e-6 * (1.0 + fabs(exact[i])));
     CHECK(bad == 0, "accumulate: %zu of %zu values are not the forward's plus 1", bad, n_out);
+
+    /* the backward in bf16, against the exact gradients, onto prefilled
+     * din and dw, with a canary behind the scratch it asked for */
+    enum { CANARY = 64 };
+    float *r = new_floats(n_out), *din = new_floats(n_in), *dw = new_floats(n_w), *dw_only = new_floats(n_w);
+    float *big = new_floats(n_scratch + CANARY);
+    fill_uniform(r, n_out, -1.0, 1.0);
+    fill_constant(big, n_scratch, OUT_GARBAGE);
+    fill_constant(big + n_scratch, CANARY, -12345.0f);
+    fill_constant(din, n_in, GRAD_PREFILL);
+    fill_constant(dw, n_w, GRAD_PREFILL);
+    fill_constant(dw_only, n_w, GRAD_PREFILL);
+    conv2d_backward(din, dw, r, in, w, &s, 1, big);
+    conv2d_backward(NULL, dw_only, r, in, w, &s, 1, big);
+    double *din_ref = new_doubles(n_in), *dw_ref = new_doubles(n_w);
+    conv_reference_backward(din_ref, dw_ref, as_doubles(r, n_out), as_doubles(in, n_in), as_doubles(w, n_w), &s);
+    const struct { const char *what; const float *got; const double *want; size_t n; } grads[] = {
+        {"d/d input", din, din_ref, n_in}, {"d/d weight", dw, dw_ref, n_w}, {"d/d weight, din NULL", dw_only, dw_ref, n_w}};
+    for (int g = 0; g < 3; g++) {
+        double gscale = 0.0, gworst = 0.0;
+        for (size_t i = 0; i < grads[g].n; i++) gscale = fmax(gscale, fabs(grads[g].want[i] - GRAD_PREFILL));
+        for (size_t i = 0; i < grads[g].n; i++) gworst = fmax(gworst, fabs(grads[g].got[i] - grads[g].want[i]) / gscale);
+        CHECK(gworst < 1e-2 && gworst > 1e-5, "bf16 backward %s: off the exact gradient by %.3g of its scale (want "
+              "bf16's rounding: above 1e-5, below 1e-2)", grads[g].what, gworst);
+    }
+    if (!conv_is_winograd(&s)) { /* the GEMMs multiply dout, the input and the kernel themselves */
+        double *rr = new_doubles(n_out), *rin = new_doubles(n_in), *rw = new_doubles(n_w);
+        for (size_t i = 0; i < n_out; i++) rr[i] = bf16_round(r[i]);
+        for (size_t i = 0; i < n_in; i++) rin[i] = bf16_round(in[i]);
+        for (size_t i = 0; i < n_w; i++) rw[i] = bf16_round(w[i]);
+        conv_reference_backward(din_ref, dw_ref, rr, rin, rw, &s);
+        check_forward("bf16 backward d/d input = exact one of the rounded tensors", din, din_ref, n_in);
+        check_forward("bf16 backward d/d weight = exact one of the rounded tensors", dw, dw_ref, n_w);
+    }
+    size_t overrun = 0;
+    for (size_t i = 0; i < CANARY; i++) overrun += big[n_scratch + i] != -12345.0f;
+    CHECK(overrun == 0, "the bf16 backward wrote %zu floats past the %zu of scratch it asked for", overrun, n_scratch);
     free_tracked();
 }
 
@@ -1123,11 +1214,16 @@ int main(void) {
 
     test_bf16_round();
     /*             name                                          m    n    k  accumulate */
-    test_bf16_gemm("bf16 GEMM 8 x 32 x 2 (one block)",           8,  32,   2, 0);
-    test_bf16_gemm("bf16 GEMM 13 x 45 x 7 (edges, odd k)",       13,  45,   7, 0);
-    test_bf16_gemm("bf16 GEMM 3 x 5 x 1 (less than a block)",     3,   5,   1, 0);
-    test_bf16_gemm("bf16 GEMM 21 x 70 x 777 (k in three blocks)", 21,  70, 777, 0);
-    test_bf16_gemm("bf16 GEMM 17 x 33 x 400, accumulate",        17,  33, 400, 1);
+    test_bf16_gemm("bf16 GEMM 8 x 32 x 2 (one block)",           8,  32,   2, 0, 0);
+    test_bf16_gemm("bf16 GEMM 13 x 45 x 7 (edges, odd k)",       13,  45,   7, 0, 0);
+    test_bf16_gemm("bf16 GEMM 3 x 5 x 1 (less than a block)",     3,   5,   1, 0, 0);
+    test_bf16_gemm("bf16 GEMM 21 x 70 x 777 (k in three blocks)", 21,  70, 777, 0, 0);
+    test_bf16_gemm("bf16 GEMM 17 x 33 x 400, accumulate",        17,  33, 400, 1, 0);
+    test_bf16_gemm("bf16 GEMM 19 x 40 x 9, A packed from its transpose", 19, 40, 9, 1, 1);
+    test_bf16_gemm_nt("bf16 GEMM A . B^T 4 x 4 x 32 (one block)",             4,  4,   32);
+    test_bf16_gemm_nt("bf16 GEMM A . B^T 7 x 9 x 37 (edges, odd k)",          7,  9,   37);
+    test_bf16_gemm_nt("bf16 GEMM A . B^T 1 x 2 x 1 (less than a block)",      1,  2,    1);
+    test_bf16_gemm_nt("bf16 GEMM A . B^T 10 x 13 x 2101 (k in three passes)", 10, 13, 2101);
 
     test_weight_standardize("weight standardization 4 x 27 (3x3x3)", 4, 27);
     test_weight_standardize("weight standardization 3 x 8 (1x1x8)", 3, 8);
