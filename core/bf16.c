@@ -104,7 +104,8 @@ static void micro_kernel(float *c, int ldc, const uint32_t *a, const uint32_t *s
 }
 
 
-void bf16_rows(uint32_t *dst, const float *src, int k) {
+/* dst[p] = (x[2p], x[2p+1]) rounded, low half first: (k + 1) / 2 uint32s */
+static void bf16_rows(uint32_t *dst, const float *src, int k) {
     int i = 0;
     for (; i + 32 <= k; i += 32, dst += 16) {
         const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + i + 16), _mm512_loadu_ps(src + i));
@@ -190,7 +191,7 @@ static void micro_kernel(float *c, int ldc, const uint32_t *a, const uint32_t *s
             c[(size_t)r * ldc + j] = accumulate ? c[(size_t)r * ldc + j] + acc : acc;
         }
 }
-void bf16_rows(uint32_t *dst, const float *src, int k) {
+static void bf16_rows(uint32_t *dst, const float *src, int k) {
     for (int i = 0; i < k; i += 2) dst[i / 2] = bf16_bits(src[i]) | (i + 1 < k ? bf16_bits(src[i + 1]) << 16 : 0u);
 }
 
@@ -224,13 +225,21 @@ void bf16_gemm(float *c, int ldc, const uint32_t *a_packed, const float *b, int 
     }
 }
 
-void bf16_gemm_nt(float *c, size_t ldc, const uint32_t *a, size_t lda, const uint32_t *b, size_t ldb, int m, int n,
-                  int pairs) {
+size_t bf16_nt_rows_size(int m, int n, int k) {
+    return ((size_t)m + n) * ((k + 1) / 2);
+}
+
+void bf16_gemm_nt(float *c, int ldc, const float *a_float, int m, const float *b_float, int n, int k, uint32_t *rows) {
+    const int pairs = (k + 1) / 2;
+    for (int i = 0; i < m + n; i++)
+        bf16_rows(rows + (size_t)i * pairs, i < m ? a_float + (size_t)i * k : b_float + (size_t)(i - m) * k, k);
+    const uint32_t *a = rows, *b = rows + (size_t)m * pairs;
+    const size_t lda = pairs, ldb = pairs;
     for (int p0 = 0; p0 < pairs; p0 += BF16_NT_KC) {
         const int np = pairs - p0 < BF16_NT_KC ? pairs - p0 : BF16_NT_KC;
         for (int i = 0; i < m; i += BF16_NT_R)
             for (int j = 0; j < n; j += BF16_NT_C)
-                dot_block(c + (size_t)i * ldc + j, ldc, a + (size_t)i * lda + p0, lda, b + (size_t)j * ldb + p0, ldb,
+                dot_block(c + (size_t)i * ldc + j, (size_t)ldc, a + (size_t)i * lda + p0, lda, b + (size_t)j * ldb + p0, ldb,
                           m - i < BF16_NT_R ? m - i : BF16_NT_R, n - j < BF16_NT_C ? n - j : BF16_NT_C, np);
     }
 }

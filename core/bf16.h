@@ -4,8 +4,7 @@
  * bfloat16 (8 significant bits, round to nearest even) and the products
  * summed in float. bf16_gemm: A, the weights, is packed once (bf16_pack);
  * B, the activations, is rounded as the GEMM reads it. bf16_gemm_nt: both
- * operands run along k in memory (a weight gradient, dout . col^T), rounded
- * to rows of pairs first (bf16_rows). On a CPU with AVX512-BF16
+ * operands run along k in memory (a weight gradient, dout . col^T). On a CPU with AVX512-BF16
  * each instruction does 32 such multiply-adds in pairs along k, which makes
  * the GEMM 2-3x faster than OpenBLAS's sgemm. Debian's OpenBLAS is built
  * without its sbgemm, hence this file. */
@@ -34,12 +33,11 @@ void bf16_pack(uint32_t *packed, const float *a, int m, int k, size_t row_stride
 void bf16_gemm(float *c, int ldc, const uint32_t *a_packed, const float *b, int ldb, int m, int n, int k,
                int accumulate);
 
-/* dst[p] = (x[2p], x[2p+1]) rounded, low half first: (k + 1) / 2 uint32s of a row of k floats */
-void bf16_rows(uint32_t *dst, const float *x, int k);
-
-/* C (m, n) += A (m, k) . B (n, k)^T, with A and B as rows of `pairs` = (k + 1) / 2
- * uint32s (bf16_rows), row strides lda and ldb in uint32s. Single-threaded. */
-void bf16_gemm_nt(float *c, size_t ldc, const uint32_t *a, size_t lda, const uint32_t *b, size_t ldb, int m, int n,
-                  int pairs);
+/* C (m, n) += A (m, k) . B (n, k)^T, for A and B row-major with rows of k
+ * floats (both run along k in memory): both are first rounded into `rows`
+ * (bf16_nt_rows_size uint32s), each row as pairs along k, and C's elements
+ * are then dot products of rows. C has row stride ldc. Single-threaded. */
+size_t bf16_nt_rows_size(int m, int n, int k);
+void bf16_gemm_nt(float *c, int ldc, const float *a, int m, const float *b, int n, int k, uint32_t *rows);
 
 #endif

@@ -62,6 +62,16 @@ static int get_choice(json_t *v, const char *key, const char *const *names, int 
     return set_error(err, "%s: must be %s, got \"%s\"", key, list, value);
 }
 
+/* "float32" or "bfloat16", indexed by PRECISION_*; bfloat16 only where this build runs it fast */
+static int get_precision(json_t *v, const char *key, int *out, char *err) {
+    static const char *const precisions[] = {"float32", "bfloat16"};
+    if (get_choice(v, key, precisions, 2, out, err)) return -1;
+    if (*out == PRECISION_BFLOAT16 && !bf16_fast())
+        return set_error(err, "%s: \"bfloat16\" needs a CPU with AVX512-BF16 and a build of distilld for it (make "
+                              "ARCH=native on such a CPU); this build has none", key);
+    return 0;
+}
+
 /* ---- model ---- */
 
 int jobspec_parse_model(json_t *obj, ModelConfig *c, char *err) {
@@ -221,12 +231,10 @@ int jobspec_parse_json(json_t *root, JobSpec *s, char *err) {
             } else {
                 rc = get_string(v, "teacher", s->teacher, sizeof s->teacher, err);
             }
-        } else if (strcmp(key, "teacher_precision") == 0) { /* indexed by PRECISION_* */
-            static const char *const precisions[] = {"float32", "bfloat16"};
-            rc = get_choice(v, key, precisions, 2, &s->teacher_precision, err);
-            if (!rc && s->teacher_precision == PRECISION_BFLOAT16 && !bf16_fast())
-                rc = set_error(err, "teacher_precision: \"bfloat16\" needs a CPU with AVX512-BF16 and a build of "
-                                    "distilld for it (make ARCH=native on such a CPU); this build has none");
+        } else if (strcmp(key, "teacher_precision") == 0) {
+            rc = get_precision(v, key, &s->teacher_precision, err);
+        } else if (strcmp(key, "precision") == 0) {
+            rc = get_precision(v, key, &s->precision, err);
         } else if (strcmp(key, "batch_size") == 0) {
             rc = get_int(v, key, 1, 65536, &x, err);
             s->batch_size = (int)x;
@@ -290,7 +298,7 @@ int jobspec_parse_json(json_t *root, JobSpec *s, char *err) {
             s->threads = (int)x;
         } else {
             rc = set_error(err, "%s: unknown key (known: kind, dataset, model, teacher, teacher_precision, "
-                                "batch_size, steps, epochs, lr, weight_decay, clip_norm, warmup_steps, temperature, "
+                                "precision, batch_size, steps, epochs, lr, weight_decay, clip_norm, warmup_steps, temperature, "
                                 "mixup, flip, crop, crop_area, eval_resize, eval_crop, eval_every, checkpoint_every, "
                                 "seed, threads)", key);
         }
@@ -401,6 +409,7 @@ char *jobspec_to_json(const JobSpec *s) {
     if (s->teacher_job[0]) json_object_set_new(o, "teacher", json_pack("{s:s}", "job", s->teacher_job));
     if (s->teacher_precision == PRECISION_BFLOAT16)
         json_object_set_new(o, "teacher_precision", json_string("bfloat16"));
+    if (s->precision == PRECISION_BFLOAT16) json_object_set_new(o, "precision", json_string("bfloat16"));
     json_object_set_new(o, "batch_size", json_integer(s->batch_size));
     if (s->have_epochs && !s->steps) json_object_set_new(o, "epochs", json_real(s->epochs));
     else json_object_set_new(o, "steps", json_integer(s->steps));

@@ -189,12 +189,6 @@ typedef struct {
     size_t col, dcol, dw, padded, rows, per_thread;
 } ConvScratch;
 
-/* uint32s of the two operands of a bf16 backward's dW GEMM, as rows of
- * pairs (bf16_rows): a rows and b rows, each n long */
-static size_t pair_rows(size_t a, size_t b, size_t n) {
-    return (a + b) * ((n + 1) / 2);
-}
-
 static ConvScratch conv_scratch_layout(const ConvShape *s, int threads, int bf16) {
     ConvScratch l = {0};
     if (conv_is_winograd(s)) { /* V, M and dU (16 matrices each), and the transforms' work */
@@ -203,7 +197,7 @@ static ConvScratch conv_scratch_layout(const ConvShape *s, int threads, int bf16
         l.dw = (size_t)16 * s->out_channels * s->in_channels;
         l.padded = wino_work(s);
         if (bf16)
-            l.rows = pair_rows(s->out_channels, s->in_channels, (size_t)conv_group(s, 1) * wino_tiles(s).tiles);
+            l.rows = bf16_nt_rows_size(s->out_channels, s->in_channels, conv_group(s, 1) * wino_tiles(s).tiles);
         l.per_thread = l.col + l.dcol + l.dw + l.padded + l.rows;
         return l;
     }
@@ -230,9 +224,9 @@ static ConvScratch conv_scratch_layout(const ConvShape *s, int threads, int bf16
     }
     if (threads > 1 || conv_input_grad_is_conv(s)) l.dw = s->out_channels * s->in_channels * kk;
     if (bf16 && conv_input_grad_is_conv(s))
-        l.rows = pair_rows(s->out_channels * kk, s->in_channels, (size_t)s->in_h * s->in_w);
+        l.rows = bf16_nt_rows_size(s->out_channels * kk, s->in_channels, s->in_h * s->in_w);
     else if (bf16)
-        l.rows = pair_rows(s->out_channels, s->in_channels * kk, n);
+        l.rows = bf16_nt_rows_size(s->out_channels, s->in_channels * kk, n);
     l.per_thread = l.col + l.dcol + l.dw + l.padded + l.rows;
     return l;
 }
@@ -610,15 +604,6 @@ static void wino_forward(float *out, const float *in, const float *w, const uint
     }
 }
 
-/* c (m, k) += a (m, n) . b^T (n, k) in bf16, for a and b of m and k rows of
- * n floats: both rounded to rows of pairs in `rows` first */
-static void dw_gemm_bf16(float *c, int ldc, const float *a, int m, const float *b, int k, int n, uint32_t *rows) {
-    const int pairs = (n + 1) / 2;
-    for (int i = 0; i < m + k; i++)
-        bf16_rows(rows + (size_t)i * pairs, i < m ? a + (size_t)i * n : b + (size_t)(i - m) * n, n);
-    bf16_gemm_nt(c, ldc, rows, pairs, rows + (size_t)m * pairs, pairs, m, k, pairs);
-}
-
 /* As conv2d_backward: a contiguous chunk of images per thread, dU summed
  * privately, the partials added in thread order. */
 static void wino_backward(float *din, float *dw, const float *dout, const float *in, const float *w,
@@ -649,7 +634,7 @@ static void wino_backward(float *din, float *dw, const float *dout, const float 
             for (int x = 0; x < 16; x++) {
                 /* dU (m, c) += dM (m, n) . V^T (n, c); then V (c, n) = U^T (c, m) . dM (m, n) */
                 if (bf16) {
-                    dw_gemm_bf16(dU + (size_t)x * m * c, c, D + x * sm, m, V + x * sv, c, n, rows);
+                    bf16_gemm_nt(dU + (size_t)x * m * c, c, D + x * sm, m, V + x * sv, c, n, rows);
                     if (din) bf16_gemm(V + x * sv, n, ut + x * su, D + x * sm, n, c, n, m, 0);
                     continue;
                 }
@@ -786,7 +771,7 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
                 im2col(dcol, dout_b, 1, &t, padded);
                 /* dW as (m, kk reversed, cin) += dcol (m*kk, hw) . in_b^T (hw, cin) */
                 if (bf16)
-                    dw_gemm_bf16(dw_mine, cin, dcol, m * kk, in_b, cin, hw, rows);
+                    bf16_gemm_nt(dw_mine, cin, dcol, m * kk, in_b, cin, hw, rows);
                 else
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m * kk, cin, hw, 1.0f, dcol, hw, in_b, hw,
                                 1.0f, dw_mine, cin);
@@ -805,7 +790,7 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
             }
             /* dW (m, k) += dout_b (m, n) . col_b^T (n, k) */
             if (bf16)
-                dw_gemm_bf16(dw_mine, k, dout_b, m, col_b, k, n, rows);
+                bf16_gemm_nt(dw_mine, k, dout_b, m, col_b, k, n, rows);
             else
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, k, n, 1.0f, dout_b, n, col_b, n, 1.0f, dw_mine,
                             k);

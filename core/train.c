@@ -230,6 +230,9 @@ int train_run(const JobSpec *spec_in, const char *run_dir, const char *cache_dir
         return -1;
     }
     int rc = model_create(&r.student, &s->model, s->batch_size, err);
+    char why[ERR_LEN];
+    if (!rc && s->precision == PRECISION_BFLOAT16 && model_set_bf16(r.student, why) != 0)
+        rc = set_error(err, "precision: %s", why);
     if (!rc) rc = load_teacher(&r, err);
     if (rc) {
         run_free(&r);
@@ -277,10 +280,11 @@ int train_run(const JobSpec *spec_in, const char *run_dir, const char *cache_dir
         }
     }
     logf_cb(cb, "%s job: %ld steps of %d images (%d training images, %d validation, %d test), %zu parameters, "
-                "%d compute thread%s%s",
+                "%d compute thread%s%s%s",
             s->kind == JOB_DISTILL ? "distill" : "train", s->steps, b, r.data.train_count, r.data.val_count,
             r.data.test_count, r.student->num_floats, threads, threads == 1 ? "" : "s",
-            s->teacher_precision == PRECISION_BFLOAT16 ? ", the teacher's forward in bfloat16" : "");
+            s->teacher_precision == PRECISION_BFLOAT16 ? ", the teacher's forward in bfloat16" : "",
+            s->precision == PRECISION_BFLOAT16 ? ", convolutions in bfloat16 (mixed precision)" : "");
 
     OptimConfig opt = {.lr = s->lr, .weight_decay = s->weight_decay, .clip_norm = s->clip_norm,
                        .warmup_steps = s->warmup_steps, .total_steps = s->steps};

@@ -1,12 +1,14 @@
 /* bench.c - times one kind of step of distilld's engine, for make bench.
  *
  *   bench KIND MODEL_JSON [TEACHER_JSON] --batch B --threads N [--iters I] [--warmup W] [--bf16]
+ *         [--bf16-student]
  *
  * KIND: train (supervised step: forward, cross-entropy, backward, Adam),
  * distill (augmentation + mixup of the batch, teacher forward, student
  * forward/backward on T^2 KL, Adam), infer (forward only). --bf16 runs the
- * teacher (distill) or the model (infer) in bfloat16 (model_set_bf16), as a
- * job with "teacher_precision": "bfloat16" runs its teacher. Random weights and
+ * teacher (distill) or the model (train, infer) in bfloat16 (model_set_bf16),
+ * as a job with "teacher_precision" or "precision": "bfloat16" does;
+ * --bf16-student runs a distill step's student in bfloat16. Random weights and
  * images; the work per step does not depend on their values. Prints one JSON
  * line: median images/s over the timed iterations, GFLOP/s achieved (counted
  * as direct convolution: an effective rate where Winograd does fewer), the
@@ -76,7 +78,9 @@ static double forward_flops(const Model *m) {
  * forward, dM . V^T and U^T . dM backward, with 2x2 tiles as columns. Best of
  * 3; *executed gets the FLOPs of those GEMMs. Nothing else is timed: this is
  * the least time the step could take with the same GEMMs. A model that runs
- * in bfloat16 (model_set_bf16) is timed with the bf16 GEMM instead. */
+ * in bfloat16 (model_set_bf16) is timed with the bf16 GEMMs instead, as
+ * conv2d_forward_bf16 and conv2d_backward run them: bf16_gemm with packed
+ * kernels (W, U, and W^T or U^T backward), bf16_gemm_nt for dW. */
 static double conv_gemm_seconds(const Model *m, int batch, int backward, double *executed) {
     const int threads = omp_get_max_threads(), bf16 = m->w_bf16 != NULL;
     double total = 0;
@@ -95,8 +99,13 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
             float *o = xcalloc((size_t)threads * 16 * mat, sizeof(float));
             for (size_t j = 0; j < 16 * uw; j++) u[j] = 0.01f * (float)(j % 13);
             uint32_t *packed = bf16 ? xcalloc(16 * bf16_packed_size(M, cin), sizeof(uint32_t)) : NULL;
-            for (int x = 0; packed && x < 16; x++)
+            uint32_t *packed_t = bf16 ? xcalloc(16 * bf16_packed_size(cin, M), sizeof(uint32_t)) : NULL;
+            const size_t nrows = bf16_nt_rows_size(M, cin, tiles * bgroup);
+            uint32_t *rows = bf16 ? xcalloc(threads * nrows, sizeof(uint32_t)) : NULL;
+            for (int x = 0; packed && x < 16; x++) {
                 bf16_pack(packed + x * bf16_packed_size(M, cin), u + x * uw, M, cin, cin, 1);
+                bf16_pack(packed_t + x * bf16_packed_size(cin, M), u + x * uw, cin, M, 1, cin);
+            }
             for (size_t j = 0; j < (size_t)threads * 16 * mat; j++) v[j] = 0.01f * (float)(j % 7);
             double best = 1e30;
             for (int rep = 0; rep < 3; rep++) {
@@ -118,6 +127,11 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
                     const int n = (batch - g * bgroup < bgroup ? batch - g * bgroup : bgroup) * tiles;
                     for (int x = 0; x < 16; x++) {
                         float *vx = v + ((size_t)t * 16 + x) * mat, *ox = o + ((size_t)t * 16 + x) * mat;
+                        if (bf16) {
+                            bf16_gemm_nt(du + ((size_t)t * 16 + x) * uw, cin, ox, M, vx, cin, n, rows + t * nrows);
+                            if (i > 0) bf16_gemm(vx, n, packed_t + x * bf16_packed_size(cin, M), ox, n, cin, n, M, 0);
+                            continue;
+                        }
                         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, cin, n, 1.0f, ox, n, vx, n, 1.0f,
                                     du + ((size_t)t * 16 + x) * uw, cin);
                         if (i > 0)
@@ -130,7 +144,7 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
             }
             total += best;
             *executed += 2.0 * 16 * M * cin * tiles * batch * (1 + (backward ? (i > 0 ? 2 : 1) : 0));
-            free(u), free(du), free(v), free(o), free(packed);
+            free(u), free(du), free(v), free(o), free(packed), free(packed_t), free(rows);
             continue;
         }
         size_t cols = grad_conv && (size_t)M * kk * hw > (size_t)K * N ? (size_t)M * kk * hw : (size_t)K * N;
@@ -142,7 +156,16 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
         float *dw = xcalloc((size_t)threads * M * K, sizeof(float));
         for (size_t j = 0; j < (size_t)M * K; j++) w[j] = 0.01f * (float)(j % 13);
         uint32_t *packed = bf16 ? xcalloc(bf16_packed_size(M, K), sizeof(uint32_t)) : NULL;
-        if (packed) bf16_pack(packed, w, M, K, K, 1);
+        uint32_t *packed_t = bf16 ? xcalloc(bf16_packed_size(K, M), sizeof(uint32_t)) : NULL; /* W^T, or flipped */
+        const size_t nrows = grad_conv ? bf16_nt_rows_size(M * kk, cin, hw) : bf16_nt_rows_size(M, K, N);
+        uint32_t *rows = bf16 ? xcalloc(threads * nrows, sizeof(uint32_t)) : NULL;
+        if (packed) {
+            bf16_pack(packed, w, M, K, K, 1);
+            if (grad_conv)
+                bf16_pack(packed_t, w, cin, M * kk, M * kk, 1);
+            else
+                bf16_pack(packed_t, w, K, M, 1, K);
+        }
         for (size_t j = 0; j < (size_t)threads * cols; j++) col[j] = 0.01f * (float)(j % 7);
         double best = 1e30;
         for (int rep = 0; rep < 3; rep++) {
@@ -160,6 +183,16 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
             for (int b = 0; b < (backward ? batch : 0); b++) { /* backward: per image */
                 const int t = omp_get_thread_num();
                 float *c = col + (size_t)t * cols, *o = out + (size_t)t * M * N * group, *d = dcol + (size_t)t * cols;
+                if (bf16 && grad_conv) {
+                    bf16_gemm_nt(dw + (size_t)t * M * K, cin, c, M * kk, d, cin, hw, rows + t * nrows);
+                    bf16_gemm(d, hw, packed_t, c, hw, cin, hw, M * kk, 1);
+                    continue;
+                }
+                if (bf16) {
+                    bf16_gemm_nt(dw + (size_t)t * M * K, K, o, M, c, K, N, rows + t * nrows);
+                    if (i > 0) bf16_gemm(d, N, packed_t, o, N, K, N, M, 0);
+                    continue;
+                }
                 if (grad_conv) { /* c stands for the im2col of dout, d for the input and its gradient */
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M * kk, cin, hw, 1.0f, c, hw, d, hw, 1.0f,
                                 dw + (size_t)t * M * K, cin);
@@ -177,7 +210,7 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
         }
         total += best;
         *executed += 2.0 * M * N * K * batch * (1 + (backward ? (i > 0 ? 2 : 1) : 0));
-        free(w), free(col), free(out), free(dw), free(dcol), free(packed);
+        free(w), free(col), free(out), free(dw), free(dcol), free(packed), free(packed_t), free(rows);
     }
     return total;
 }
@@ -280,9 +313,10 @@ int main(int argc, char **argv) {
     getrusage(RUSAGE_SELF, &ru);
     printf("{\"impl\": \"distilld\", \"kind\": \"%s\", \"batch\": %d, \"threads\": %d, \"images_per_second\": %.1f, "
            "\"gflops\": %.1f, \"sgemm_gflops\": %.1f, \"gemm_share\": %.3f, \"peak_rss_mb\": %.1f, \"params\": %zu, "
-           "\"blas\": \"%s\", \"precision\": \"%s\"}\n",
+           "\"blas\": \"%s\", \"precision\": \"%s\", \"student_precision\": \"%s\"}\n",
            kind, batch, threads, batch / median, flops / median * 1e-9, executed / gemm * 1e-9, gemm / median,
-           ru.ru_maxrss / 1024.0, student->num_floats, blas_describe(), bf16 ? "bfloat16" : "float32");
+           ru.ru_maxrss / 1024.0, student->num_floats, blas_describe(), bf16 ? "bfloat16" : "float32",
+           bf16_student ? "bfloat16" : "float32");
     model_free(student);
     model_free(teacher);
     free(raw), free(images), free(targets), free(dlogits), free(probs), free(tprobs), free(tlogits), free(tmp);

@@ -3,6 +3,7 @@
 
     /usr/bin/python3 tests/bench_torch.py KIND MODEL_JSON [TEACHER_JSON] --batch B --threads N
                                           [--iters I] [--warmup W] [--channels-last] [--bf16]
+                                          [--bf16-student]
     /usr/bin/python3 tests/bench_torch.py check MODEL_JSON [--batch B]
 
 KIND is train (forward, cross-entropy, backward, clip + Adam), distill (inception crop + flip of
@@ -10,7 +11,10 @@ every image, mixup with the batch rolled by one, teacher forward under no_grad, 
 forward/backward on T^2 KL, clip + Adam) or infer (forward only, under no_grad, with the
 standardized weights computed once up front, as distilld caches them for fixed weights).
 --bf16 runs the teacher (distill) or the model (infer) in torch.bfloat16, weights and
-activations, as PyTorch's peer of distilld's bfloat16 teacher.
+activations, as PyTorch's peer of distilld's bfloat16 teacher; for train, and with
+--bf16-student for a distill step's student, it runs the trained model's forward under
+torch.autocast(bfloat16), PyTorch's mixed precision: the peer of distilld's "precision":
+"bfloat16" (bf16 convolutions, float weights, gradients and optimizer).
 The model is the BiT ResNetV2 of DESIGN.md section 3 (the same one tests/torch_check.py
 implements functionally): pre-activation bottleneck units (or basic units for "block": "basic"),
 GroupNorm, weight-standardized
@@ -58,6 +62,15 @@ def unit_plan(cfg):
             cin = cout
 
 
+class GroupNorm(nn.GroupNorm):
+    """GroupNorm in its parameters' precision: under autocast (bf16 convolutions, float
+    parameters) it normalizes in float, as distilld does, where torch 1.13's CPU autocast
+    would hand it bf16 activations and fail."""
+
+    def forward(self, x):
+        return super().forward(x.to(self.weight.dtype))
+
+
 class StdConv(nn.Module):
     """Conv with weight standardization (per output channel over (cin, kh, kw), population
     variance, eps 1e-10) computed in forward so gradients reach the raw kernel. freeze()
@@ -96,9 +109,9 @@ class Unit(nn.Module):
 
     def __init__(self, cin, mid, cout, stride, proj, groups, basic=False):
         super().__init__()
-        self.gn_a = nn.GroupNorm(groups, cin, eps=GN_EPS)
+        self.gn_a = GroupNorm(groups, cin, eps=GN_EPS)
         self.proj = StdConv(cin, cout, 1, stride, 0) if proj else None
-        self.gn_b = nn.GroupNorm(groups, mid, eps=GN_EPS)
+        self.gn_b = GroupNorm(groups, mid, eps=GN_EPS)
         if basic:
             self.conv_a = StdConv(cin, mid, 3, stride, 1)
             self.conv_b = StdConv(mid, cout, 3, 1, 1)
@@ -106,7 +119,7 @@ class Unit(nn.Module):
         else:
             self.conv_a = StdConv(cin, mid, 1, 1, 0)
             self.conv_b = StdConv(mid, mid, 3, stride, 1)
-            self.gn_c = nn.GroupNorm(groups, mid, eps=GN_EPS)
+            self.gn_c = GroupNorm(groups, mid, eps=GN_EPS)
             self.conv_c = StdConv(mid, cout, 1, 1, 0)
 
     def forward(self, x):
@@ -136,7 +149,7 @@ class BiTResNetV2(nn.Module):
             self.names.append(name)
         self.units = nn.Sequential(*units)
         cf = (1 if cfg.get("block") == "basic" else 4) * c0 * 2 ** (len(cfg["depth"]) - 1)
-        self.gn = nn.GroupNorm(g, cf, eps=GN_EPS)
+        self.gn = GroupNorm(g, cf, eps=GN_EPS)
         self.head = nn.Linear(cf, cfg["num_classes"])  # plain dense, not standardized
         with torch.no_grad():
             self.head.weight.normal_(0.0, 0.01)
@@ -293,7 +306,7 @@ def parse_args(argv):
         sys.stderr.write(__doc__)
         sys.exit(2)
     a = {"kind": argv[1], "student": argv[2], "teacher": None, "batch": 128, "threads": 1,
-         "iters": 10, "warmup": 3, "channels_last": False, "bf16": False}
+         "iters": 10, "warmup": 3, "channels_last": False, "bf16": False, "bf16_student": False}
     i = 3
     while i < len(argv):
         opt = argv[i]
@@ -306,6 +319,9 @@ def parse_args(argv):
         elif opt == "--bf16":
             a["bf16"] = True
             i += 1
+        elif opt == "--bf16-student":
+            a["bf16_student"] = True
+            i += 1
         elif opt.startswith("--"):
             sys.stderr.write("bench_torch: unknown option %s\n" % opt)
             sys.exit(2)
@@ -315,8 +331,8 @@ def parse_args(argv):
     if a["kind"] not in ("train", "distill", "infer", "check"):
         sys.stderr.write("bench_torch: unknown kind %s\n" % a["kind"])
         sys.exit(2)
-    if a["bf16"] and a["kind"] not in ("distill", "infer"):
-        sys.stderr.write("bench_torch: --bf16 is for the teacher (distill) or inference\n")
+    if a["bf16_student"] and a["kind"] != "distill":
+        sys.stderr.write("bench_torch: --bf16-student is for distill (train and infer take --bf16)\n")
         sys.exit(2)
     if a["kind"] == "distill" and not a["teacher"]:
         sys.stderr.write("bench_torch: distill needs a teacher config\n")
@@ -407,18 +423,23 @@ def main(argv):
             student = student.to(torch.bfloat16)
         student.freeze()
     low = torch.bfloat16 if a["bf16"] else torch.float32
+    mixed = (kind == "train" and a["bf16"]) or a["bf16_student"]
+
+    def trained(x):  # the trained model's logits, in float; its forward mixed-precision bf16 if asked
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=mixed):
+            return student(x).float()
 
     def step():
         if kind == "train":
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(student(raw), labels).backward()
+            F.cross_entropy(trained(raw), labels).backward()
             clip_and_step(student, opt)
         elif kind == "distill":
             with torch.no_grad():
                 images = mixup(augment(raw, gen), gen).contiguous(memory_format=fmt)
                 tlogits = teacher(images.to(low)).float()
             opt.zero_grad(set_to_none=True)
-            distill_loss(student(images), tlogits).backward()
+            distill_loss(trained(images), tlogits).backward()
             clip_and_step(student, opt)
         else:
             with torch.no_grad():
@@ -443,7 +464,8 @@ def main(argv):
                       "torch": "%s, %s" % (torch.__version__,
                                            "channels_last" if a["channels_last"] else "NCHW"),
                       "format": "channels_last" if a["channels_last"] else "NCHW",
-                      "precision": "bfloat16" if a["bf16"] else "float32"}), flush=True)
+                      "precision": "bfloat16" if a["bf16"] else "float32",
+                      "student_precision": "bfloat16" if a["bf16_student"] else "float32"}), flush=True)
     return 0
 
 
