@@ -8,8 +8,9 @@
  * gradients from one im2col, of dout (conv_input_grad_is_conv). A 3x3
  * stride-1 pad-1 convolution, the workhorse of ResNet units, skips im2col
  * altogether: it runs as Winograd F(2x2, 3x3), 16 GEMMs with 4/9 of the
- * FLOPs (conv_is_winograd). A fixed teacher's forward GEMMs may run in
- * bfloat16 instead (conv2d_forward_bf16, bf16.c), on the same paths.
+ * FLOPs (conv_is_winograd). The GEMMs may run in bfloat16 instead (bf16.c)
+ * on the same paths: a teacher's forward (conv2d_forward_bf16), a training
+ * model's forward and backward (conv2d_backward with bf16).
  * Statistics (GroupNorm, weight standardization) accumulate in double so
  * that large groups do not lose precision. */
 #include "ops.h"

@@ -47,23 +47,31 @@ BIT_S='{"depth":[1,1,1,1],"base_width":16,"width":1,"gn_groups":8,"stem":"bit","
 
 # label | kind | model | teacher (or -) | warm-up | timed iterations [| flags]
 # Iterations are sized so that a whole run takes ~12 minutes on a quiet 2-core machine; the slow
-# 128 px measurements get fewer. --bf16 rows run the teacher (distill) or the model (infer) in
-# bfloat16 on both sides: distilld's "teacher_precision": "bfloat16", PyTorch's torch.bfloat16.
+# 128 px measurements get fewer. bf16 rows run on both sides, with --bf16, the teacher (distill) or
+# the model (infer) in bfloat16 - distilld's "teacher_precision": "bfloat16", PyTorch's
+# torch.bfloat16 - or the trained model (train; distill with --bf16-student) in mixed precision -
+# distilld's "precision": "bfloat16", PyTorch's autocast(bfloat16).
 PLAN=(
     "fmnist R26 teacher|train|$FM_T|-|2|5"
+    "fmnist R26 teacher bf16|train|$FM_T|-|2|5|--bf16"
     "fmnist R10 student|train|$FM_S|-|2|9"
+    "fmnist R10 student bf16|train|$FM_S|-|2|9|--bf16"
     "fmnist R26 teacher|infer|$FM_T|-|2|9"
     "fmnist R26 teacher bf16|infer|$FM_T|-|2|9|--bf16"
     "fmnist R10 student|infer|$FM_S|-|2|11"
     "fmnist R26 -> R10|distill|$FM_S|$FM_T|2|5"
     "fmnist R26 bf16 -> R10|distill|$FM_S|$FM_T|2|5|--bf16"
+    "fmnist R26 bf16 -> R10 bf16|distill|$FM_S|$FM_T|2|5|--bf16 --bf16-student"
     "bit128 R26 teacher|train|$BIT_T|-|1|3"
+    "bit128 R26 teacher bf16|train|$BIT_T|-|1|3|--bf16"
     "bit128 R14 student|train|$BIT_S|-|1|5"
+    "bit128 R14 student bf16|train|$BIT_S|-|1|5|--bf16"
     "bit128 R26 teacher|infer|$BIT_T|-|1|5"
     "bit128 R26 teacher bf16|infer|$BIT_T|-|1|5|--bf16"
     "bit128 R14 student|infer|$BIT_S|-|1|7"
     "bit128 R26 -> R14|distill|$BIT_S|$BIT_T|1|3"
     "bit128 R26 bf16 -> R14|distill|$BIT_S|$BIT_T|1|3|--bf16"
+    "bit128 R26 bf16 -> R14 bf16|distill|$BIT_S|$BIT_T|1|3|--bf16 --bf16-student"
 )
 
 failed=0
@@ -227,14 +235,16 @@ EOF
 echo
 echo "images/s: median over the timed steps; ratio > 1 means distilld is faster. batch $BATCH."
 echo "PyTorch:  the faster of its two memory formats (layout: NCHW, or NHWC = channels_last), each run separately."
-echo "bf16:     those rows run the teacher (distill) or the model (infer) in bfloat16. PyTorch ran it both in"
-echo "          torch.bfloat16 and in float (the row above): its faster run is the peer (layout says which)."
+echo "bf16:     those rows run the teacher (distill) or the model (infer) in bfloat16, and a trained model marked"
+echo "          bf16 (train; the student of a distill) in mixed precision: bf16 convolutions, float weights and"
+echo "          optimizer. PyTorch ran it both so (torch.bfloat16; autocast) and in float (the row without bf16):"
+echo "          its faster run is the peer (layout says which)."
 echo "GFLOP/s: conv + head multiply-adds x2 (x3 for a training step, + teacher forward for distill), counted as"
 echo "  direct convolution: Winograd 3x3 convs do 4/9 of them, so this is an effective rate."
 echo "sgemm GFLOP/s: the FLOPs of the step's conv GEMMs over the time OpenBLAS alone takes for them at their own"
 echo "  shapes and threading (bench.c, best of 3); % of sgemm = that time over the step's: the share of the step"
-echo "  the GEMMs alone would take (100 = nothing but GEMMs). In bf16 rows the bfloat16 model's GEMMs are timed with"
-echo "  distilld's bf16 GEMM (core/bf16.c), which is why their rate exceeds sgemm's."
+echo "  the GEMMs alone would take (100 = nothing but GEMMs). In bf16 rows the bfloat16 models' GEMMs are timed with"
+echo "  distilld's bf16 GEMMs (core/bf16.c), which is why their rate exceeds sgemm's."
 echo "machine:  $CPU, $(nproc) cores ($FLAGS), $(uname -r)"
 echo "distilld: ${BLAS_LINE:-OpenBLAS core unknown}"
 [ -n "$PINNED" ] && echo "unpinned: distilld with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset (the environment sets OPENBLAS_CORETYPE=$PINNED)"

@@ -1016,6 +1016,7 @@
       h('dt', null, 'model'), h('dd', null, '{"depth": [blocks per stage], "base_width", "width", "gn_groups", "stem": "small" | "bit", "block": "bottleneck" | "basic"}'),
       h('dt', null, 'teacher'), h('dd', null, 'distill only: a weights file in the data directory, or {"job": "<id of a finished train job>"}'),
       h('dt', null, 'teacher_precision'), h('dd', null, '"float32" or "bfloat16": the teacher\'s forward in bfloat16, faster on a CPU with AVX512-BF16'),
+      h('dt', null, 'precision'), h('dd', null, '"float32" or "bfloat16": the trained model\'s convolutions in bfloat16, weights and optimizer in float (mixed precision), faster on a CPU with AVX512-BF16'),
       h('dt', null, 'steps | epochs'), h('dd', null, 'the schedule\'s length; with "warmup_steps", "lr", "weight_decay", "batch_size"'),
       h('dt', null, 'eval_every, checkpoint_every'), h('dd', null, 'in steps'),
       h('dt', null, 'crop, crop_area, flip, mixup, temperature, seed'), h('dd', null, 'augmentation and distillation'));
