@@ -20,6 +20,7 @@
 #define BF16_NT_R 4 /* bf16_gemm_nt: rows of C per block */
 #define BF16_NT_C 4 /* bf16_gemm_nt: columns of C per block */
 #define BF16_NT_KC 512 /* bf16_gemm_nt: pairs per pass over C (2 KiB of each row) */
+#define BF16_NT_NB 128 /* bf16_gemm_nt: rows of B per pass, 256 KiB, kept in L2 while A's rows go by */
 
 static uint32_t bf16_bits(float x) {
     uint32_t u;
@@ -225,21 +226,29 @@ void bf16_gemm(float *c, int ldc, const uint32_t *a_packed, const float *b, int 
     }
 }
 
-size_t bf16_nt_rows_size(int m, int n, int k) {
-    return ((size_t)m + n) * ((k + 1) / 2);
+size_t bf16_nt_rows_size(int m, int n, int k, int segments) {
+    return ((size_t)m + n) * segments * ((k + 1) / 2);
 }
 
-void bf16_gemm_nt(float *c, int ldc, const float *a_float, int m, const float *b_float, int n, int k, uint32_t *rows) {
-    const int pairs = (k + 1) / 2;
-    for (int i = 0; i < m + n; i++)
-        bf16_rows(rows + (size_t)i * pairs, i < m ? a_float + (size_t)i * k : b_float + (size_t)(i - m) * k, k);
+void bf16_gemm_nt(float *c, int ldc, Bf16Runs a_float, int m, Bf16Runs b_float, int n, int k, int segments,
+                  uint32_t *rows) {
+    const int run = (k + 1) / 2, pairs = segments * run;
+    for (int i = 0; i < m + n; i++) {
+        const Bf16Runs x = i < m ? a_float : b_float;
+        const float *row = x.p + (size_t)(i < m ? i : i - m) * x.row;
+        for (int g = 0; g < segments; g++) bf16_rows(rows + (size_t)i * pairs + (size_t)g * run, row + g * x.seg, k);
+    }
     const uint32_t *a = rows, *b = rows + (size_t)m * pairs;
     const size_t lda = pairs, ldb = pairs;
     for (int p0 = 0; p0 < pairs; p0 += BF16_NT_KC) {
         const int np = pairs - p0 < BF16_NT_KC ? pairs - p0 : BF16_NT_KC;
-        for (int i = 0; i < m; i += BF16_NT_R)
-            for (int j = 0; j < n; j += BF16_NT_C)
-                dot_block(c + (size_t)i * ldc + j, (size_t)ldc, a + (size_t)i * lda + p0, lda, b + (size_t)j * ldb + p0, ldb,
-                          m - i < BF16_NT_R ? m - i : BF16_NT_R, n - j < BF16_NT_C ? n - j : BF16_NT_C, np);
+        for (int j0 = 0; j0 < n; j0 += BF16_NT_NB) {
+            const int j1 = n - j0 < BF16_NT_NB ? n : j0 + BF16_NT_NB;
+            for (int i = 0; i < m; i += BF16_NT_R)
+                for (int j = j0; j < j1; j += BF16_NT_C)
+                    dot_block(c + (size_t)i * ldc + j, (size_t)ldc, a + (size_t)i * lda + p0, lda,
+                              b + (size_t)j * ldb + p0, ldb, m - i < BF16_NT_R ? m - i : BF16_NT_R,
+                              j1 - j < BF16_NT_C ? j1 - j : BF16_NT_C, np);
+        }
     }
 }

@@ -33,11 +33,17 @@ void bf16_pack(uint32_t *packed, const float *a, int m, int k, size_t row_stride
 void bf16_gemm(float *c, int ldc, const uint32_t *a_packed, const float *b, int ldb, int m, int n, int k,
                int accumulate);
 
-/* C (m, n) += A (m, k) . B (n, k)^T, for A and B row-major with rows of k
- * floats (both run along k in memory): both are first rounded into `rows`
- * (bf16_nt_rows_size uint32s), each row as pairs along k, and C's elements
+/* C (m, n) += A (m, K) . B (n, K)^T where both run along K in memory: K is
+ * `segments` runs of k floats each, run g of row i at p + i * row + g * seg
+ * (one run: a row-major matrix; several: the images of a batch, whose sum
+ * is a weight gradient). A and B are first rounded into `rows`
+ * (bf16_nt_rows_size uint32s), each run as pairs along k, and C's elements
  * are then dot products of rows. C has row stride ldc. Single-threaded. */
-size_t bf16_nt_rows_size(int m, int n, int k);
-void bf16_gemm_nt(float *c, int ldc, const float *a, int m, const float *b, int n, int k, uint32_t *rows);
+typedef struct {
+    const float *p;
+    size_t row, seg;
+} Bf16Runs;
+size_t bf16_nt_rows_size(int m, int n, int k, int segments);
+void bf16_gemm_nt(float *c, int ldc, Bf16Runs a, int m, Bf16Runs b, int n, int k, int segments, uint32_t *rows);
 
 #endif

@@ -188,7 +188,18 @@ static size_t wino_work(const ConvShape *s) {
  * image of a group. Each column matrix has COPY_BLOCK floats of slack. */
 typedef struct {
     size_t col, dcol, dw, padded, rows, per_thread;
+    int group; /* bf16, not Winograd: conv_bf16_dw_group */
 } ConvScratch;
+
+/* A bf16 backward sums a group of images' dW in one GEMM (bf16_gemm_nt),
+ * about this many output pixels: each of its dot products ends in a sum
+ * across a vector, which small images would pay for every few products. */
+#define BF16_DW_COLUMNS 1024
+
+int conv_bf16_dw_group(const ConvShape *s) {
+    const int n = s->out_h * s->out_w, g = (BF16_DW_COLUMNS + n - 1) / n;
+    return g < s->batch ? g : s->batch > 0 ? s->batch : 1;
+}
 
 static ConvScratch conv_scratch_layout(const ConvShape *s, int threads, int bf16) {
     ConvScratch l = {0};
@@ -198,7 +209,7 @@ static ConvScratch conv_scratch_layout(const ConvShape *s, int threads, int bf16
         l.dw = (size_t)16 * s->out_channels * s->in_channels;
         l.padded = wino_work(s);
         if (bf16)
-            l.rows = bf16_nt_rows_size(s->out_channels, s->in_channels, conv_group(s, 1) * wino_tiles(s).tiles);
+            l.rows = bf16_nt_rows_size(s->out_channels, s->in_channels, conv_group(s, 1) * wino_tiles(s).tiles, 1);
         l.per_thread = l.col + l.dcol + l.dw + l.padded + l.rows;
         return l;
     }
@@ -224,10 +235,17 @@ static ConvScratch conv_scratch_layout(const ConvShape *s, int threads, int bf16
         if (row > l.padded) l.padded = row;
     }
     if (threads > 1 || conv_input_grad_is_conv(s)) l.dw = s->out_channels * s->in_channels * kk;
-    if (bf16 && conv_input_grad_is_conv(s))
-        l.rows = bf16_nt_rows_size(s->out_channels * kk, s->in_channels, s->in_h * s->in_w);
-    else if (bf16)
-        l.rows = bf16_nt_rows_size(s->out_channels, s->in_channels * kk, n);
+    if (bf16) { /* the rows of bf16_gemm_nt, for a group's dW or (conv_input_grad_is_conv) an image's */
+        l.group = conv_bf16_dw_group(s);
+        l.rows = bf16_nt_rows_size(s->out_channels, s->in_channels * kk, n, l.group);
+        if (!conv_is_pointwise(s)) { /* the group's im2col */
+            const size_t cols = s->in_channels * kk * n * l.group + COPY_BLOCK;
+            if (cols > l.col) l.col = cols;
+            if (conv_padded_plane(s) * l.group > l.padded) l.padded = conv_padded_plane(s) * l.group;
+        }
+        const size_t grad_rows = bf16_nt_rows_size(s->out_channels * kk, s->in_channels, s->in_h * s->in_w, 1);
+        if (conv_input_grad_is_conv(s) && grad_rows > l.rows) l.rows = grad_rows;
+    }
     l.per_thread = l.col + l.dcol + l.dw + l.padded + l.rows;
     return l;
 }
@@ -635,7 +653,8 @@ static void wino_backward(float *din, float *dw, const float *dout, const float 
             for (int x = 0; x < 16; x++) {
                 /* dU (m, c) += dM (m, n) . V^T (n, c); then V (c, n) = U^T (c, m) . dM (m, n) */
                 if (bf16) {
-                    bf16_gemm_nt(dU + (size_t)x * m * c, c, D + x * sm, m, V + x * sv, c, n, rows);
+                    bf16_gemm_nt(dU + (size_t)x * m * c, c, (Bf16Runs){D + x * sm, n, 0}, m, (Bf16Runs){V + x * sv, n, 0}, c,
+                                 n, 1, rows);
                     if (din) bf16_gemm(V + x * sv, n, ut + x * su, D + x * sm, n, c, n, m, 0);
                     continue;
                 }
@@ -763,16 +782,41 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
         uint32_t *rows = (uint32_t *)(padded + layout.padded);
         if (layout.dw) memset(dw_mine, 0, w_size * sizeof(float));
         const int b0 = (int)((long)s->batch * tid / threads), b1 = (int)((long)s->batch * (tid + 1) / threads);
-        for (int b = b0; b < b1; b++) {
+        for (int b = b0, count = 1; b < b1; b += count) {
             const float *dout_b = dout + (size_t)b * m * n, *in_b = in + b * in_size;
             float *din_b = din ? din + b * in_size : NULL;
+            if (bf16 && !grad_conv) {
+                /* dW (m, k) += the count images' dout (m, n) . col^T (n, k), in one GEMM */
+                count = b1 - b < layout.group ? b1 - b : layout.group;
+                Bf16Runs cols = {in_b, n, in_size};
+                if (!pointwise) {
+                    im2col(col, in_b, count, s, padded);
+                    cols = (Bf16Runs){col, (size_t)count * n, n};
+                }
+                bf16_gemm_nt(dw_mine, k, (Bf16Runs){dout_b, n, (size_t)m * n}, m, cols, k, n, count, rows);
+                for (int g = 0; din && g < count; g++) { /* din: as below */
+                    const float *dout_g = dout_b + (size_t)g * m * n;
+                    float *din_g = din_b + g * in_size;
+                    if (pointwise) {
+                        bf16_gemm(din_g, n, wt, dout_g, n, k, n, m, 1);
+                        continue;
+                    }
+                    bf16_gemm(dcol, n, wt, dout_g, n, k, n, m, 0);
+                    if (conv_is_3x3_stride2(s))
+                        col2im_add_3x3_stride2(din_g, dcol, s, padded);
+                    else
+                        col2im_add(din_g, dcol, s);
+                }
+                continue;
+            }
             if (grad_conv) {
                 /* both gradients from one im2col, of dout with the flipped
                  * kernel: its row (o, kk-1-i) is dout shifted back by tap i */
                 im2col(dcol, dout_b, 1, &t, padded);
                 /* dW as (m, kk reversed, cin) += dcol (m*kk, hw) . in_b^T (hw, cin) */
                 if (bf16)
-                    bf16_gemm_nt(dw_mine, cin, dcol, m * kk, in_b, cin, hw, rows);
+                    bf16_gemm_nt(dw_mine, cin, (Bf16Runs){dcol, hw, 0}, m * kk, (Bf16Runs){in_b, hw, 0}, cin, hw, 1,
+                                 rows);
                 else
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m * kk, cin, hw, 1.0f, dcol, hw, in_b, hw,
                                 1.0f, dw_mine, cin);
@@ -790,24 +834,12 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
                 col_b = col;
             }
             /* dW (m, k) += dout_b (m, n) . col_b^T (n, k) */
-            if (bf16)
-                bf16_gemm_nt(dw_mine, k, dout_b, m, col_b, k, n, rows);
-            else
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, k, n, 1.0f, dout_b, n, col_b, n, 1.0f, dw_mine,
-                            k);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, k, n, 1.0f, dout_b, n, col_b, n, 1.0f, dw_mine, k);
             if (!din) continue;
             if (pointwise) { /* din_b (k, n) += W^T (k, m) . dout_b (m, n) */
-                if (bf16)
-                    bf16_gemm(din_b, n, wt, dout_b, n, k, n, m, 1);
-                else
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, n, m, 1.0f, w, k, dout_b, n, 1.0f, din_b,
-                                n);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, n, m, 1.0f, w, k, dout_b, n, 1.0f, din_b, n);
             } else { /* dcol (k, n) = W^T (k, m) . dout_b (m, n), scattered back by col2im */
-                if (bf16)
-                    bf16_gemm(dcol, n, wt, dout_b, n, k, n, m, 0);
-                else
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, n, m, 1.0f, w, k, dout_b, n, 0.0f, dcol,
-                                n);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, n, m, 1.0f, w, k, dout_b, n, 0.0f, dcol, n);
                 if (conv_is_3x3_stride2(s))
                     col2im_add_3x3_stride2(din_b, dcol, s, padded);
                 else

@@ -62,6 +62,9 @@ int conv_is_winograd(const ConvShape *s);
  * and dW from the same im2col: its GEMMs are then (Cout*KH*KW) x Cin x (H*W)
  * for dW and Cin x (H*W) x (Cout*KH*KW) for the input gradient. */
 int conv_input_grad_is_conv(const ConvShape *s);
+/* Images whose dW a bf16 conv2d_backward sums in one GEMM (not Winograd, not
+ * an input gradient by convolution): enough for about 1,024 output pixels. */
+int conv_bf16_dw_group(const ConvShape *s);
 /* With bf16, the backward's GEMMs run in bfloat16 (bf16.h) as the forward's
  * do in conv2d_forward_bf16: their operands rounded (dout, the input or its
  * transforms, the kernel), their products summed in float; dW and din are

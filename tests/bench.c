@@ -80,7 +80,8 @@ static double forward_flops(const Model *m) {
  * the least time the step could take with the same GEMMs. A model that runs
  * in bfloat16 (model_set_bf16) is timed with the bf16 GEMMs instead, as
  * conv2d_forward_bf16 and conv2d_backward run them: bf16_gemm with packed
- * kernels (W, U, and W^T or U^T backward), bf16_gemm_nt for dW. */
+ * kernels (W, U, and W^T or U^T backward), bf16_gemm_nt for dW (of a group
+ * of images at once, conv_bf16_dw_group). */
 static double conv_gemm_seconds(const Model *m, int batch, int backward, double *executed) {
     const int threads = omp_get_max_threads(), bf16 = m->w_bf16 != NULL;
     double total = 0;
@@ -100,7 +101,7 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
             for (size_t j = 0; j < 16 * uw; j++) u[j] = 0.01f * (float)(j % 13);
             uint32_t *packed = bf16 ? xcalloc(16 * bf16_packed_size(M, cin), sizeof(uint32_t)) : NULL;
             uint32_t *packed_t = bf16 ? xcalloc(16 * bf16_packed_size(cin, M), sizeof(uint32_t)) : NULL;
-            const size_t nrows = bf16_nt_rows_size(M, cin, tiles * bgroup);
+            const size_t nrows = bf16_nt_rows_size(M, cin, tiles * bgroup, 1);
             uint32_t *rows = bf16 ? xcalloc(threads * nrows, sizeof(uint32_t)) : NULL;
             for (int x = 0; packed && x < 16; x++) {
                 bf16_pack(packed + x * bf16_packed_size(M, cin), u + x * uw, M, cin, cin, 1);
@@ -128,7 +129,8 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
                     for (int x = 0; x < 16; x++) {
                         float *vx = v + ((size_t)t * 16 + x) * mat, *ox = o + ((size_t)t * 16 + x) * mat;
                         if (bf16) {
-                            bf16_gemm_nt(du + ((size_t)t * 16 + x) * uw, cin, ox, M, vx, cin, n, rows + t * nrows);
+                            bf16_gemm_nt(du + ((size_t)t * 16 + x) * uw, cin, (Bf16Runs){ox, n, 0}, M, (Bf16Runs){vx, n, 0},
+                                         cin, n, 1, rows + t * nrows);
                             if (i > 0) bf16_gemm(vx, n, packed_t + x * bf16_packed_size(cin, M), ox, n, cin, n, M, 0);
                             continue;
                         }
@@ -147,17 +149,20 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
             free(u), free(du), free(v), free(o), free(packed), free(packed_t), free(rows);
             continue;
         }
+        /* a bf16 backward takes dW of a group of images in one GEMM */
+        const int dw_group = bf16 && backward && !grad_conv ? conv_bf16_dw_group(s) : 1;
+        const int most = group > dw_group ? group : dw_group, dw_groups = (batch + dw_group - 1) / dw_group;
         size_t cols = grad_conv && (size_t)M * kk * hw > (size_t)K * N ? (size_t)M * kk * hw : (size_t)K * N;
-        if ((size_t)K * N * group > cols) cols = (size_t)K * N * group;
+        if ((size_t)K * N * most > cols) cols = (size_t)K * N * most;
         float *w = xcalloc((size_t)M * K, sizeof(float));
         float *col = xcalloc((size_t)threads * cols, sizeof(float));
         float *dcol = xcalloc((size_t)threads * cols, sizeof(float));
-        float *out = xcalloc((size_t)threads * M * N * group, sizeof(float));
+        float *out = xcalloc((size_t)threads * M * N * most, sizeof(float));
         float *dw = xcalloc((size_t)threads * M * K, sizeof(float));
         for (size_t j = 0; j < (size_t)M * K; j++) w[j] = 0.01f * (float)(j % 13);
         uint32_t *packed = bf16 ? xcalloc(bf16_packed_size(M, K), sizeof(uint32_t)) : NULL;
         uint32_t *packed_t = bf16 ? xcalloc(bf16_packed_size(K, M), sizeof(uint32_t)) : NULL; /* W^T, or flipped */
-        const size_t nrows = grad_conv ? bf16_nt_rows_size(M * kk, cin, hw) : bf16_nt_rows_size(M, K, N);
+        const size_t nrows = grad_conv ? bf16_nt_rows_size(M * kk, cin, hw, 1) : bf16_nt_rows_size(M, K, N, dw_group);
         uint32_t *rows = bf16 ? xcalloc(threads * nrows, sizeof(uint32_t)) : NULL;
         if (packed) {
             bf16_pack(packed, w, M, K, K, 1);
@@ -174,23 +179,25 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
             for (int g = 0; g < groups; g++) {
                 const int t = omp_get_thread_num(), n = (batch - g * group < group ? batch - g * group : group) * N;
                 if (packed)
-                    bf16_gemm(out + (size_t)t * M * N * group, n, packed, col + (size_t)t * cols, n, M, n, K, 0);
+                    bf16_gemm(out + (size_t)t * M * N * most, n, packed, col + (size_t)t * cols, n, M, n, K, 0);
                 else
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, n, K, 1.0f, w, K, col + (size_t)t * cols,
-                                n, 0.0f, out + (size_t)t * M * N * group, n);
+                                n, 0.0f, out + (size_t)t * M * N * most, n);
             }
 #pragma omp parallel for schedule(static)
-            for (int b = 0; b < (backward ? batch : 0); b++) { /* backward: per image */
-                const int t = omp_get_thread_num();
-                float *c = col + (size_t)t * cols, *o = out + (size_t)t * M * N * group, *d = dcol + (size_t)t * cols;
+            for (int b = 0; b < (backward ? dw_groups : 0); b++) { /* backward: per image (bf16: per dW group) */
+                const int t = omp_get_thread_num(), count = batch - b * dw_group < dw_group ? batch - b * dw_group : dw_group;
+                float *c = col + (size_t)t * cols, *o = out + (size_t)t * M * N * most, *d = dcol + (size_t)t * cols;
                 if (bf16 && grad_conv) {
-                    bf16_gemm_nt(dw + (size_t)t * M * K, cin, c, M * kk, d, cin, hw, rows + t * nrows);
+                    bf16_gemm_nt(dw + (size_t)t * M * K, cin, (Bf16Runs){c, hw, 0}, M * kk, (Bf16Runs){d, hw, 0}, cin, hw,
+                                 1, rows + t * nrows);
                     bf16_gemm(d, hw, packed_t, c, hw, cin, hw, M * kk, 1);
                     continue;
                 }
                 if (bf16) {
-                    bf16_gemm_nt(dw + (size_t)t * M * K, K, o, M, c, K, N, rows + t * nrows);
-                    if (i > 0) bf16_gemm(d, N, packed_t, o, N, K, N, M, 0);
+                    bf16_gemm_nt(dw + (size_t)t * M * K, K, (Bf16Runs){o, N, (size_t)M * N}, M,
+                                 (Bf16Runs){c, (size_t)count * N, N}, K, N, count, rows + t * nrows);
+                    for (int g = 0; i > 0 && g < count; g++) bf16_gemm(d, N, packed_t, o + (size_t)g * M * N, N, K, N, M, 0);
                     continue;
                 }
                 if (grad_conv) { /* c stands for the im2col of dout, d for the input and its gradient */

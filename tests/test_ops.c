@@ -440,28 +440,34 @@ static void test_bf16_gemm(const char *name, int m, int n, int k, int accumulate
     free_tracked();
 }
 
-/* C += A . B^T for A and B running along k, against double sums of the
- * rounded values */
-static void test_bf16_gemm_nt(const char *name, int m, int n, int k) {
+/* C += A . B^T for A and B running along K = segments runs of k, against
+ * double sums of the rounded values */
+static void test_bf16_gemm_nt(const char *name, int m, int n, int k, int segments) {
     char full[160];
     snprintf(full, sizeof full, "%s (%s kernel)", name, bf16_fast() ? "AVX512-BF16" : "portable");
     TEST_CASE(full);
-    const int ldc = n + 5; /* a stride wider than the rows */
-    float *a = new_floats((size_t)m * k), *b = new_floats((size_t)n * k), *c = new_floats((size_t)m * ldc);
-    uint32_t *rows = track(calloc(bf16_nt_rows_size(m, n, k), sizeof(uint32_t)));
+    /* A: segments blocks of (m, k) one after the other (as images' dout); B
+     * rows of segments * k + 3 floats, the runs side by side (as a group's
+     * im2col); C with a stride wider than its rows */
+    const int ldc = n + 5, ldb = segments * k + 3;
+    float *a = new_floats((size_t)segments * m * k), *b = new_floats((size_t)n * ldb), *c = new_floats((size_t)m * ldc);
+    uint32_t *rows = track(calloc(bf16_nt_rows_size(m, n, k, segments), sizeof(uint32_t)));
     double *want = new_doubles((size_t)m * n);
-    fill_uniform(a, (size_t)m * k, -1.0, 1.0);
-    fill_uniform(b, (size_t)n * k, -1.0, 1.0);
+    fill_uniform(a, (size_t)segments * m * k, -1.0, 1.0);
+    fill_uniform(b, (size_t)n * ldb, -1.0, 1.0);
     fill_uniform(c, (size_t)m * ldc, -1.0, 1.0);
     for (int i = 0; i < m; i++)
         for (int j = 0; j < n; j++) {
             double acc = c[(size_t)i * ldc + j];
-            for (int p = 0; p < k; p++) acc += (double)bf16_round(a[(size_t)i * k + p]) * bf16_round(b[(size_t)j * k + p]);
+            for (int g = 0; g < segments; g++)
+                for (int p = 0; p < k; p++)
+                    acc += (double)bf16_round(a[((size_t)g * m + i) * k + p]) * bf16_round(b[(size_t)j * ldb + g * k + p]);
             want[(size_t)i * n + j] = acc;
         }
     float *beyond = new_floats(m);
     for (int i = 0; i < m; i++) beyond[i] = c[(size_t)i * ldc + n];
-    bf16_gemm_nt(c, ldc, a, m, b, n, k, rows);
+    bf16_gemm_nt(c, ldc, (Bf16Runs){a, (size_t)k, (size_t)m * k}, m, (Bf16Runs){b, (size_t)ldb, (size_t)k}, n, k, segments,
+                 rows);
     float *got = new_floats((size_t)m * n);
     size_t touched = 0;
     for (int i = 0; i < m; i++) {
@@ -1190,6 +1196,8 @@ int main(void) {
     test_conv_bf16("bf16 conv 3x3 s1 p1, 4 channels (im2col)",        2, 4, 9, 11, 9, 3, 1, 1);
     test_conv_bf16("bf16 conv 3x3 s2 p1 (strided im2col, side by side)", 3, 16, 9, 8, 24, 3, 2, 1);
     test_conv_bf16("bf16 conv 7x7 s2 p3 (stem)",                      2, 3, 19, 18, 17, 7, 2, 3);
+    test_conv_bf16("bf16 conv 3x3 s2 p1 to 7x7, 6 images (odd pixels, dW of the group in one GEMM)", 6, 12, 13, 13, 10,
+                   3, 2, 1);
     test_conv_bf16("bf16 conv 3x3 s1 p1, 8 -> 12 at 7x5 (Winograd side by side)", 5, 8, 7, 5, 12, 3, 1, 1);
     test_conv_bf16("bf16 conv 3x3 s1 p1, 16 -> 8 at 2x2 (Winograd, groups of 16 + 4)", 20, 16, 2, 2, 8, 3, 1, 1);
     test_conv_bf16("bf16 conv 3x3 s1 p1, 40 -> 33 at 24x26 (Winograd, many tiles)", 2, 40, 24, 26, 33, 3, 1, 1);
@@ -1203,10 +1211,12 @@ int main(void) {
     test_bf16_gemm("bf16 GEMM 21 x 70 x 777 (k in three blocks)", 21,  70, 777, 0, 0);
     test_bf16_gemm("bf16 GEMM 17 x 33 x 400, accumulate",        17,  33, 400, 1, 0);
     test_bf16_gemm("bf16 GEMM 19 x 40 x 9, A packed from its transpose", 19, 40, 9, 1, 1);
-    test_bf16_gemm_nt("bf16 GEMM A . B^T 4 x 4 x 32 (one block)",             4,  4,   32);
-    test_bf16_gemm_nt("bf16 GEMM A . B^T 7 x 9 x 37 (edges, odd k)",          7,  9,   37);
-    test_bf16_gemm_nt("bf16 GEMM A . B^T 1 x 2 x 1 (less than a block)",      1,  2,    1);
-    test_bf16_gemm_nt("bf16 GEMM A . B^T 10 x 13 x 2101 (k in three passes)", 10, 13, 2101);
+    test_bf16_gemm_nt("bf16 GEMM A . B^T 4 x 4 x 32 (one block)",                  4,   4,   32, 1);
+    test_bf16_gemm_nt("bf16 GEMM A . B^T 7 x 9 x 37 (edges, odd k)",               7,   9,   37, 1);
+    test_bf16_gemm_nt("bf16 GEMM A . B^T 1 x 2 x 1 (less than a block)",           1,   2,    1, 1);
+    test_bf16_gemm_nt("bf16 GEMM A . B^T 10 x 13 x 2101 (k in three passes)",     10,  13, 2101, 1);
+    test_bf16_gemm_nt("bf16 GEMM A . B^T 6 x 11 x 5 x 7 runs (odd runs)",          6,  11,    5, 7);
+    test_bf16_gemm_nt("bf16 GEMM A . B^T 5 x 300 x 16 x 70 runs (B in 3 passes)",  5, 300,   16, 70);
 
     test_weight_standardize("weight standardization 4 x 27 (3x3x3)", 4, 27);
     test_weight_standardize("weight standardization 3 x 8 (1x1x8)", 3, 8);
