@@ -653,8 +653,8 @@ static void wino_backward(float *din, float *dw, const float *dout, const float 
             for (int x = 0; x < 16; x++) {
                 /* dU (m, c) += dM (m, n) . V^T (n, c); then V (c, n) = U^T (c, m) . dM (m, n) */
                 if (bf16) {
-                    bf16_gemm_nt(dU + (size_t)x * m * c, c, (Bf16Runs){D + x * sm, n, 0}, m, (Bf16Runs){V + x * sv, n, 0}, c,
-                                 n, 1, rows);
+                    const Bf16Runs dm = {D + x * sm, n, 0}, v = {V + x * sv, n, 0};
+                    bf16_gemm_nt(dU + (size_t)x * m * c, c, dm, m, v, c, n, 1, rows);
                     if (din) bf16_gemm(V + x * sv, n, ut + x * su, D + x * sm, n, c, n, m, 0);
                     continue;
                 }
@@ -736,7 +736,8 @@ void conv_bf16_pack(uint32_t *packed, const float *w, const ConvShape *s, float 
         return;
     }
     wino_weights(scratch, w, m, c); /* U: 16 matrices (m, c) */
-    for (int x = 0; x < 16; x++) bf16_pack(packed + x * bf16_packed_size(m, c), scratch + (size_t)x * m * c, m, c, c, 1);
+    for (int x = 0; x < 16; x++)
+        bf16_pack(packed + x * bf16_packed_size(m, c), scratch + (size_t)x * m * c, m, c, c, 1);
 }
 
 void conv2d_forward_bf16(float *out, const float *in, const uint32_t *packed, const ConvShape *s, int accumulate,

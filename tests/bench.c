@@ -129,8 +129,8 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
                     for (int x = 0; x < 16; x++) {
                         float *vx = v + ((size_t)t * 16 + x) * mat, *ox = o + ((size_t)t * 16 + x) * mat;
                         if (bf16) {
-                            bf16_gemm_nt(du + ((size_t)t * 16 + x) * uw, cin, (Bf16Runs){ox, n, 0}, M, (Bf16Runs){vx, n, 0},
-                                         cin, n, 1, rows + t * nrows);
+                            const Bf16Runs dm = {ox, n, 0}, v = {vx, n, 0};
+                            bf16_gemm_nt(du + ((size_t)t * 16 + x) * uw, cin, dm, M, v, cin, n, 1, rows + t * nrows);
                             if (i > 0) bf16_gemm(vx, n, packed_t + x * bf16_packed_size(cin, M), ox, n, cin, n, M, 0);
                             continue;
                         }
@@ -186,18 +186,20 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
             }
 #pragma omp parallel for schedule(static)
             for (int b = 0; b < (backward ? dw_groups : 0); b++) { /* backward: per image (bf16: per dW group) */
-                const int t = omp_get_thread_num(), count = batch - b * dw_group < dw_group ? batch - b * dw_group : dw_group;
+                const int t = omp_get_thread_num(), left = batch - b * dw_group;
+                const int count = left < dw_group ? left : dw_group;
                 float *c = col + (size_t)t * cols, *o = out + (size_t)t * M * N * most, *d = dcol + (size_t)t * cols;
                 if (bf16 && grad_conv) {
-                    bf16_gemm_nt(dw + (size_t)t * M * K, cin, (Bf16Runs){c, hw, 0}, M * kk, (Bf16Runs){d, hw, 0}, cin, hw,
-                                 1, rows + t * nrows);
+                    const Bf16Runs dcols = {c, hw, 0}, img = {d, hw, 0};
+                    bf16_gemm_nt(dw + (size_t)t * M * K, cin, dcols, M * kk, img, cin, hw, 1, rows + t * nrows);
                     bf16_gemm(d, hw, packed_t, c, hw, cin, hw, M * kk, 1);
                     continue;
                 }
                 if (bf16) {
                     bf16_gemm_nt(dw + (size_t)t * M * K, K, (Bf16Runs){o, N, (size_t)M * N}, M,
                                  (Bf16Runs){c, (size_t)count * N, N}, K, N, count, rows + t * nrows);
-                    for (int g = 0; i > 0 && g < count; g++) bf16_gemm(d, N, packed_t, o + (size_t)g * M * N, N, K, N, M, 0);
+                    for (int g = 0; i > 0 && g < count; g++)
+                        bf16_gemm(d, N, packed_t, o + (size_t)g * M * N, N, K, N, M, 0);
                     continue;
                 }
                 if (grad_conv) { /* c stands for the im2col of dout, d for the input and its gradient */

@@ -200,7 +200,8 @@ static void test_shapes(void) {
           conv_scratch_size(&point, 0));
     omp_set_num_threads(2);
     CHECK(conv_scratch_size(&point, 0) == (size_t)2 * 32 * 16,
-          "pointwise conv on two threads needs only their private dW (2 x 32 x 16), got %zu", conv_scratch_size(&point, 0));
+          "pointwise conv on two threads needs only their private dW (2 x 32 x 16), got %zu",
+          conv_scratch_size(&point, 0));
     /* fewer pixels: several images side by side per GEMM, copied */
     ConvShape small_point = point;
     small_point.in_h = 7, small_point.in_w = 9;
@@ -461,13 +462,14 @@ static void test_bf16_gemm_nt(const char *name, int m, int n, int k, int segment
             double acc = c[(size_t)i * ldc + j];
             for (int g = 0; g < segments; g++)
                 for (int p = 0; p < k; p++)
-                    acc += (double)bf16_round(a[((size_t)g * m + i) * k + p]) * bf16_round(b[(size_t)j * ldb + g * k + p]);
+                    acc += (double)bf16_round(a[((size_t)g * m + i) * k + p]) *
+                           bf16_round(b[(size_t)j * ldb + g * k + p]);
             want[(size_t)i * n + j] = acc;
         }
     float *beyond = new_floats(m);
     for (int i = 0; i < m; i++) beyond[i] = c[(size_t)i * ldc + n];
-    bf16_gemm_nt(c, ldc, (Bf16Runs){a, (size_t)k, (size_t)m * k}, m, (Bf16Runs){b, (size_t)ldb, (size_t)k}, n, k, segments,
-                 rows);
+    const Bf16Runs ra = {a, (size_t)k, (size_t)m * k}, rb = {b, (size_t)ldb, (size_t)k};
+    bf16_gemm_nt(c, ldc, ra, m, rb, n, k, segments, rows);
     float *got = new_floats((size_t)m * n);
     size_t touched = 0;
     for (int i = 0; i < m; i++) {
@@ -541,11 +543,14 @@ static void test_conv_bf16(const char *name, int batch, int in_channels, int in_
     double *din_ref = new_doubles(n_in), *dw_ref = new_doubles(n_w);
     conv_reference_backward(din_ref, dw_ref, as_doubles(r, n_out), as_doubles(in, n_in), as_doubles(w, n_w), &s);
     const struct { const char *what; const float *got; const double *want; size_t n; } grads[] = {
-        {"d/d input", din, din_ref, n_in}, {"d/d weight", dw, dw_ref, n_w}, {"d/d weight, din NULL", dw_only, dw_ref, n_w}};
+        {"d/d input", din, din_ref, n_in},
+        {"d/d weight", dw, dw_ref, n_w},
+        {"d/d weight, din NULL", dw_only, dw_ref, n_w}};
     for (int g = 0; g < 3; g++) {
         double gscale = 0.0, gworst = 0.0;
         for (size_t i = 0; i < grads[g].n; i++) gscale = fmax(gscale, fabs(grads[g].want[i] - GRAD_PREFILL));
-        for (size_t i = 0; i < grads[g].n; i++) gworst = fmax(gworst, fabs(grads[g].got[i] - grads[g].want[i]) / gscale);
+        for (size_t i = 0; i < grads[g].n; i++)
+            gworst = fmax(gworst, fabs(grads[g].got[i] - grads[g].want[i]) / gscale);
         CHECK(gworst < 1e-2 && gworst > 1e-5, "bf16 backward %s: off the exact gradient by %.3g of its scale (want "
               "bf16's rounding: above 1e-5, below 1e-2)", grads[g].what, gworst);
     }
