@@ -192,6 +192,7 @@ static void micro_kernel(float *c, int ldc, const uint32_t *a, const uint32_t *s
             c[(size_t)r * ldc + j] = accumulate ? c[(size_t)r * ldc + j] + acc : acc;
         }
 }
+
 static void bf16_rows(uint32_t *dst, const float *src, int k) {
     for (int i = 0; i < k; i += 2) dst[i / 2] = bf16_bits(src[i]) | (i + 1 < k ? bf16_bits(src[i + 1]) << 16 : 0u);
 }

@@ -402,6 +402,20 @@ static void test_bf16_round(void) {
     CHECK(isinf(bf16_round(FLT_MAX)), "FLT_MAX rounds up to infinity in bf16, got %g", bf16_round(FLT_MAX));
 }
 
+/* C (m, n), row stride ldc, against want; column n, just past C's rows,
+ * must still hold what `beyond` saved of it */
+static void check_gemm(const char *what, const float *c, int ldc, const double *want, int m, int n,
+                       const float *beyond) {
+    float *got = new_floats((size_t)m * n);
+    size_t touched = 0;
+    for (int i = 0; i < m; i++) {
+        memcpy(got + (size_t)i * n, c + (size_t)i * ldc, n * sizeof(float));
+        touched += c[(size_t)i * ldc + n] != beyond[i];
+    }
+    check_forward(what, got, want, (size_t)m * n);
+    CHECK(touched == 0, "%s wrote %zu values past the n columns of C", what, touched);
+}
+
 /* C (+)= round(A) . round(B) in double, against the bf16 GEMM: the products
  * of bf16 values are exact in float, so only the float sums differ */
 static void test_bf16_gemm(const char *name, int m, int n, int k, int accumulate, int trans_a) {
@@ -430,14 +444,7 @@ static void test_bf16_gemm(const char *name, int m, int n, int k, int accumulate
     float *beyond = new_floats(m);
     for (int i = 0; i < m; i++) beyond[i] = c[(size_t)i * ldc + n];
     bf16_gemm(c, ldc, packed, b, ldb, m, n, k, accumulate);
-    float *got = new_floats((size_t)m * n);
-    size_t touched = 0;
-    for (int i = 0; i < m; i++) {
-        memcpy(got + (size_t)i * n, c + (size_t)i * ldc, n * sizeof(float));
-        touched += c[(size_t)i * ldc + n] != beyond[i];
-    }
-    check_forward("bf16 GEMM", got, want, (size_t)m * n);
-    CHECK(touched == 0, "the GEMM wrote %zu values past the n columns of C", touched);
+    check_gemm("bf16 GEMM", c, ldc, want, m, n, beyond);
     free_tracked();
 }
 
@@ -470,14 +477,7 @@ static void test_bf16_gemm_nt(const char *name, int m, int n, int k, int segment
     for (int i = 0; i < m; i++) beyond[i] = c[(size_t)i * ldc + n];
     const Bf16Runs ra = {a, (size_t)k, (size_t)m * k}, rb = {b, (size_t)ldb, (size_t)k};
     bf16_gemm_nt(c, ldc, ra, m, rb, n, k, segments, rows);
-    float *got = new_floats((size_t)m * n);
-    size_t touched = 0;
-    for (int i = 0; i < m; i++) {
-        memcpy(got + (size_t)i * n, c + (size_t)i * ldc, n * sizeof(float));
-        touched += c[(size_t)i * ldc + n] != beyond[i];
-    }
-    check_forward("bf16 GEMM A . B^T", got, want, (size_t)m * n);
-    CHECK(touched == 0, "the GEMM wrote %zu values past the n columns of C", touched);
+    check_gemm("bf16 GEMM A . B^T", c, ldc, want, m, n, beyond);
     free_tracked();
 }
 
@@ -1209,13 +1209,14 @@ int main(void) {
     }
 
     test_bf16_round();
-    /*             name                                          m    n    k  accumulate */
+    /*             name                                          m    n    k  accumulate, A transposed */
     test_bf16_gemm("bf16 GEMM 8 x 32 x 2 (one block)",           8,  32,   2, 0, 0);
     test_bf16_gemm("bf16 GEMM 13 x 45 x 7 (edges, odd k)",       13,  45,   7, 0, 0);
     test_bf16_gemm("bf16 GEMM 3 x 5 x 1 (less than a block)",     3,   5,   1, 0, 0);
     test_bf16_gemm("bf16 GEMM 21 x 70 x 777 (k in three blocks)", 21,  70, 777, 0, 0);
     test_bf16_gemm("bf16 GEMM 17 x 33 x 400, accumulate",        17,  33, 400, 1, 0);
     test_bf16_gemm("bf16 GEMM 19 x 40 x 9, A packed from its transpose", 19, 40, 9, 1, 1);
+    /*                name                                                       m    n     k  runs */
     test_bf16_gemm_nt("bf16 GEMM A . B^T 4 x 4 x 32 (one block)",                  4,   4,   32, 1);
     test_bf16_gemm_nt("bf16 GEMM A . B^T 7 x 9 x 37 (edges, odd k)",               7,   9,   37, 1);
     test_bf16_gemm_nt("bf16 GEMM A . B^T 1 x 2 x 1 (less than a block)",           1,   2,    1, 1);
