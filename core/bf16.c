@@ -47,7 +47,8 @@ void bf16_pack(uint32_t *packed, const float *a, int m, int k, size_t row_stride
             for (int r = 0; r < BF16_MR; r++) {
                 const float *lo = a + (size_t)(i + r) * row_stride + (size_t)2 * p * col_stride;
                 const int in = i + r < m;
-                *packed++ = bf16_bits(in ? lo[0] : 0.0f) | bf16_bits(in && 2 * p + 1 < k ? lo[col_stride] : 0.0f) << 16;
+                const float x0 = in ? lo[0] : 0.0f, x1 = in && 2 * p + 1 < k ? lo[col_stride] : 0.0f;
+                *packed++ = bf16_bits(x0) | bf16_bits(x1) << 16;
             }
 }
 
@@ -103,7 +104,6 @@ static void micro_kernel(float *c, int ldc, const uint32_t *a, const uint32_t *s
         _mm512_mask_storeu_ps(cr + 16, m1, acc[r][1]);
     }
 }
-
 
 /* dst[p] = (x[2p], x[2p+1]) rounded, low half first: (k + 1) / 2 uint32s */
 static void bf16_rows(uint32_t *dst, const float *src, int k) {

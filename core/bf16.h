@@ -4,10 +4,10 @@
  * bfloat16 (8 significant bits, round to nearest even) and the products
  * summed in float. bf16_gemm: A, the weights, is packed once (bf16_pack);
  * B, the activations, is rounded as the GEMM reads it. bf16_gemm_nt: both
- * operands run along k in memory (a weight gradient, dout . col^T). On a CPU with AVX512-BF16
- * each instruction does 32 such multiply-adds in pairs along k, which makes
- * the GEMM 2-3x faster than OpenBLAS's sgemm. Debian's OpenBLAS is built
- * without its sbgemm, hence this file. */
+ * operands run along k in memory (a weight gradient, dout . col^T). On a
+ * CPU with AVX512-BF16 each instruction does 32 such multiply-adds in pairs
+ * along k, which makes the GEMMs 2-3x faster than OpenBLAS's sgemm.
+ * Debian's OpenBLAS is built without its sbgemm, hence this file. */
 #ifndef DISTILLD_BF16_H
 #define DISTILLD_BF16_H
 

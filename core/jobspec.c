@@ -298,9 +298,9 @@ int jobspec_parse_json(json_t *root, JobSpec *s, char *err) {
             s->threads = (int)x;
         } else {
             rc = set_error(err, "%s: unknown key (known: kind, dataset, model, teacher, teacher_precision, "
-                                "precision, batch_size, steps, epochs, lr, weight_decay, clip_norm, warmup_steps, temperature, "
-                                "mixup, flip, crop, crop_area, eval_resize, eval_crop, eval_every, checkpoint_every, "
-                                "seed, threads)", key);
+                                "precision, batch_size, steps, epochs, lr, weight_decay, clip_norm, warmup_steps, "
+                                "temperature, mixup, flip, crop, crop_area, eval_resize, eval_crop, eval_every, "
+                                "checkpoint_every, seed, threads)", key);
         }
         if (rc) return -1;
     }

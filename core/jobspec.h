@@ -36,7 +36,7 @@ typedef struct {
     char teacher[SPEC_PATH_MAX]; /* teacher weights file (distill) */
     char teacher_job[64];        /* or a finished job's id (daemon only) */
     int teacher_precision;       /* PRECISION_*: the teacher's forward in float or bfloat16 (model_set_bf16) */
-    int precision;               /* PRECISION_*: the trained model's convolutions, forward and backward (model_set_bf16) */
+    int precision;               /* PRECISION_*: the trained model's convolutions (mixed precision, model_set_bf16) */
     int batch_size;
     long steps;                /* total optimizer steps (from steps or epochs) */
     double epochs;             /* as given, 0 if steps was given */
