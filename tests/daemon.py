@@ -5,7 +5,8 @@ given data directory and returns once the daemon's log says where it listens; th
 token and the log lines so far are set. start() takes a port (0, the default, is an ephemeral
 one), so a restart on the same data directory can keep the port or take a new one.
 stop() is SIGTERM, then SIGKILL if the daemon outlives the timeout; kill() sends any signal
-(SIGKILL by default) and waits. Both return the exit status.
+(SIGKILL by default) and waits. Both return the exit status. A daemon that outlives kill()'s
+timeout raises HangError with every thread's stack (gdb, when installed) and its last log lines.
 
 A thread reads the daemon's stderr to its end into `lines` (every start's, in order), so the
 daemon never blocks on a full pipe and the log can be shown when a test fails.
@@ -22,6 +23,10 @@ LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 
 class StartError(Exception):
     """The daemon exited or did not say where it listens; the message ends with its last log lines."""
+
+
+class HangError(Exception):
+    """The daemon did not exit after a signal; the message holds its threads' stacks and last log lines."""
 
 
 class Daemon:
@@ -79,9 +84,22 @@ class Daemon:
         return self.proc.returncode if self.proc else None
 
     def kill(self, sig=signal.SIGKILL, timeout=120):
-        """Send `sig` and wait up to `timeout` seconds for the exit (TimeoutExpired beyond). Returns its status."""
+        """Send `sig` and wait up to `timeout` seconds for the exit (HangError beyond). Returns its status."""
         self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=timeout)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stacks = "(gdb is not installed)"
+            try:
+                stacks = subprocess.run(["gdb", "-batch", "-p", str(self.proc.pid), "-ex", "thread apply all bt"],
+                                        capture_output=True, text=True, timeout=60).stdout
+            except (OSError, subprocess.TimeoutExpired) as e:
+                stacks = "(gdb: %s)" % e
+            self.proc.kill()
+            self.proc.wait()
+            self._finish_log()
+            raise HangError("the daemon did not exit within %d s of signal %d\nthreads:\n%s\nlast log lines:\n  %s"
+                            % (timeout, sig, stacks[-6000:], "\n  ".join(self.lines[-20:])))
         self._finish_log()
         return code
 
