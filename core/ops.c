@@ -745,6 +745,26 @@ void conv2d_forward_bf16(float *out, const float *in, const uint32_t *packed, co
     conv_forward_any(out, in, NULL, packed, s, accumulate, scratch);
 }
 
+/* One image's din += the input gradient through W^T (k, m) . dout (m, n):
+ * for a pointwise conv straight into din, else into dcol (k, n) and
+ * scattered back by col2im. In bf16 with wt, W^T packed (bf16_pack). */
+static void input_grad(float *din, const float *dout, const float *w, const uint32_t *wt, const ConvShape *s,
+                       float *dcol, float *padded) {
+    const int m = s->out_channels, n = s->out_h * s->out_w, k = s->in_channels * s->kernel_h * s->kernel_w;
+    const int pointwise = conv_is_pointwise(s);
+    float *to = pointwise ? din : dcol;
+    if (wt)
+        bf16_gemm(to, n, wt, dout, n, k, n, m, pointwise);
+    else
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, n, m, 1.0f, w, k, dout, n, pointwise ? 1.0f : 0.0f,
+                    to, n);
+    if (pointwise) return;
+    if (conv_is_3x3_stride2(s))
+        col2im_add_3x3_stride2(din, dcol, s, padded);
+    else
+        col2im_add(din, dcol, s);
+}
+
 /* Images are split into one contiguous chunk per thread; each thread sums its
  * chunk's dW privately and the partial sums are added in thread order, so the
  * result depends only on the thread count. */
@@ -795,19 +815,8 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
                     cols = (Bf16Runs){col, (size_t)count * n, n};
                 }
                 bf16_gemm_nt(dw_mine, k, (Bf16Runs){dout_b, n, (size_t)m * n}, m, cols, k, n, count, rows);
-                for (int g = 0; din && g < count; g++) { /* din: as below */
-                    const float *dout_g = dout_b + (size_t)g * m * n;
-                    float *din_g = din_b + g * in_size;
-                    if (pointwise) {
-                        bf16_gemm(din_g, n, wt, dout_g, n, k, n, m, 1);
-                        continue;
-                    }
-                    bf16_gemm(dcol, n, wt, dout_g, n, k, n, m, 0);
-                    if (conv_is_3x3_stride2(s))
-                        col2im_add_3x3_stride2(din_g, dcol, s, padded);
-                    else
-                        col2im_add(din_g, dcol, s);
-                }
+                for (int g = 0; din && g < count; g++)
+                    input_grad(din_b + g * in_size, dout_b + (size_t)g * m * n, w, wt, s, dcol, padded);
                 continue;
             }
             if (grad_conv) {
@@ -836,16 +845,7 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
             }
             /* dW (m, k) += dout_b (m, n) . col_b^T (n, k) */
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, k, n, 1.0f, dout_b, n, col_b, n, 1.0f, dw_mine, k);
-            if (!din) continue;
-            if (pointwise) { /* din_b (k, n) += W^T (k, m) . dout_b (m, n) */
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, n, m, 1.0f, w, k, dout_b, n, 1.0f, din_b, n);
-            } else { /* dcol (k, n) = W^T (k, m) . dout_b (m, n), scattered back by col2im */
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, n, m, 1.0f, w, k, dout_b, n, 0.0f, dcol, n);
-                if (conv_is_3x3_stride2(s))
-                    col2im_add_3x3_stride2(din_b, dcol, s, padded);
-                else
-                    col2im_add(din_b, dcol, s);
-            }
+            if (din) input_grad(din_b, dout_b, w, NULL, s, dcol, padded);
         }
         if (layout.dw) {
 #pragma omp barrier
