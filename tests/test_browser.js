@@ -354,14 +354,36 @@ async function main() {
     await page.screenshot({path: path.join(OUT_DIR, 'running.png'), fullPage: true});
     const eta = await page.textContent('#eta');
     assert(/\d+[smhd]|estimating/.test(eta), 'ETA of a running job: ' + eta);
-    await page.click('#pause-job');
-    await waitState('paused');
+    /* The answers to pause and resume are held back until the job has moved
+     * on and the stream has had time to bring that (as over a slow network):
+     * an answer older than the stream's news must not undo it. */
+    const late = {pause: 'paused', resume: 'running'}, heldBack = u => /^\/api\/v1\/jobs\/[^/]+\/(pause|resume)$/.test(u.pathname);
+    let delivered = null;
+    await page.route(heldBack, async route => {
+      const answer = await route.fetch();
+      await waitJob(jobL, [late[new URL(route.request().url()).pathname.split('/').pop()]], 20000).catch(() => {});
+      await sleep(1000);
+      await route.fulfill({response: answer});
+      delivered();
+    });
+    const click = async button => {
+      const done = new Promise((resolve, reject) => {
+        delivered = resolve;
+        setTimeout(() => reject(new Error(button + ': no answer held back in 25 s')), 25000);
+      });
+      await page.click(button);
+      await done;
+      await sleep(500); /* the page has handled the answer */
+    };
+    await click('#pause-job');
+    await waitState('paused', 1000);
     assert((await api('GET', '/jobs/' + jobL)).body.state === 'paused', 'the API does not say paused');
     assert(await page.$eval('#resume-job', b => !b.disabled), 'resume is disabled on a paused job');
-    await page.click('#resume-job');
-    await waitState('running');
+    await click('#resume-job');
+    await waitState('running', 1000);
     const before = await points('loss');
     await page.waitForFunction(n => +document.querySelector('[data-chart="loss"]').dataset.points > n + 5, before);
+    await page.unroute(heldBack);
     await page.click('#cancel-job');
     await waitState('canceled');
     assert((await api('GET', '/jobs/' + jobL)).body.state === 'canceled', 'the API does not say canceled');

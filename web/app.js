@@ -1045,6 +1045,7 @@
   function JobView(id) {
     let destroyed = false, job = null, es = null, polling = false, pollTimer = 0, dirtyTimer = 0, drawn = '';
     let live = 'loading', loadedMax = -1, caughtUp = false, liveFrom = null, eta = null, etaAt = 0;
+    let stateEvents = 0; /* state changes the stream brought */
     const data = new JobData();
     const logLines = [];
     const stop = () => destroyed;
@@ -1201,7 +1202,12 @@
       const labels = {pause: 'Pause requested: the job stops at its next step and keeps its checkpoint.',
         resume: 'Resumed: the job is queued and continues from its checkpoint.', cancel: 'Cancel requested.'};
       try {
-        job = await api('POST', '/jobs/' + enc(id) + '/' + action);
+        const seen = stateEvents;
+        const answer = await api('POST', '/jobs/' + enc(id) + '/' + action);
+        /* the job as the daemon answered; unless the stream brought a state
+         * meanwhile: that one is as new or newer (the job may have moved on
+         * before this answer arrived), and the stream brings every later one */
+        if (stateEvents === seen) job = answer;
         toast(labels[action]);
         markDirty();
         if (!es && !polling && !TERMINAL.has(job.state)) startPolling();
@@ -1260,6 +1266,7 @@
       es.addEventListener('state', ev => {
         const d = parse(ev);
         if (!d || !job) return;
+        stateEvents++;
         job.state = d.state;
         if (d.error) job.error = d.error;
         if (d.state !== 'running') { eta = null; job.request = null; }
