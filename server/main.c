@@ -351,8 +351,16 @@ static int cmd_export(int argc, char **argv) {
 
 /* ---- serve ---- */
 
-static volatile sig_atomic_t stop_signal;
-static void on_signal(int sig) { stop_signal = sig; }
+/* SIGINT and SIGTERM write their number to a pipe that the main thread
+ * reads: the handler may run on any thread (the workers', the HTTP server's,
+ * OpenBLAS's), and a byte in a pipe is not lost the way a flag set just
+ * before pause() is. */
+static int stop_pipe[2] = {-1, -1};
+static void on_signal(int sig) {
+    unsigned char b = (unsigned char)sig;
+    ssize_t n = write(stop_pipe[1], &b, 1);
+    (void)n; /* a full pipe already holds a stop */
+}
 
 /* data_dir/token: created on first start, mode 0600; returned without newline. */
 static int load_or_create_token(const char *data_dir, char *token, size_t size, char *path, size_t path_size,
@@ -492,6 +500,18 @@ static int cmd_serve(int argc, char **argv) {
     if (first_start && first_job && submit_spec_file(db, first_job, err) != 0)
         log_msg(LOG_WARN, "first start: could not submit %s: %s", first_job, err);
 
+    /* before any thread starts, so a stop during start-up is not lost */
+    if (pipe2(stop_pipe, O_CLOEXEC) != 0 || fcntl(stop_pipe[1], F_SETFL, O_NONBLOCK) != 0) {
+        log_msg(LOG_ERROR, "cannot create a pipe: %s", strerror(errno));
+        db_close(db);
+        return 1;
+    }
+    struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESTART};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
     char real_data[PATH_MAX];
     if (!realpath(data_dir, real_data)) snprintf(real_data, sizeof real_data, "%s", data_dir);
     const char *roots[] = {real_data, DATASET_BUILTIN_ROOT, NULL};
@@ -521,13 +541,14 @@ static int cmd_serve(int argc, char **argv) {
     log_msg(LOG_INFO, "listening on http://%s:%d (dashboard at /, API at /api/v1)", host, port);
     log_msg(LOG_INFO, "API token in %s (send it as: Authorization: Bearer <token>)", token_path);
 
-    struct sigaction sa = {0};
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
-    while (!stop_signal) pause();
-    log_msg(LOG_INFO, "signal %d: stopping; running jobs checkpoint and return to the queue", (int)stop_signal);
+    unsigned char sig = 0;
+    for (ssize_t n; (n = read(stop_pipe[0], &sig, 1)) != 1;) {
+        if (n == 0 || errno != EINTR) {
+            log_msg(LOG_ERROR, "waiting for a signal: %s", strerror(errno));
+            break;
+        }
+    }
+    log_msg(LOG_INFO, "signal %d: stopping; running jobs checkpoint and return to the queue", sig);
     http_stop(http);
     workers_stop(w);
     db_close(db);

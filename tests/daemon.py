@@ -6,18 +6,21 @@ token and the log lines so far are set. start() takes a port (0, the default, is
 one), so a restart on the same data directory can keep the port or take a new one.
 stop() is SIGTERM, then SIGKILL if the daemon outlives the timeout; kill() sends any signal
 (SIGKILL by default) and waits. Both return the exit status. A daemon that outlives kill()'s
-timeout raises HangError with every thread's stack (gdb, when installed) and its last log lines.
+timeout raises HangError with every thread's stack (gdb, when installed) and its last log lines;
+kill(thread=T) signals one of its threads().
 
 A thread reads the daemon's stderr to its end into `lines` (every start's, in order), so the
 daemon never blocks on a full pipe and the log can be shown when a test fails.
 Standard library only.
 """
+import ctypes
 import os
 import re
 import signal
 import subprocess
 import threading
 
+SYS_TGKILL = 234  # x86-64
 LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 
 
@@ -83,9 +86,19 @@ class Daemon:
         self._finish_log()
         return self.proc.returncode if self.proc else None
 
-    def kill(self, sig=signal.SIGKILL, timeout=120):
-        """Send `sig` and wait up to `timeout` seconds for the exit (HangError beyond). Returns its status."""
-        self.proc.send_signal(sig)
+    def threads(self):
+        """The thread ids of the running daemon, its main thread's (the pid) first."""
+        tids = sorted(int(t) for t in os.listdir("/proc/%d/task" % self.proc.pid))
+        return [self.proc.pid] + [t for t in tids if t != self.proc.pid]
+
+    def kill(self, sig=signal.SIGKILL, timeout=120, thread=None):
+        """Send `sig` and wait up to `timeout` seconds for the exit (HangError beyond). Returns its status.
+        With `thread` (one of threads()), the signal goes to that thread alone (tgkill), as the kernel
+        may hand a signal sent to the process to any of its threads."""
+        if thread is None:
+            self.proc.send_signal(sig)
+        elif ctypes.CDLL(None, use_errno=True).syscall(SYS_TGKILL, self.proc.pid, thread, int(sig)) != 0:
+            raise OSError(ctypes.get_errno(), "tgkill %d %d: %s" % (self.proc.pid, thread, os.strerror(ctypes.get_errno())))
         try:
             code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

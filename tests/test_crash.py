@@ -9,8 +9,8 @@ window below spans more than one store whatever the machine's speed. The job mus
 appear exactly once, and its final weights must be bit-for-bit those of the
 same spec run uninterrupted with `distilld run --threads 1` (the daemon's
 thread count). A SIGTERM must checkpoint the running job, put it back in the
-queue and exit 0. A daemon restarted with another --threads resumes a job it
-left queued.
+queue and exit 0, whichever of its threads takes the signal. A daemon restarted
+with another --threads resumes a job it left queued.
 
 Run from the repository root: /usr/bin/python3 tests/test_crash.py [BUILD_DIR]
 """
@@ -24,7 +24,7 @@ import tempfile
 import time
 import urllib.request
 
-from daemon import Daemon
+from daemon import Daemon, HangError
 
 BUILD = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("BUILD", "build")
 DISTILLD = os.path.join(BUILD, "distilld")
@@ -160,6 +160,20 @@ def main():
               code == 0 and done and get2()["state"] == "succeeded" and "1 thread(s), this one runs on 2" in log,
               "%s; log: %s" % (get2(), log[-600:]))
         d.kill()
+
+        # 6. the kernel hands a signal sent to the process to any thread that does not block it:
+        # whichever thread takes SIGTERM, the daemon stops and exits 0
+        d = Daemon(BUILD, d.data_dir, "--workers", "1", "--threads", "1")
+        threads = len(d.start().threads())
+        d.kill()
+        for i in range(threads):
+            d.start()
+            tid = d.threads()[i]
+            try:
+                code = d.kill(signal.SIGTERM, timeout=30, thread=tid)
+            except HangError as e:
+                code = str(e)
+            check("SIGTERM taken by thread %d of %d: exits 0" % (i + 1, threads), code == 0, code)
     finally:
         if d:
             d.stop()  # a check that raised must not leave the daemon running on a deleted data dir
