@@ -573,6 +573,16 @@ float *model_forward(Model *m, const float *images, int batch) {
     return a + m->act_logits;
 }
 
+void model_predict(Model *m, float *logits, const float *images, int batch) {
+    const ModelConfig *c = &m->cfg;
+    const size_t image_floats = (size_t)c->in_channels * c->image_size * c->image_size;
+    for (int start = 0; start < batch; start += m->batch_capacity) {
+        const int n = batch - start < m->batch_capacity ? batch - start : m->batch_capacity;
+        memcpy(logits + (size_t)start * c->num_classes, model_forward(m, images + start * image_floats, n),
+               sizeof(float) * n * c->num_classes);
+    }
+}
+
 /* ---------------------------------------------------------------- backward */
 
 void model_zero_grad(Model *m) {

@@ -150,6 +150,12 @@ void model_init_bit(Model *m, uint64_t seed);
 
 /* Forward pass of `batch` normalized images (B, C, S, S); returns the logits (B, K). */
 float *model_forward(Model *m, const float *images, int batch);
+/* The logits (B, K) of any number of images into `logits`: forward passes of
+ * at most the model's batch capacity, one after another. An inference model
+ * (a teacher) built for MODEL_PASS_IMAGES holds a quarter of the activations
+ * of one built for a batch of 128, at the same speed (per-image work). */
+#define MODEL_PASS_IMAGES 32
+void model_predict(Model *m, float *logits, const float *images, int batch);
 void model_zero_grad(Model *m);
 /* Backward pass after model_forward with the same batch; accumulates into m->grads. */
 void model_backward(Model *m, const float *dlogits, int batch);

@@ -77,7 +77,8 @@ static void evaluate_split(Run *r, int split, float *top1, float *teacher_top1, 
     for (int start = 0; start < total; start += s->batch_size) {
         int n = data_eval_batch(&r->data, s, split, start, s->batch_size, r->images, r->labels, r->scratch);
         float *logits = model_forward(r->student, r->images, n);
-        float *tlogits = r->teacher ? model_forward(r->teacher, r->images, n) : NULL;
+        float *tlogits = NULL;
+        if (r->teacher) model_predict(r->teacher, tlogits = r->teacher_logits, r->images, n);
         for (int i = 0; i < n; i++) {
             int p = argmax_row(logits + (size_t)i * k, k);
             correct += p == r->labels[i];
@@ -105,8 +106,8 @@ static float teacher_augmented_top1(Run *r) {
     for (int start = 0; start < total; start += s->batch_size) {
         int n = data_augmented_eval_batch(&r->data, s, SPLIT_TEST, start, s->batch_size, r->images, r->labels,
                                           r->scratch);
-        float *logits = model_forward(r->teacher, r->images, n);
-        for (int i = 0; i < n; i++) correct += argmax_row(logits + (size_t)i * k, k) == r->labels[i];
+        model_predict(r->teacher, r->teacher_logits, r->images, n);
+        for (int i = 0; i < n; i++) correct += argmax_row(r->teacher_logits + (size_t)i * k, k) == r->labels[i];
     }
     return total ? (float)correct / total : 0.0f;
 }
@@ -132,7 +133,8 @@ static int load_teacher(Run *r, char *err) {
     if (!s->teacher[0]) return set_error(err, "teacher: job %s must be resolved to a weights file first", s->teacher_job);
     char why[ERR_LEN];
     /* a BiT .npz records no input size: it runs at the student's */
-    if (model_load_sized(&r->teacher, s->teacher, s->batch_size, s->model.image_size, why) != 0)
+    const int pass = s->batch_size < MODEL_PASS_IMAGES ? s->batch_size : MODEL_PASS_IMAGES;
+    if (model_load_sized(&r->teacher, s->teacher, pass, s->model.image_size, why) != 0)
         return set_error(err, "teacher: %s", why);
     const ModelConfig *t = &r->teacher->cfg, *m = &s->model;
     if (t->num_classes != m->num_classes)
@@ -297,7 +299,7 @@ int train_run(const JobSpec *spec_in, const char *run_dir, const char *cache_dir
         float loss;
         memset(r.dlogits, 0, sizeof(float) * b * k);
         if (r.teacher) {
-            memcpy(r.teacher_logits, model_forward(r.teacher, r.images, b), sizeof(float) * b * k);
+            model_predict(r.teacher, r.teacher_logits, r.images, b);
             const float *logits = model_forward(r.student, r.images, b);
             loss = distill_loss_forward(r.probs, r.teacher_probs, logits, r.teacher_logits, b, k, s->temperature);
             distill_loss_backward(r.dlogits, r.probs, r.teacher_probs, b, k, s->temperature);

@@ -253,7 +253,7 @@ int main(int argc, char **argv) {
     train_threads(threads);
     /* the teacher (and inference) without gradients, as a job runs it */
     Model *student = make_model(student_json, batch, !is_train && !is_distill);
-    Model *teacher = is_distill ? make_model(teacher_json, batch, 1) : NULL;
+    Model *teacher = is_distill ? make_model(teacher_json, batch < MODEL_PASS_IMAGES ? batch : MODEL_PASS_IMAGES, 1) : NULL;
     char err[ERR_LEN];
     if (bf16_student && !is_distill) {
         fprintf(stderr, "bench: --bf16-student is for distill (train and infer take --bf16)\n");
@@ -290,7 +290,7 @@ int main(int argc, char **argv) {
                 if (rng_next(&rng) & 1) flip_horizontal(out, c->in_channels, c->image_size, c->image_size);
             }
             mixup_batch(images, image_floats, NULL, k, batch, mixup_coefficient(&rng), tmp);
-            memcpy(tlogits, model_forward(teacher, images, batch), sizeof(float) * batch * k);
+            model_predict(teacher, tlogits, images, batch);
             const float *logits = model_forward(student, images, batch);
             distill_loss_forward(probs, tprobs, logits, tlogits, batch, k, 1.0f);
             memset(dlogits, 0, sizeof(float) * batch * k);
