@@ -500,7 +500,7 @@ static int cmd_serve(int argc, char **argv) {
     if (first_start && first_job && submit_spec_file(db, first_job, err) != 0)
         log_msg(LOG_WARN, "first start: could not submit %s: %s", first_job, err);
 
-    /* before any thread starts, so a stop during start-up is not lost */
+    /* before the workers and the HTTP server start, so a stop during their start-up is not lost */
     if (pipe2(stop_pipe, O_CLOEXEC) != 0 || fcntl(stop_pipe[1], F_SETFL, O_NONBLOCK) != 0) {
         log_msg(LOG_ERROR, "cannot create a pipe: %s", strerror(errno));
         db_close(db);

@@ -4,8 +4,9 @@
  *         [--bf16-student]
  *
  * KIND: train (supervised step: forward, cross-entropy, backward, Adam),
- * distill (augmentation + mixup of the batch, teacher forward, student
- * forward/backward on T^2 KL, Adam), infer (forward only). --bf16 runs the
+ * distill (augmentation + mixup of the batch, teacher forward in passes of
+ * MODEL_PASS_IMAGES as a job runs it, student forward/backward on T^2 KL,
+ * Adam), infer (forward only). --bf16 runs the
  * teacher (distill) or the model (train, infer) in bfloat16 (model_set_bf16),
  * as a job with "teacher_precision" or "precision": "bfloat16" does;
  * --bf16-student runs a distill step's student in bfloat16. Random weights and
@@ -253,7 +254,8 @@ int main(int argc, char **argv) {
     train_threads(threads);
     /* the teacher (and inference) without gradients, as a job runs it */
     Model *student = make_model(student_json, batch, !is_train && !is_distill);
-    Model *teacher = is_distill ? make_model(teacher_json, batch < MODEL_PASS_IMAGES ? batch : MODEL_PASS_IMAGES, 1) : NULL;
+    const int pass = batch < MODEL_PASS_IMAGES ? batch : MODEL_PASS_IMAGES; /* as a distill job runs it */
+    Model *teacher = is_distill ? make_model(teacher_json, pass, 1) : NULL;
     char err[ERR_LEN];
     if (bf16_student && !is_distill) {
         fprintf(stderr, "bench: --bf16-student is for distill (train and infer take --bf16)\n");

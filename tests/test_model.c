@@ -1488,14 +1488,17 @@ static void inference_matches(const ModelConfig *c, uint64_t seed) {
 
 static void test_inference_model(void) {
     ModelConfig c;
-    TEST_CASE("inference model (stem=bit): activations reused, same logits bit for bit (in passes: to rounding), no gradients, no checkpoints");
+    TEST_CASE("inference model (stem=bit): activations reused, same logits bit for bit (in passes: to rounding), "
+              "no gradients, no checkpoints");
     bit_config(&c);
     inference_matches(&c, 21);
-    TEST_CASE("inference model (stem=small): activations reused, same logits bit for bit (in passes: to rounding), no gradients, no checkpoints");
+    TEST_CASE("inference model (stem=small): activations reused, same logits bit for bit (in passes: to rounding), "
+              "no gradients, no checkpoints");
     small_config(&c);
     inference_matches(&c, 22);
     /* basic units: the first is an identity unit, whose input is the stem's output */
-    TEST_CASE("inference model (block=basic): activations reused, same logits bit for bit (in passes: to rounding), no gradients, no checkpoints");
+    TEST_CASE("inference model (block=basic): activations reused, same logits bit for bit (in passes: to rounding), "
+              "no gradients, no checkpoints");
     small_config(&c);
     c.block = BLOCK_BASIC;
     c.depth[0] = 2;
