@@ -286,15 +286,18 @@ static int cmd_predict(int argc, char **argv) {
         return 1;
     }
     Model *m = NULL;
-    int chunk = shape[0] < 64 ? (int)(shape[0] > 0 ? shape[0] : 1) : 64;
-    if (ndim == 4 && model_load(&m, weights, chunk, err) != 0) {
+    const int pass = shape[0] < MODEL_PASS_IMAGES ? (int)(shape[0] > 0 ? shape[0] : 1) : MODEL_PASS_IMAGES;
+    if (ndim == 4 && model_load(&m, weights, pass, err) != 0) {
         fprintf(stderr, "distilld: %s\n", err);
         free(x);
         return 1;
     }
-    if (ndim != 4 || shape[1] != m->cfg.in_channels || shape[2] != m->cfg.image_size || shape[3] != m->cfg.image_size) {
+    if (ndim != 4 || shape[0] > INT_MAX || shape[1] != m->cfg.in_channels || shape[2] != m->cfg.image_size ||
+        shape[3] != m->cfg.image_size) {
         if (ndim != 4)
             fprintf(stderr, "distilld: %s: expected a 4-D array [N,C,H,W], got %d dimensions\n", input, ndim);
+        else if (shape[0] > INT_MAX)
+            fprintf(stderr, "distilld: %s: %lld images, more than %d at once\n", input, (long long)shape[0], INT_MAX);
         else
             fprintf(stderr, "distilld: %s: images are [%lld,%lld,%lld] but the model takes [%d,%d,%d]\n", input,
                     (long long)shape[1], (long long)shape[2], (long long)shape[3], m->cfg.in_channels,
@@ -304,13 +307,8 @@ static int cmd_predict(int argc, char **argv) {
         return 1;
     }
     const int k = m->cfg.num_classes;
-    const size_t image_floats = (size_t)shape[1] * shape[2] * shape[3];
     float *y = xcalloc((size_t)shape[0] * k, sizeof(float));
-    for (int64_t start = 0; start < shape[0]; start += chunk) {
-        int n = shape[0] - start < chunk ? (int)(shape[0] - start) : chunk;
-        const float *logits = model_forward(m, x + start * image_floats, n);
-        memcpy(y + start * k, logits, sizeof(float) * n * k);
-    }
+    model_predict(m, y, x, (int)shape[0]);
     int64_t out_shape[2] = {shape[0], k};
     int rc = npy_write_f32(output, y, 2, out_shape, err);
     if (rc) fprintf(stderr, "distilld: %s\n", err);
