@@ -2,7 +2,7 @@
  *
  *   distilld [serve] [--listen ADDR] [--data-dir DIR] [--workers N] [--threads N] ...   the daemon
  *   distilld run SPEC.json [--run-dir DIR] [--cache-dir DIR] [--threads N] [--resume]   one job in the foreground
- *   distilld predict --weights W --input X.npy --output Y.npy [--threads N]
+ *   distilld predict --weights W --input X.npy --output Y.npy [--threads N] [--precision P]
  *   distilld export --weights W --onnx OUT.onnx          the model as ONNX (core/onnx.h)
  *   distilld version
  *
@@ -45,7 +45,9 @@ static void usage(FILE *f) {
                "      train or distill one job in the foreground; DIR defaults to runs/<spec name>;\n"
                "      --threads overrides the spec's \"threads\"\n"
                "  distilld predict --weights W.safetensors --input X.npy --output Y.npy [--threads N]\n"
-               "      X: float32 [N,C,H,W], already normalized; Y: float32 logits [N,K]\n"
+               "                   [--precision float32|bfloat16]\n"
+               "      X: float32 [N,C,H,W], already normalized; Y: float32 logits [N,K];\n"
+               "      bfloat16 runs the convolutions in bfloat16 (faster; CPUs with AVX512-BF16)\n"
                "  distilld export --weights W.safetensors --onnx OUT.onnx\n"
                "      the model as ONNX: input \"images\" float32 [batch,C,H,W], already normalized;\n"
                "      output \"logits\" [batch,K]\n"
@@ -258,7 +260,7 @@ static int cmd_run(int argc, char **argv) {
 /* ---- predict ---- */
 
 static int cmd_predict(int argc, char **argv) {
-    const char *weights = NULL, *input = NULL, *output = NULL;
+    const char *weights = NULL, *input = NULL, *output = NULL, *precision = "float32";
     int threads = 0;
     for (int i = 0; i < argc; i++) {
         const char *next = i + 1 < argc ? argv[i + 1] : NULL;
@@ -266,6 +268,7 @@ static int cmd_predict(int argc, char **argv) {
         else if (strcmp(argv[i], "--input") == 0 && next) input = argv[++i];
         else if (strcmp(argv[i], "--output") == 0 && next) output = argv[++i];
         else if (strcmp(argv[i], "--threads") == 0 && next) threads = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--precision") == 0 && next) precision = argv[++i];
         else {
             fprintf(stderr, "distilld predict: unexpected argument %s\n", argv[i]);
             usage(stderr);
@@ -274,6 +277,11 @@ static int cmd_predict(int argc, char **argv) {
     }
     if (!weights || !input || !output) {
         fprintf(stderr, "distilld predict: --weights, --input and --output are required\n");
+        return 2;
+    }
+    const int bf16 = strcmp(precision, "bfloat16") == 0;
+    if (!bf16 && strcmp(precision, "float32") != 0) {
+        fprintf(stderr, "distilld predict: --precision must be float32 or bfloat16, not \"%s\"\n", precision);
         return 2;
     }
     train_threads(threads);
@@ -302,6 +310,12 @@ static int cmd_predict(int argc, char **argv) {
             fprintf(stderr, "distilld: %s: images are [%lld,%lld,%lld] but the model takes [%d,%d,%d]\n", input,
                     (long long)shape[1], (long long)shape[2], (long long)shape[3], m->cfg.in_channels,
                     m->cfg.image_size, m->cfg.image_size);
+        model_free(m);
+        free(x);
+        return 1;
+    }
+    if (bf16 && model_set_bf16(m, err) != 0) {
+        fprintf(stderr, "distilld: --precision %s\n", err);
         model_free(m);
         free(x);
         return 1;

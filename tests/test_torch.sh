@@ -5,7 +5,8 @@
 # strided projection in stage 2), model_check writes weights, input, logits, loss, gradients and the
 # weights after 5 optimizer steps; tests/torch_check.py recomputes all of it
 # in PyTorch (float64) and compares. `distilld predict` on the same files
-# must give the same logits.
+# must give the same logits, and `predict --precision bfloat16` logits
+# within bfloat16's rounding of them.
 BUILD=${BUILD:-build}
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
@@ -27,6 +28,18 @@ check_run() {
     else
         failed=$((failed + 1))
         echo "FAIL $name:predict runs"
+    fi
+    # the same in bfloat16 (torch_check.py compares it with a bf16 tolerance)
+    if "$BUILD/distilld" predict --precision bfloat16 --weights "$dir/$name/weights.safetensors" \
+        --input "$dir/$name/x.npy" --output "$dir/$name/predicted_bf16.npy" > /dev/null 2> "$dir/$name/bf16.err"; then
+        passed=$((passed + 1))
+        echo "ok   $name:predict --precision bfloat16 runs"
+    elif grep -q "no AVX512-BF16 kernel" "$dir/$name/bf16.err"; then
+        echo "ok   $name:predict --precision bfloat16 refused on this build: $(cat "$dir/$name/bf16.err")"
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+        echo "FAIL $name:predict --precision bfloat16: $(cat "$dir/$name/bf16.err")"
     fi
 }
 check_run bit '{"depth":[2,1],"base_width":8,"width":2,"gn_groups":4,"stem":"bit","in_channels":3,"num_classes":7,"image_size":64,"batch":3,"lr":0.01,"weight_decay":0.001,"clip_norm":1.0,"warmup_steps":2,"total_steps":10,"opt_steps":5,"seed":11}'

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 # |got - want| / (max|want| + |want|), which is <= 1e-4 exactly when the element passes.
 RTOL = 1e-4
 ATOL_FRAC = 1e-4
+BF16_LOGITS_L2 = 2e-2  # predict --precision bfloat16 against float64 logits (relative L2)
 # Weights after several Adam steps: elements where the reference itself moves by more than the
 # tolerance when its gradients get noise of GRAD_NOISE * max|g| (the float32 C gradients agree
 # with float64 to about 1e-6 of max|g|) are allowed NOISE_MARGIN times that movement; if more
@@ -580,6 +581,16 @@ def check_outdir(res, outdir):
     check_one(res, "%s:loss" % label, np.asarray(loss_np).reshape(-1), loss.reshape(1).numpy())
     if os.path.isfile(path("predicted.npy")):  # `distilld predict` on the same weights and input
         check_one(res, "%s:predict" % label, read_npy(path("predicted.npy")), logits.numpy())
+    if os.path.isfile(path("predicted_bf16.npy")):  # `distilld predict --precision bfloat16`
+        got = read_npy(path("predicted_bf16.npy")).astype(np.float64)
+        want = logits.numpy()
+        rel = float(np.linalg.norm(got - want) / np.linalg.norm(want))
+        # bf16 rounding of weights and activations: 0.09-0.5 % measured on these configs (test_model
+        # allows 2 % for a bf16 model's logits); above 1e-5 so that it cannot be the float path
+        if 1e-5 < rel < BF16_LOGITS_L2:
+            res.ok("%s:predict-bf16" % label, "relative L2 error %.2g" % rel)
+        else:
+            res.fail("%s:predict-bf16" % label, "relative L2 error %.3g, not in (1e-5, %g)" % (rel, BF16_LOGITS_L2))
 
     gres = compare_set(spec, Gc, G)
     gnorm_ref = math.sqrt(sum(float((g * g).sum()) for g in G.values()))
