@@ -48,8 +48,8 @@ BIT_S='{"depth":[1,1,1,1],"base_width":16,"width":1,"gn_groups":8,"stem":"bit","
 # label | kind | model | teacher (or -) | warm-up | timed iterations [| flags]
 # Iterations are sized so that a whole run takes ~12 minutes on a quiet 2-core machine; the slow
 # 128 px measurements get fewer. bf16 rows run on both sides, with --bf16, the teacher (distill) or
-# the model (infer) in bfloat16 - distilld's "teacher_precision": "bfloat16", PyTorch's
-# torch.bfloat16 - or the trained model (train; distill with --bf16-student) in mixed precision -
+# the model (infer) in bfloat16 - distilld's "teacher_precision": "bfloat16" or
+# `predict --precision bfloat16`, PyTorch's torch.bfloat16 - or the trained model (train; distill with --bf16-student) in mixed precision -
 # distilld's "precision": "bfloat16", PyTorch's autocast(bfloat16).
 PLAN=(
     "fmnist R26 teacher|train|$FM_T|-|2|5"
@@ -59,6 +59,7 @@ PLAN=(
     "fmnist R26 teacher|infer|$FM_T|-|2|9"
     "fmnist R26 teacher bf16|infer|$FM_T|-|2|9|--bf16"
     "fmnist R10 student|infer|$FM_S|-|2|11"
+    "fmnist R10 student bf16|infer|$FM_S|-|2|11|--bf16"
     "fmnist R26 -> R10|distill|$FM_S|$FM_T|2|5"
     "fmnist R26 bf16 -> R10|distill|$FM_S|$FM_T|2|5|--bf16"
     "fmnist R26 bf16 -> R10 bf16|distill|$FM_S|$FM_T|2|5|--bf16 --bf16-student"
@@ -69,6 +70,7 @@ PLAN=(
     "bit128 R26 teacher|infer|$BIT_T|-|1|5"
     "bit128 R26 teacher bf16|infer|$BIT_T|-|1|5|--bf16"
     "bit128 R14 student|infer|$BIT_S|-|1|7"
+    "bit128 R14 student bf16|infer|$BIT_S|-|1|7|--bf16"
     "bit128 R26 -> R14|distill|$BIT_S|$BIT_T|1|3"
     "bit128 R26 bf16 -> R14|distill|$BIT_S|$BIT_T|1|3|--bf16"
     "bit128 R26 bf16 -> R14 bf16|distill|$BIT_S|$BIT_T|1|3|--bf16 --bf16-student"
