@@ -168,7 +168,8 @@ def main():
         d.kill()
         for i in range(threads):
             d.start()
-            tid = d.threads()[i]
+            tids = d.threads()
+            tid = tids[min(i, len(tids) - 1)]
             try:
                 code = d.kill(signal.SIGTERM, timeout=30, thread=tid)
             except HangError as e:
