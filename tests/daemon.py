@@ -98,7 +98,8 @@ class Daemon:
         if thread is None:
             self.proc.send_signal(sig)
         elif ctypes.CDLL(None, use_errno=True).syscall(SYS_TGKILL, self.proc.pid, thread, int(sig)) != 0:
-            raise OSError(ctypes.get_errno(), "tgkill %d %d: %s" % (self.proc.pid, thread, os.strerror(ctypes.get_errno())))
+            e = ctypes.get_errno()
+            raise OSError(e, "tgkill %d %d: %s" % (self.proc.pid, thread, os.strerror(e)))
         try:
             code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
