@@ -573,6 +573,10 @@ float *model_forward(Model *m, const float *images, int batch) {
     return a + m->act_logits;
 }
 
+int model_pass_capacity(long images) {
+    return images < 1 ? 1 : images < MODEL_PASS_IMAGES ? (int)images : MODEL_PASS_IMAGES;
+}
+
 void model_predict(Model *m, float *logits, const float *images, int batch) {
     const ModelConfig *c = &m->cfg;
     const size_t image_floats = (size_t)c->in_channels * c->image_size * c->image_size;

@@ -156,6 +156,9 @@ float *model_forward(Model *m, const float *images, int batch);
  * of one built for a batch of 128, at the same speed (per-image work). */
 #define MODEL_PASS_IMAGES 32
 void model_predict(Model *m, float *logits, const float *images, int batch);
+/* The batch capacity to build such a model with for `images` at a time:
+ * MODEL_PASS_IMAGES, or fewer when fewer come (at least 1). */
+int model_pass_capacity(long images);
 void model_zero_grad(Model *m);
 /* Backward pass after model_forward with the same batch; accumulates into m->grads. */
 void model_backward(Model *m, const float *dlogits, int batch);

@@ -133,8 +133,7 @@ static int load_teacher(Run *r, char *err) {
     if (!s->teacher[0]) return set_error(err, "teacher: job %s must be resolved to a weights file first", s->teacher_job);
     char why[ERR_LEN];
     /* a BiT .npz records no input size: it runs at the student's */
-    const int pass = s->batch_size < MODEL_PASS_IMAGES ? s->batch_size : MODEL_PASS_IMAGES;
-    if (model_load_sized(&r->teacher, s->teacher, pass, s->model.image_size, why) != 0)
+    if (model_load_sized(&r->teacher, s->teacher, model_pass_capacity(s->batch_size), s->model.image_size, why) != 0)
         return set_error(err, "teacher: %s", why);
     const ModelConfig *t = &r->teacher->cfg, *m = &s->model;
     if (t->num_classes != m->num_classes)

@@ -294,8 +294,7 @@ static int cmd_predict(int argc, char **argv) {
         return 1;
     }
     Model *m = NULL;
-    const int pass = shape[0] < MODEL_PASS_IMAGES ? (int)(shape[0] > 0 ? shape[0] : 1) : MODEL_PASS_IMAGES;
-    if (ndim == 4 && model_load(&m, weights, pass, err) != 0) {
+    if (ndim == 4 && model_load(&m, weights, model_pass_capacity(shape[0]), err) != 0) {
         fprintf(stderr, "distilld: %s\n", err);
         free(x);
         return 1;

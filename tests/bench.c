@@ -254,8 +254,7 @@ int main(int argc, char **argv) {
     train_threads(threads);
     /* the teacher (and inference) without gradients, as a job runs it */
     Model *student = make_model(student_json, batch, !is_train && !is_distill);
-    const int pass = batch < MODEL_PASS_IMAGES ? batch : MODEL_PASS_IMAGES; /* as a distill job runs it */
-    Model *teacher = is_distill ? make_model(teacher_json, pass, 1) : NULL;
+    Model *teacher = is_distill ? make_model(teacher_json, model_pass_capacity(batch), 1) : NULL; /* as a job */
     char err[ERR_LEN];
     if (bf16_student && !is_distill) {
         fprintf(stderr, "bench: --bf16-student is for distill (train and infer take --bf16)\n");
