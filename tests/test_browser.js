@@ -52,6 +52,30 @@ async function check(name, fn) {
 function assert(cond, why) { if (!cond) throw new Error(why); }
 const sleep = ms => new Promise(r => setTimeout(r, ms));
 
+/* What a page shows, for a wait that timed out: the view, and each job
+ * view's live mode, state, ETA and charts (points, zoom range). */
+function pageSnapshot() {
+  const views = [...document.querySelectorAll('.job-view')].map(v => {
+    const q = s => v.querySelector(s);
+    const charts = [...v.querySelectorAll('[data-chart]')].map(c =>
+      c.dataset.chart + '=' + (c.dataset.points || 0) + (c.dataset.range ? '[' + c.dataset.range + ']' : '') + (c.hidden ? '(hidden)' : ''));
+    return 'job view: live ' + JSON.stringify(q('#live-mode') && q('#live-mode').textContent) +
+      ', state ' + (q('.job-head [data-state]') ? q('.job-head [data-state]').dataset.state : '?') +
+      ', ETA ' + JSON.stringify(q('#eta') && q('#eta').textContent) + ', charts ' + charts.join(' ');
+  });
+  return location.hash + ' ' + (views.length ? views.join('; ') : 'no job view');
+}
+
+/* page.waitForFunction, whose timeout names the condition and what the page showed. */
+async function waitFor(page, fn, arg, opts) {
+  try {
+    return await page.waitForFunction(fn, arg, opts);
+  } catch (e) {
+    const shown = await page.evaluate(pageSnapshot).catch(err => 'no snapshot: ' + err.message);
+    throw new Error(e.message.split('\n')[0] + ' waiting for ' + fn.toString().replace(/\s+/g, ' ') + ' | the page: ' + shown);
+  }
+}
+
 let playwright;
 try {
   playwright = require(path.join(ROOT, 'web', 'node_modules', 'playwright-core'));
@@ -164,7 +188,7 @@ async function main() {
 
   const hash = () => page.evaluate(() => location.hash);
   const points = key => page.$eval('[data-chart="' + key + '"]', el => +el.dataset.points);
-  const waitState = (state, ms) => page.waitForFunction(s => {
+  const waitState = (state, ms) => waitFor(page, s => {
     const el = document.querySelector('.job-head [data-state]');
     return el && el.dataset.state === s;
   }, state, {timeout: ms || 20000});
@@ -180,7 +204,7 @@ async function main() {
     await page.waitForSelector('#jobs-table tbody tr');
     assert(await page.evaluate(() => typeof uPlot === 'function'), 'uPlot did not load');
     assert(await page.evaluate(() => /No jobs yet/.test(document.querySelector('#jobs-table').textContent)), 'no empty-table message');
-    await page.waitForFunction(() => document.querySelector('.chip[data-state=all] .count').textContent === '0');
+    await waitFor(page, () => document.querySelector('.chip[data-state=all] .count').textContent === '0');
   });
 
   await check('the token is asked for once and kept in localStorage', async () => {
@@ -230,7 +254,7 @@ async function main() {
     await page.fill('#spec-editor', JSON.stringify(bad, null, 2));
     allowed.push(/status of 400/);
     await page.click('#submit-job');
-    await page.waitForFunction(() => /batch_size/.test(document.querySelector('#submit-error').textContent));
+    await waitFor(page, () => /batch_size/.test(document.querySelector('#submit-error').textContent));
     const text = await page.textContent('#submit-error');
     assert(/invalid_spec/.test(text) && /batch_size: must be/.test(text), 'the message: ' + text);
     const sel = await page.$eval('#spec-editor', t => t.value.slice(t.selectionStart, t.selectionEnd));
@@ -254,7 +278,7 @@ async function main() {
       }).observe(document.body, {subtree: true, attributes: true, attributeFilter: ['data-points']});
     });
     await page.click('#submit-job');
-    await page.waitForFunction(() => /^#\/job\/j/.test(location.hash));
+    await waitFor(page, () => /^#\/job\/j/.test(location.hash));
     jobA = (await hash()).replace('#/job/', '');
     const r = await api('GET', '/jobs/' + jobA);
     assert(r.status === 200 && r.body.spec.steps === 60, 'the API does not have the job: ' + r.status);
@@ -263,7 +287,7 @@ async function main() {
 
   await check('its loss chart gains points live (SSE) and the job reaches succeeded', async () => {
     await waitState('succeeded', 30000);
-    await page.waitForFunction(() => +document.querySelector('[data-chart="loss"]').dataset.points === 60);
+    await waitFor(page, () => +document.querySelector('[data-chart="loss"]').dataset.points === 60);
     const between = seen.filter(v => v > 0 && v < 60);
     assert(between.length > 0, 'the chart went straight to ' + seen.join(',') + ' points');
     assert(seen.every((v, i) => i === 0 || v >= seen[i - 1]), 'the count went down: ' + seen.join(','));
@@ -271,7 +295,7 @@ async function main() {
   });
 
   await check('the job page shows progress, ETA, every chart and the log', async () => {
-    await page.waitForFunction(() => document.querySelector('#live-mode').textContent === 'finished');
+    await waitFor(page, () => document.querySelector('#live-mode').textContent === 'finished');
     assert(await page.$eval('#progress', p => p.dataset.step === '60' && p.dataset.total === '60'), 'progress is not 60/60');
     assert(await page.$eval('#progress .bar > span', s => parseFloat(s.style.width)) === 100, 'the bar is not full');
     assert(await page.textContent('#eta') === 'done', 'ETA says ' + await page.textContent('#eta'));
@@ -297,11 +321,11 @@ async function main() {
     await page.mouse.down();
     await page.mouse.move(box.x + box.w * 0.6, box.y + box.h / 2, {steps: 5});
     await page.mouse.up();
-    await page.waitForFunction(() => [...document.querySelectorAll('.job-view .chart:not([hidden])')].every(c => c.dataset.range));
+    await waitFor(page, () => [...document.querySelectorAll('.job-view .chart:not([hidden])')].every(c => c.dataset.range));
     const range = (await page.$eval('[data-chart="lr"]', c => c.dataset.range)).split(',').map(Number);
     assert(range[0] > 10 && range[1] < 50 && range[0] < range[1], 'zoomed to ' + range);
     await page.dblclick('[data-chart="loss"] .u-over');
-    await page.waitForFunction(() => [...document.querySelectorAll('.job-view .chart')].every(c => !c.dataset.range));
+    await waitFor(page, () => [...document.querySelectorAll('.job-view .chart')].every(c => !c.dataset.range));
   });
 
   await check('CSV export downloads every step at full resolution', async () => {
@@ -336,8 +360,8 @@ async function main() {
     await page2.addInitScript(() => { delete window.EventSource; });
     try {
       await page2.goto(base + '/#/job/' + jobL);
-      await page2.waitForFunction(() => document.querySelector('#live-mode').textContent === 'live (polling)');
-      await page2.waitForFunction(() => +document.querySelector('[data-chart="loss"]').dataset.points > 5 &&
+      await waitFor(page2, () => document.querySelector('#live-mode').textContent === 'live (polling)');
+      await waitFor(page2, () => +document.querySelector('[data-chart="loss"]').dataset.points > 5 &&
         document.querySelector('.job-head [data-state]').dataset.state === 'running', null, {timeout: 30000});
       const step = await page2.$eval('#progress', p => +p.dataset.step);
       assert(step > 5, 'progress at step ' + step);
@@ -350,7 +374,7 @@ async function main() {
     await waitJob(jobB, ['succeeded'], 30000);
     await page.goto(base + '/#/job/' + jobL);
     await waitState('running', 20000);
-    await page.waitForFunction(() => +document.querySelector('[data-chart="loss"]').dataset.points > 5);
+    await waitFor(page, () => +document.querySelector('[data-chart="loss"]').dataset.points > 5);
     await page.screenshot({path: path.join(OUT_DIR, 'running.png'), fullPage: true});
     const eta = await page.textContent('#eta');
     assert(/\d+[smhd]|estimating/.test(eta), 'ETA of a running job: ' + eta);
@@ -382,7 +406,7 @@ async function main() {
     await click('#resume-job');
     await waitState('running', 1000);
     const before = await points('loss');
-    await page.waitForFunction(n => +document.querySelector('[data-chart="loss"]').dataset.points > n + 5, before);
+    await waitFor(page, n => +document.querySelector('[data-chart="loss"]').dataset.points > n + 5, before);
     await page.unroute(heldBack);
     await page.click('#cancel-job');
     await waitState('canceled');
@@ -391,16 +415,16 @@ async function main() {
 
   await check('the jobs table: filter chips with counts, sorting', async () => {
     await page.goto(base + '/#/');
-    await page.waitForFunction(() => document.querySelectorAll('#jobs-table tbody tr[data-job]').length === 3);
-    await page.waitForFunction(() => document.querySelector('.chip[data-state=succeeded] .count').textContent === '2' &&
+    await waitFor(page, () => document.querySelectorAll('#jobs-table tbody tr[data-job]').length === 3);
+    await waitFor(page, () => document.querySelector('.chip[data-state=succeeded] .count').textContent === '2' &&
       document.querySelector('.chip[data-state=canceled] .count').textContent === '1');
     await page.click('.chip[data-state=succeeded]');
-    await page.waitForFunction(() => {
+    await waitFor(page, () => {
       const rows = [...document.querySelectorAll('#jobs-table tbody tr[data-job]')];
       return rows.length === 2 && rows.every(r => r.dataset.state === 'succeeded');
     });
     await page.click('.chip[data-state=all]');
-    await page.waitForFunction(() => document.querySelectorAll('#jobs-table tbody tr[data-job]').length === 3);
+    await waitFor(page, () => document.querySelectorAll('#jobs-table tbody tr[data-job]').length === 3);
     await page.screenshot({path: path.join(OUT_DIR, 'jobs.png')});
     await page.click('th[data-sort=state]');
     const order = await page.$$eval('#jobs-table tbody tr[data-job]', rows => rows.map(r => r.dataset.state));
@@ -416,10 +440,10 @@ async function main() {
     await page.check('tr[data-job="' + jobA + '"] input[type=checkbox]');
     await page.check('tr[data-job="' + jobB + '"] input[type=checkbox]');
     await page.click('#compare-selected');
-    await page.waitForFunction(() => /^#\/compare\?ids=/.test(location.hash));
+    await waitFor(page, () => /^#\/compare\?ids=/.test(location.hash));
     const ids = decodeURIComponent((await hash()).split('ids=')[1]).split(',').sort();
     assert(ids.join() === [jobA, jobB].sort().join(), 'compare ids: ' + ids.join());
-    await page.waitForFunction(() => +document.querySelector('[data-chart="compare-loss"]').dataset.points === 120 &&
+    await waitFor(page, () => +document.querySelector('[data-chart="compare-loss"]').dataset.points === 120 &&
       +document.querySelector('[data-chart="compare-accuracy"]').dataset.points === 6 &&
       +document.querySelector('[data-chart="compare-agreement"]').dataset.points === 3);
     const legend = await page.$$eval('[data-chart="compare-loss"] .u-legend .u-series .u-label', els => els.map(e => e.textContent));
@@ -497,7 +521,7 @@ async function main() {
     try {
       const t0 = Date.now();
       await page.goto(base + '/#/job/' + id);
-      await page.waitForFunction(() => +document.querySelector('[data-chart="loss"]').dataset.points > 0 &&
+      await waitFor(page, () => +document.querySelector('[data-chart="loss"]').dataset.points > 0 &&
         +document.querySelector('[data-chart="accuracy"]').dataset.points === 100, null, {timeout: 30000}).catch(async e => {
         const got = await page.$$eval('.chart', cs => cs.map(c => c.dataset.chart + '=' + c.dataset.points).join(' '));
         throw new Error(e.message.split('\n')[0] + ' (requests: ' + requests.join(' | ') + '; charts: ' + got + ')');
@@ -506,7 +530,7 @@ async function main() {
       await sleep(300);
       assert(requests.length === 1 && /buckets=/.test(requests[0]), 'the page asked for ' + requests.join(' | '));
       assert(streams.length === 1 && +streams[0] === N - 1, 'event streams asked for: after_step ' + streams.join(', '));
-      await page.waitForFunction(() => /mocked log line/.test(document.querySelector('.job-view').textContent), null, {timeout: 5000});
+      await waitFor(page, () => /mocked log line/.test(document.querySelector('.job-view').textContent), null, {timeout: 5000});
       const held = await page.$eval('[data-chart="loss"]', c => +c.dataset.points);
       assert(held <= 4000 && held >= 2000, 'the loss chart holds ' + held + ' points');
       const r = await page.$$eval('.job-view .chart:not([hidden])', cs => cs.map(c => [c.dataset.chart, +c.dataset.drawn, +c.dataset.renderMs]));
@@ -521,10 +545,10 @@ async function main() {
       await page.mouse.down();
       await page.mouse.move(box.x + box.w * 0.52, box.y + box.h / 2, {steps: 4});
       await page.mouse.up();
-      await page.waitForFunction(() => document.querySelector('[data-chart="loss"]').dataset.range);
+      await waitFor(page, () => document.querySelector('[data-chart="loss"]').dataset.range);
       const [lo, hi] = (await page.$eval('[data-chart="loss"]', c => c.dataset.range)).split(',').map(Number);
       assert(hi - lo < 5000 && lo > 40000, 'zoomed to ' + lo + '..' + hi);
-      await page.waitForFunction(n => +document.querySelector('[data-chart="loss"]').dataset.points > n, held);
+      await waitFor(page, n => +document.querySelector('[data-chart="loss"]').dataset.points > n, held);
       await sleep(300);
       const detail = requests.slice(1);
       assert(detail.length === 1 && /from_step=/.test(detail[0]), 'the zoom asked for ' + detail.join(' | '));
@@ -552,7 +576,7 @@ async function main() {
   await check('a distill job shows its teacher-student agreement', async () => {
     await page.goto(base + '/#/job/' + jobB);
     await waitState('succeeded');
-    await page.waitForFunction(() => +document.querySelector('[data-chart="agreement"]').dataset.points === 3 &&
+    await waitFor(page, () => +document.querySelector('[data-chart="agreement"]').dataset.points === 3 &&
       !document.querySelector('[data-chart="agreement"]').hidden);
     const teacher = await page.$eval('[data-chart="accuracy"] .u-legend', l => l.textContent);
     assert(/teacher/.test(teacher), 'the accuracy chart has no teacher line: ' + teacher);
@@ -564,7 +588,7 @@ async function main() {
   await check('a screenshot of the job page', async () => {
     await page.goto(base + '/#/job/' + jobA);
     await waitState('succeeded');
-    await page.waitForFunction(() => +document.querySelector('[data-chart="loss"]').dataset.points === 60 &&
+    await waitFor(page, () => +document.querySelector('[data-chart="loss"]').dataset.points === 60 &&
       document.querySelector('#live-mode').textContent === 'finished');
     await sleep(400);
     const file = path.join(OUT_DIR, 'dashboard.png');
