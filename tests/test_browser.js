@@ -63,8 +63,16 @@ function pageSnapshot() {
       ', state ' + (q('.job-head [data-state]') ? q('.job-head [data-state]').dataset.state : '?') +
       ', ETA ' + JSON.stringify(q('#eta') && q('#eta').textContent) + ', charts ' + charts.join(' ');
   });
-  return location.hash + ' ' + (views.length ? views.join('; ') : 'no job view');
+  const over = document.querySelector('[data-chart="loss"] .u-over');
+  const r = over && over.getBoundingClientRect();
+  return location.hash + ' ' + (views.length ? views.join('; ') : 'no job view') + '; scrollY ' + scrollY +
+    (r ? ', loss chart area at ' + [r.x, r.y, r.width, r.height].map(Math.round).join(',') : '') +
+    ', toasts ' + JSON.stringify(document.querySelector('#toasts') ? document.querySelector('#toasts').textContent : '');
 }
+
+/* Resolves after the page's next two animation frames: a chart's redraw,
+ * scheduled for the next frame, has happened. */
+const frames = page => page.evaluate(() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r))));
 
 /* page.waitForFunction, whose timeout names the condition and what the page showed. */
 async function waitFor(page, fn, arg, opts) {
@@ -314,6 +322,7 @@ async function main() {
     await sleep(300);
     await page.selectOption('#x-axis', 'step');
     await page.uncheck('#log-scale');
+    await frames(page); /* the charts redraw (a new scale makes new uPlot elements) before the drag below */
     assert(await points('loss') === 60, 'the controls lost points');
     /* drag to zoom: every chart of the page takes the range; double click zooms out */
     const box = await page.$eval('[data-chart="loss"] .u-over', el => { const r = el.getBoundingClientRect(); return {x: r.x, y: r.y, w: r.width, h: r.height}; });

@@ -1280,6 +1280,7 @@
         es.close();
         es = null;
         live = 'finished';
+        markDirty(); /* at once: finish() waits for the daemon */
         await finish();
       });
       es.addEventListener('error', () => {
