@@ -2,6 +2,7 @@
 #include "augment.h"
 
 #include <math.h>
+#include <omp.h>
 #include <string.h>
 
 CropBox inception_crop_box(Rng *rng, int height, int width, float area_min, float area_max) {
@@ -29,30 +30,42 @@ CropBox central_crop_box(int height, int width, int crop_h, int crop_w) {
 }
 
 void resize_bilinear(float *dst, int dh, int dw, const float *src, int channels, int sh, int sw, CropBox box) {
+    enum { CHUNK = 256 };
     const float sy = (float)box.h / dh, sx = (float)box.w / dw;
-    for (int c = 0; c < channels; c++) {
-        const float *plane = src + (size_t)c * sh * sw;
-        float *out = dst + (size_t)c * dh * dw;
-        for (int i = 0; i < dh; i++) {
-            float fy = (i + 0.5f) * sy - 0.5f;
-            if (fy < 0) fy = 0;
-            int y0 = (int)fy;
-            if (y0 > box.h - 1) y0 = box.h - 1;
-            int y1 = y0 + 1 < box.h ? y0 + 1 : box.h - 1;
-            float wy = fy - y0;
-            if (wy > 1) wy = 1;
-            const float *r0 = plane + (size_t)(box.y + y0) * sw + box.x, *r1 = plane + (size_t)(box.y + y1) * sw + box.x;
-            for (int j = 0; j < dw; j++) {
-                float fx = (j + 0.5f) * sx - 0.5f;
-                if (fx < 0) fx = 0;
-                int x0 = (int)fx;
-                if (x0 > box.w - 1) x0 = box.w - 1;
-                int x1 = x0 + 1 < box.w ? x0 + 1 : box.w - 1;
-                float wx = fx - x0;
-                if (wx > 1) wx = 1;
-                float top = r0[x0] + (r0[x1] - r0[x0]) * wx;
-                float bottom = r1[x0] + (r1[x1] - r1[x0]) * wx;
-                out[(size_t)i * dw + j] = top + (bottom - top) * wy;
+    /* the columns' taps and weights, a chunk of output columns at a time */
+    int x0s[CHUNK], x1s[CHUNK];
+    float wxs[CHUNK];
+    for (int j0 = 0; j0 < dw; j0 += CHUNK) {
+        const int nj = dw - j0 < CHUNK ? dw - j0 : CHUNK;
+        for (int j = 0; j < nj; j++) {
+            float fx = (j0 + j + 0.5f) * sx - 0.5f;
+            if (fx < 0) fx = 0;
+            int x0 = (int)fx;
+            if (x0 > box.w - 1) x0 = box.w - 1;
+            float wx = fx - x0;
+            x0s[j] = x0;
+            x1s[j] = x0 + 1 < box.w ? x0 + 1 : box.w - 1;
+            wxs[j] = wx > 1 ? 1 : wx;
+        }
+        for (int c = 0; c < channels; c++) {
+            const float *plane = src + (size_t)c * sh * sw;
+            float *out = dst + (size_t)c * dh * dw + j0;
+            for (int i = 0; i < dh; i++) {
+                float fy = (i + 0.5f) * sy - 0.5f;
+                if (fy < 0) fy = 0;
+                int y0 = (int)fy;
+                if (y0 > box.h - 1) y0 = box.h - 1;
+                int y1 = y0 + 1 < box.h ? y0 + 1 : box.h - 1;
+                float wy = fy - y0;
+                if (wy > 1) wy = 1;
+                const float *r0 = plane + (size_t)(box.y + y0) * sw + box.x, *r1 = plane + (size_t)(box.y + y1) * sw + box.x;
+                for (int j = 0; j < nj; j++) {
+                    const int x0 = x0s[j], x1 = x1s[j];
+                    const float wx = wxs[j];
+                    float top = r0[x0] + (r0[x1] - r0[x0]) * wx;
+                    float bottom = r1[x0] + (r1[x1] - r1[x0]) * wx;
+                    out[(size_t)i * dw + j] = top + (bottom - top) * wy;
+                }
             }
         }
     }
@@ -75,17 +88,23 @@ float mixup_coefficient(Rng *rng) {
 }
 
 /* Walks the batch backwards so each partner x_{i-1} is still unmixed when
- * used; image 0's partner is the last image, saved first. */
+ * used; image 0's partner is the last image, saved first. Each thread walks
+ * its own range of pixels: the same sums for any number of threads. */
 void mixup_batch(float *images, size_t image_floats, float *targets, int classes, int batch, float a, float *tmp) {
     if (batch < 2) return;
     const float b = 1.0f - a;
-    memcpy(tmp, images + (size_t)(batch - 1) * image_floats, image_floats * sizeof(float));
-    for (int i = batch - 1; i >= 1; i--) {
-        float *x = images + (size_t)i * image_floats;
-        const float *p = images + (size_t)(i - 1) * image_floats;
-        for (size_t k = 0; k < image_floats; k++) x[k] = a * x[k] + b * p[k];
+#pragma omp parallel
+    {
+        const size_t threads = (size_t)omp_get_num_threads(), t = (size_t)omp_get_thread_num();
+        const size_t lo = image_floats * t / threads, hi = image_floats * (t + 1) / threads;
+        memcpy(tmp + lo, images + (size_t)(batch - 1) * image_floats + lo, (hi - lo) * sizeof(float));
+        for (int i = batch - 1; i >= 1; i--) {
+            float *x = images + (size_t)i * image_floats;
+            const float *p = images + (size_t)(i - 1) * image_floats;
+            for (size_t k = lo; k < hi; k++) x[k] = a * x[k] + b * p[k];
+        }
+        for (size_t k = lo; k < hi; k++) images[k] = a * images[k] + b * tmp[k];
     }
-    for (size_t k = 0; k < image_floats; k++) images[k] = a * images[k] + b * tmp[k];
     if (!targets) return;
     float *last = tmp;
     memcpy(last, targets + (size_t)(batch - 1) * classes, sizeof(float) * classes);

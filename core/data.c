@@ -1,6 +1,7 @@
 /* data.c - datasets, splits and per-step batches. See data.h. */
 #include "data.h"
 
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -170,7 +171,8 @@ static void eval_resized_dims(int h, int w, const JobSpec *spec, int *rh, int *r
     *rw = h <= w ? (int)((long)spec->eval_resize * w / h) : spec->eval_resize;
 }
 
-size_t data_scratch_size(const JobData *d, const JobSpec *spec) {
+/* Floats of scratch one thread needs to make one image of any split. */
+static size_t image_scratch_size(const JobData *d, const JobSpec *spec) {
     /* the largest image of any split, and its resize for evaluation */
     const Dataset *splits[3] = {&d->train, &d->val, &d->test};
     size_t src = 0, resized = 0, padded = 0;
@@ -195,6 +197,10 @@ size_t data_scratch_size(const JobData *d, const JobSpec *spec) {
     if (out > work) work = out; /* mixup's one-image temporary */
     if ((size_t)spec->model.num_classes > work) work = spec->model.num_classes;
     return src + work;
+}
+
+size_t data_scratch_size(const JobData *d, const JobSpec *spec) {
+    return image_scratch_size(d, spec) * (size_t)omp_get_max_threads();
 }
 
 static void to_unit_float(float *dst, const uint8_t *src, size_t n) {
@@ -230,11 +236,15 @@ static void augment_image(const Dataset *ds, int32_t idx, const JobSpec *spec, R
     const int s = m->image_size;
     int h, w;
     const uint8_t *pixels = dataset_image(ds, idx, &h, &w);
-    to_unit_float(src, pixels, (size_t)ds->c * h * w);
-    if (spec->crop == CROP_INCEPTION) {
+    if (spec->crop == CROP_INCEPTION) { /* only the box's pixels to float: (C, box.h, box.w) */
         CropBox box = inception_crop_box(rng, h, w, spec->crop_area_min, spec->crop_area_max);
-        resize_bilinear(out, s, s, src, ds->c, h, w, box);
+        for (int c = 0; c < ds->c; c++)
+            for (int y = 0; y < box.h; y++)
+                to_unit_float(src + ((size_t)c * box.h + y) * box.w, pixels + ((size_t)c * h + box.y + y) * w + box.x,
+                              (size_t)box.w);
+        resize_bilinear(out, s, s, src, ds->c, box.h, box.w, (CropBox){0, 0, box.h, box.w});
     } else if (spec->crop == CROP_RANDOM) {
+        to_unit_float(src, pixels, (size_t)ds->c * h * w);
         /* zero-pad by S/8 on every side, then a random S x S window */
         int pad = s / 8, ph = h + 2 * pad, pw = w + 2 * pad;
         memset(work, 0, sizeof(float) * ds->c * ph * pw);
@@ -246,6 +256,7 @@ static void augment_image(const Dataset *ds, int32_t idx, const JobSpec *spec, R
                        cw};
         resize_bilinear(out, s, s, work, ds->c, ph, pw, box);
     } else {
+        to_unit_float(src, pixels, (size_t)ds->c * h * w);
         resize_bilinear(out, s, s, src, ds->c, h, w, (CropBox){0, 0, h, w});
     }
     if (spec->flip && (rng_next(rng) & 1)) flip_horizontal(out, m->in_channels, s, s);
@@ -258,19 +269,29 @@ void data_train_batch(JobData *d, const JobSpec *spec, long step, float *images,
     const ModelConfig *m = &spec->model;
     const int b_size = spec->batch_size, k = m->num_classes, s = m->image_size;
     const size_t src_floats = (size_t)tr->c * tr->h * tr->w, out_floats = (size_t)m->in_channels * s * s;
-    float *src = scratch, *work = scratch + src_floats;
+    const size_t per_thread = image_scratch_size(d, spec);
+    /* the images' indices first, in order: the epoch's permutation is memoized in d */
+    for (int j = 0; j < b_size; j++) labels[j] = train_image_at(d, spec, step * b_size + j);
+#pragma omp parallel for schedule(dynamic, 4)
     for (int j = 0; j < b_size; j++) {
-        int32_t idx = train_image_at(d, spec, step * b_size + j);
+        float *src = scratch + (size_t)omp_get_thread_num() * per_thread;
+        const int32_t idx = labels[j];
         Rng rng = rng_derive(spec->seed, RNG_AUGMENT, (uint64_t)step * 65536u + (uint64_t)j);
-        augment_image(tr, idx, spec, &rng, images + (size_t)j * out_floats, src, work);
+        augment_image(tr, idx, spec, &rng, images + (size_t)j * out_floats, src, src + src_floats);
         labels[j] = tr->labels[idx];
         for (int c = 0; c < k; c++) targets[(size_t)j * k + c] = c == labels[j] ? 1.0f : 0.0f;
     }
     if (spec->mixup) {
         Rng rng = rng_derive(spec->seed, RNG_MIXUP, (uint64_t)step);
         float a = mixup_coefficient(&rng);
-        mixup_batch(images, out_floats, targets, k, b_size, a, work);
+        mixup_batch(images, out_floats, targets, k, b_size, a, scratch);
     }
+}
+
+/* How many images an evaluation batch of `count` from `start` has. */
+static int eval_batch_count(const JobData *d, int split, int start, int count) {
+    const int left = data_split_size(d, split) - start;
+    return left < 0 ? 0 : left < count ? left : count;
 }
 
 /* The dataset and image index of evaluation image i of a split. */
@@ -281,32 +302,34 @@ static const Dataset *eval_image(const JobData *d, int split, int i, int32_t *id
 
 int data_augmented_eval_batch(const JobData *d, const JobSpec *spec, int split, int start, int count, float *images,
                               int32_t *labels, float *scratch) {
-    const int total = data_split_size(d, split);
+    const int n = eval_batch_count(d, split, start, count);
     const size_t out_floats = (size_t)spec->model.in_channels * spec->model.image_size * spec->model.image_size;
-    int n = 0;
-    for (int i = start; i < total && n < count; i++, n++) {
+    const size_t per_thread = image_scratch_size(d, spec);
+#pragma omp parallel for schedule(dynamic, 4)
+    for (int j = 0; j < n; j++) {
+        float *src = scratch + (size_t)omp_get_thread_num() * per_thread;
         int32_t idx;
-        const Dataset *ds = eval_image(d, split, i, &idx);
-        Rng rng = rng_derive(spec->seed, RNG_EVAL_AUGMENT, (uint64_t)split << 32 | (uint64_t)i);
-        augment_image(ds, idx, spec, &rng, images + (size_t)n * out_floats, scratch,
-                      scratch + (size_t)ds->c * ds->h * ds->w);
-        labels[n] = ds->labels[idx];
+        const Dataset *ds = eval_image(d, split, start + j, &idx);
+        Rng rng = rng_derive(spec->seed, RNG_EVAL_AUGMENT, (uint64_t)split << 32 | (uint64_t)(start + j));
+        augment_image(ds, idx, spec, &rng, images + (size_t)j * out_floats, src, src + (size_t)ds->c * ds->h * ds->w);
+        labels[j] = ds->labels[idx];
     }
     return n;
 }
 
 int data_eval_batch(const JobData *d, const JobSpec *spec, int split, int start, int count, float *images,
                     int32_t *labels, float *scratch) {
-    const int total = data_split_size(d, split);
+    const int n = eval_batch_count(d, split, start, count);
     const ModelConfig *m = &spec->model;
     const int s = m->image_size;
     const size_t out_floats = (size_t)m->in_channels * s * s;
-    int n = 0;
-    for (int i = start; i < total && n < count; i++, n++) {
+    const size_t per_thread = image_scratch_size(d, spec);
+#pragma omp parallel for schedule(dynamic, 4)
+    for (int j = 0; j < n; j++) {
         int32_t idx;
-        const Dataset *ds = eval_image(d, split, i, &idx);
-        float *src = scratch, *resized = scratch + (size_t)ds->c * ds->h * ds->w;
-        float *out = images + (size_t)n * out_floats;
+        const Dataset *ds = eval_image(d, split, start + j, &idx);
+        float *src = scratch + (size_t)omp_get_thread_num() * per_thread, *resized = src + (size_t)ds->c * ds->h * ds->w;
+        float *out = images + (size_t)j * out_floats;
         int h, w, rh, rw;
         const uint8_t *pixels = dataset_image(ds, idx, &h, &w);
         to_unit_float(src, pixels, (size_t)ds->c * h * w);
@@ -319,7 +342,7 @@ int data_eval_batch(const JobData *d, const JobSpec *spec, int split, int start,
             resize_bilinear(out, s, s, resized, ds->c, rh, rw, central_crop_box(rh, rw, s, s));
         }
         normalize(out, m);
-        labels[n] = ds->labels[idx];
+        labels[j] = ds->labels[idx];
     }
     return n;
 }

@@ -35,7 +35,8 @@ typedef struct {
 int data_open(const DatasetSpec *spec, const char *cache_dir, JobData *d, char *err);
 void data_close(JobData *d);
 
-/* Floats of scratch data_train_batch needs. */
+/* Floats of scratch the batch functions below need: a share for each of the
+ * calling thread's OpenMP threads, which make the batch's images in parallel. */
 size_t data_scratch_size(const JobData *d, const JobSpec *spec);
 
 /* The training batch of `step`: images (B, C, S, S) normalized and augmented

@@ -282,13 +282,16 @@ int main(int argc, char **argv) {
     for (int it = -warmup; it < iters; it++) {
         double t0 = now_seconds();
         if (is_distill) {
-            /* the step's data work: inception crop + flip of every image, then mixup */
+            /* the step's data work: inception crop + flip of every image, then
+             * mixup; in parallel, each image's draws its own, as a job does it */
+#pragma omp parallel for schedule(dynamic, 4)
             for (int b = 0; b < batch; b++) {
-                CropBox box = inception_crop_box(&rng, c->image_size, c->image_size, 0.05f, 1.0f);
+                Rng mine = rng_derive(3, 3, (uint64_t)(it + warmup) * 65536u + (uint64_t)b);
+                CropBox box = inception_crop_box(&mine, c->image_size, c->image_size, 0.05f, 1.0f);
                 float *out = images + b * image_floats;
                 resize_bilinear(out, c->image_size, c->image_size, raw + b * image_floats, c->in_channels,
                                 c->image_size, c->image_size, box);
-                if (rng_next(&rng) & 1) flip_horizontal(out, c->in_channels, c->image_size, c->image_size);
+                if (rng_next(&mine) & 1) flip_horizontal(out, c->in_channels, c->image_size, c->image_size);
             }
             mixup_batch(images, image_floats, NULL, k, batch, mixup_coefficient(&rng), tmp);
             model_predict(teacher, tlogits, images, batch);

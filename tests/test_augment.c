@@ -13,6 +13,7 @@
 #include <ftw.h>
 #include <limits.h>
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -228,6 +229,7 @@ static void test_resize(void) {
     check_resize("3 channels, whole image, down", 3, 50, 40, (CropBox){0, 0, 50, 40}, 13, 13);
     check_resize("1x1 box -> 4x4 (constant)", 2, 5, 5, (CropBox){2, 3, 1, 1}, 4, 4);
     check_resize("one row -> 3x9", 1, 6, 9, (CropBox){4, 0, 1, 9}, 3, 9);
+    check_resize("2 channels, wider than a chunk of columns: 9x140 -> 5x600", 2, 9, 140, (CropBox){1, 3, 8, 131}, 5, 600);
 
     /* box size == output size: an exact copy of the box */
     float src[2 * 10 * 12], out[2 * 5 * 6], want[2 * 5 * 6];
@@ -887,6 +889,45 @@ static int remove_entry(const char *path, const struct stat *st, int flag, struc
     return remove(path);
 }
 
+/* Each batch's images are made in parallel: 1, 2 and 3 threads must give the
+ * same bytes (a job resumed on another thread count repeats its batches). */
+static void test_batches_threads(const Dataset *train, const Dataset *test) {
+    TEST_CASE("training and evaluation batches are the same on 1, 2 and 3 threads");
+    const int was = omp_get_max_threads();
+    JobSpec inception = make_spec(8, CROP_INCEPTION, 1, 1, 3), random = make_spec(8, CROP_RANDOM, 1, 1, 3);
+    JobData d;
+    make_jobdata(&d, train, test);
+    Batch first[2];
+    float eval_first[2][8 * DS * DS];
+    int32_t labels_first[2][8];
+    for (int threads = 1; threads <= 3; threads++) {
+        omp_set_num_threads(threads);
+        Batch b[2] = {train_batch(&d, &inception, 6), train_batch(&d, &random, 6)}; /* step 6 straddles two epochs */
+        float eval[2][8 * DS * DS];
+        int32_t labels[2][8];
+        size_t overrun = 0;
+        int got = 0;
+        for (int augmented = 0; augmented < 2; augmented++)
+            got += eval_batch(&d, &inception, SPLIT_TEST, 4, 8, eval[augmented], labels[augmented], augmented, &overrun);
+        CHECK(got == 16 && overrun == 0, "%d threads: eval batches of %d images, %zu floats past the scratch", threads,
+              got, overrun);
+        if (threads == 1) {
+            memcpy(first, b, sizeof b);
+            memcpy(eval_first, eval, sizeof eval);
+            memcpy(labels_first, labels, sizeof labels);
+            continue;
+        }
+        CHECK(batch_equal(&b[0], &first[0]), "%d threads: the inception-crop batch differs from 1 thread's", threads);
+        CHECK(batch_equal(&b[1], &first[1]), "%d threads: the random-crop batch differs from 1 thread's", threads);
+        CHECK(memcmp(eval, eval_first, sizeof eval) == 0 && memcmp(labels, labels_first, sizeof labels) == 0,
+              "%d threads: an eval batch differs from 1 thread's", threads);
+        free_batch(&b[0]), free_batch(&b[1]);
+    }
+    free_batch(&first[0]), free_batch(&first[1]);
+    free_jobdata(&d);
+    omp_set_num_threads(was);
+}
+
 int main(void) {
     if (!mkdtemp(tmp_dir)) {
         perror("mkdtemp");
@@ -907,6 +948,7 @@ int main(void) {
     test_batches_augmented(&train);
     test_eval_batches(&train, &test);
     test_augmented_eval_batches(&train, &test);
+    test_batches_threads(&train, &test);
     test_eval_non_square();
     dataset_free(&train);
     dataset_free(&test);
