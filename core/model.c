@@ -188,6 +188,8 @@ static Norm make_norm(Layout *l, const char *prefix, int channels, int hw) {
     n.beta = add_param(l, PARAM_BETA, name, channels, 1, 1, 1);
     n.mean = place(l, REGION_FIXED, l->m->cfg.gn_groups);
     n.rstd = place(l, REGION_FIXED, l->m->cfg.gn_groups);
+    const size_t sums = (size_t)2 * l->capacity * channels; /* groupnorm_backward's per-image sums */
+    if (!l->m->inference && sums > l->scratch) l->scratch = sums;
     return n;
 }
 
@@ -483,7 +485,7 @@ static void norm_relu_forward(Model *m, const Norm *n, float *out, const float *
 static void norm_relu_backward(Model *m, const Norm *n, float *din, const float *dout, const float *out,
                                const float *in, int batch) {
     groupnorm_backward(din, m->grads + n->gamma, m->grads + n->beta, dout, in, m->acts + n->mean, m->acts + n->rstd,
-                       m->weights + n->gamma, batch, n->channels, n->hw, m->cfg.gn_groups, out);
+                       m->weights + n->gamma, batch, n->channels, n->hw, m->cfg.gn_groups, out, m->scratch);
 }
 
 /* The number of floats of a unit's output for `batch` images. */

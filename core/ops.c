@@ -963,17 +963,23 @@ void groupnorm_forward(float *out, float *mean, float *rstd, const float *in, co
     }
 }
 
-/* Parallel over groups: a group's gamma/beta entries are touched by one thread only. */
+/* Parallel over (image, group), as the forward and the convolutions split the
+ * batch. Each image's sums for dgamma and dbeta go to `sums` and are added up
+ * afterwards, channel by channel, image by image in order: the same bytes on
+ * any number of threads. */
 void groupnorm_backward(float *din, float *dgamma, float *dbeta, const float *dout, const float *in,
                         const float *mean, const float *rstd, const float *gamma, int batch, int channels, int hw,
-                        int groups, const float *relu_out) {
+                        int groups, const float *relu_out, float *sums) {
     const int cpg = channels / groups;
     const size_t group_size = (size_t)cpg * hw;
-#pragma omp parallel for schedule(static)
-    for (int g = 0; g < groups; g++) {
-        for (int b = 0; b < batch; b++) {
+    float *sum_dy_xhat_of = sums, *sum_dy_of = sums + (size_t)batch * channels; /* (B, C) each */
+#pragma omp parallel
+    {
+#pragma omp for schedule(static)
+        for (int bg = 0; bg < batch * groups; bg++) {
+            const int b = bg / groups, g = bg % groups;
             const size_t base = ((size_t)b * channels + (size_t)g * cpg) * hw;
-            const float mu = mean[b * groups + g], r = rstd[b * groups + g];
+            const float mu = mean[bg], r = rstd[bg];
             double sum_dxhat = 0.0, sum_dxhat_xhat = 0.0;
             for (int c = 0; c < cpg; c++) {
                 const size_t off = base + (size_t)c * hw;
@@ -995,8 +1001,8 @@ void groupnorm_backward(float *din, float *dgamma, float *dbeta, const float *do
                     }
                 }
                 const int ch = g * cpg + c;
-                dgamma[ch] += sum_dy_xhat;
-                dbeta[ch] += sum_dy;
+                sum_dy_xhat_of[(size_t)b * channels + ch] = sum_dy_xhat;
+                sum_dy_of[(size_t)b * channels + ch] = sum_dy;
                 sum_dxhat += (double)sum_dy * gamma[ch];
                 sum_dxhat_xhat += (double)sum_dy_xhat * gamma[ch];
             }
@@ -1017,6 +1023,12 @@ void groupnorm_backward(float *din, float *dgamma, float *dbeta, const float *do
                 }
             }
         }
+#pragma omp for schedule(static)
+        for (int ch = 0; ch < channels; ch++)
+            for (int b = 0; b < batch; b++) {
+                dgamma[ch] += sum_dy_xhat_of[(size_t)b * channels + ch];
+                dbeta[ch] += sum_dy_of[(size_t)b * channels + ch];
+            }
     }
 }
 

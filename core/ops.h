@@ -100,7 +100,8 @@ void groupnorm_backward(float *din, float *dgamma, float *dbeta, /* += */
                         const float *dout, const float *in,
                         const float *mean, const float *rstd, const float *gamma,
                         int batch, int channels, int hw, int groups,
-                        const float *relu_out /* NULL: no ReLU */);
+                        const float *relu_out, /* NULL: no ReLU */
+                        float *sums /* scratch: 2 x batch x channels floats */);
 
 /* ---- ReLU ---- */
 void relu_forward(float *out, const float *in, size_t n);

@@ -700,7 +700,9 @@ static void test_groupnorm(const char *name, int batch, int channels, int hw, in
     fill_constant(din, n, GRAD_PREFILL);
     fill_constant(dgamma, channels, GRAD_PREFILL);
     fill_constant(dbeta, channels, GRAD_PREFILL);
-    groupnorm_backward(din, dgamma, dbeta, r, in, mean, rstd, gamma, batch, channels, hw, groups, relu ? out : NULL);
+    float *sums = new_floats((size_t)2 * batch * channels);
+    groupnorm_backward(din, dgamma, dbeta, r, in, mean, rstd, gamma, batch, channels, hw, groups, relu ? out : NULL,
+                       sums);
     check_gradient("groupnorm d/d input", groupnorm_objective, &p, p.in, n, din);
     check_gradient("groupnorm d/d gamma", groupnorm_objective, &p, p.gamma, channels, dgamma);
     check_gradient("groupnorm d/d beta", groupnorm_objective, &p, p.beta, channels, dbeta);
@@ -709,9 +711,24 @@ static void test_groupnorm(const char *name, int batch, int channels, int hw, in
     fill_constant(dgamma_only, channels, GRAD_PREFILL);
     fill_constant(dbeta_only, channels, GRAD_PREFILL);
     groupnorm_backward(NULL, dgamma_only, dbeta_only, r, in, mean, rstd, gamma, batch, channels, hw, groups,
-                       relu ? out : NULL);
+                       relu ? out : NULL, sums);
     check_same("groupnorm d/d gamma with din NULL", dgamma_only, dgamma, channels);
     check_same("groupnorm d/d beta with din NULL", dbeta_only, dbeta, channels);
+    /* the same bytes on 1 and 3 threads as on the default number */
+    const int was = omp_get_max_threads();
+    float *din_t = new_floats(n), *dgamma_t = new_floats(channels), *dbeta_t = new_floats(channels);
+    for (int threads = 1; threads <= 3; threads += 2) {
+        fill_constant(din_t, n, GRAD_PREFILL);
+        fill_constant(dgamma_t, channels, GRAD_PREFILL);
+        fill_constant(dbeta_t, channels, GRAD_PREFILL);
+        omp_set_num_threads(threads);
+        groupnorm_backward(din_t, dgamma_t, dbeta_t, r, in, mean, rstd, gamma, batch, channels, hw, groups,
+                           relu ? out : NULL, sums);
+        CHECK(memcmp(din_t, din, n * sizeof(float)) == 0 && memcmp(dgamma_t, dgamma, channels * sizeof(float)) == 0 &&
+                  memcmp(dbeta_t, dbeta, channels * sizeof(float)) == 0,
+              "groupnorm backward on %d thread(s) differs from %d threads'", threads, was);
+    }
+    omp_set_num_threads(was);
     free_tracked();
 }
 
