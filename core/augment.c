@@ -58,8 +58,7 @@ void resize_bilinear(float *dst, int dh, int dw, const float *src, int channels,
                 int y1 = y0 + 1 < box.h ? y0 + 1 : box.h - 1;
                 float wy = fy - y0;
                 if (wy > 1) wy = 1;
-                const float *r0 = plane + (size_t)(box.y + y0) * sw + box.x;
-                const float *r1 = plane + (size_t)(box.y + y1) * sw + box.x;
+                const float *r0 = plane + (size_t)(box.y + y0) * sw + box.x, *r1 = plane + (size_t)(box.y + y1) * sw + box.x;
                 for (int j = 0; j < nj; j++) {
                     const int x0 = x0s[j], x1 = x1s[j];
                     const float wx = wxs[j];

@@ -328,8 +328,7 @@ int data_eval_batch(const JobData *d, const JobSpec *spec, int split, int start,
     for (int j = 0; j < n; j++) {
         int32_t idx;
         const Dataset *ds = eval_image(d, split, start + j, &idx);
-        float *src = scratch + (size_t)omp_get_thread_num() * per_thread;
-        float *resized = src + (size_t)ds->c * ds->h * ds->w;
+        float *src = scratch + (size_t)omp_get_thread_num() * per_thread, *resized = src + (size_t)ds->c * ds->h * ds->w;
         float *out = images + (size_t)j * out_floats;
         int h, w, rh, rw;
         const uint8_t *pixels = dataset_image(ds, idx, &h, &w);

@@ -608,21 +608,18 @@ static void wino_forward(float *out, const float *in, const float *w, const uint
     const size_t sv = wino_stride(s, c), sm = wino_stride(s, m), su = packed ? bf16_packed_size(m, c) : 0;
     float *U = scratch + (size_t)threads * layout.per_thread;
     if (!packed) wino_weights(U, w, m, c);
-    const int group = conv_group(s, threads);
-#pragma omp parallel
-    {
-        const int tid = omp_get_thread_num(), used = omp_get_num_threads();
-        float *V = scratch + (size_t)tid * layout.per_thread, *M = V + layout.col;
+    const int group = conv_group(s, threads), groups = (s->batch + group - 1) / group;
+#pragma omp parallel for schedule(static)
+    for (int gi = 0; gi < groups; gi++) {
+        float *V = scratch + (size_t)omp_get_thread_num() * layout.per_thread, *M = V + layout.col;
         float *work = M + layout.dcol + layout.dw;
-        const int b1 = (int)((long)s->batch * (tid + 1) / used);
-        for (int b0 = (int)((long)s->batch * tid / used); b0 < b1; b0 += group) {
-            const int count = b1 - b0 < group ? b1 - b0 : group, n = count * wino_tiles(s).tiles;
-            wino_input(V, sv, in + b0 * in_size, count, s, work);
-            for (int x = 0; x < 16; x++)
-                forward_gemm(M + x * sm, n, U + (size_t)x * m * c, packed ? packed + x * su : NULL, V + x * sv, m, n,
-                             c, 0);
-            wino_output(out + b0 * out_size, M, sm, count, s, accumulate, work);
-        }
+        const int b0 = gi * group, count = s->batch - b0 < group ? s->batch - b0 : group;
+        const int n = count * wino_tiles(s).tiles;
+        wino_input(V, sv, in + b0 * in_size, count, s, work);
+        for (int x = 0; x < 16; x++)
+            forward_gemm(M + x * sm, n, U + (size_t)x * m * c, packed ? packed + x * su : NULL, V + x * sv, m, n, c,
+                         0);
+        wino_output(out + b0 * out_size, M, sm, count, s, accumulate, work);
     }
 }
 
@@ -688,43 +685,38 @@ static void conv_forward_any(float *out, const float *in, const float *w, const 
     const int k = s->in_channels * s->kernel_h * s->kernel_w;
     const size_t in_size = (size_t)s->in_channels * s->in_h * s->in_w;
     const ConvScratch layout = conv_scratch_layout(s, omp_get_max_threads(), 0);
-    const int group = conv_group(s, omp_get_max_threads());
-#pragma omp parallel
-    {
-        const int tid = omp_get_thread_num(), used = omp_get_num_threads();
-        float *mine = scratch + (size_t)tid * layout.per_thread;
-        const int b1 = (int)((long)s->batch * (tid + 1) / used);
-        for (int b0 = (int)((long)s->batch * tid / used); b0 < b1; b0 += group) {
-            const int count = b1 - b0 < group ? b1 - b0 : group, nn = count * n;
-            const float *col = in + b0 * in_size;
-            if (!conv_is_pointwise(s)) {
-                im2col(mine, col, count, s, mine + layout.col + layout.dcol + layout.dw);
-                col = mine;
-            } else if (count > 1) { /* the images' (Cin, n) side by side */
-                for (int c = 0; c < s->in_channels; c++)
-                    for (int g = 0; g < count; g++)
-                        memcpy(mine + ((size_t)c * count + g) * n, col + g * in_size + (size_t)c * n,
-                               n * sizeof(float));
-                col = mine;
-            }
-            float *out_b = out + (size_t)b0 * m * n;
-            if (count == 1) {
-                forward_gemm(out_b, n, w, packed, col, m, n, k, accumulate);
-                continue;
-            }
-            /* the group's output (m, count*n), then to its images */
-            float *res = mine + layout.col;
-            forward_gemm(res, nn, w, packed, col, m, nn, k, 0);
-            for (int g = 0; g < count; g++)
-                for (int o = 0; o < m; o++) {
-                    const float *src = res + (size_t)o * nn + (size_t)g * n;
-                    float *dst = out_b + ((size_t)g * m + o) * n;
-                    if (accumulate)
-                        for (int i = 0; i < n; i++) dst[i] += src[i];
-                    else
-                        memcpy(dst, src, n * sizeof(float));
-                }
+    const int group = conv_group(s, omp_get_max_threads()), groups = (s->batch + group - 1) / group;
+#pragma omp parallel for schedule(static)
+    for (int gi = 0; gi < groups; gi++) {
+        float *mine = scratch + (size_t)omp_get_thread_num() * layout.per_thread;
+        const int b0 = gi * group, count = s->batch - b0 < group ? s->batch - b0 : group, nn = count * n;
+        const float *col = in + b0 * in_size;
+        if (!conv_is_pointwise(s)) {
+            im2col(mine, col, count, s, mine + layout.col + layout.dcol + layout.dw);
+            col = mine;
+        } else if (count > 1) { /* the images' (Cin, n) side by side */
+            for (int c = 0; c < s->in_channels; c++)
+                for (int g = 0; g < count; g++)
+                    memcpy(mine + ((size_t)c * count + g) * n, col + g * in_size + (size_t)c * n, n * sizeof(float));
+            col = mine;
         }
+        float *out_b = out + (size_t)b0 * m * n;
+        if (count == 1) {
+            forward_gemm(out_b, n, w, packed, col, m, n, k, accumulate);
+            continue;
+        }
+        /* the group's output (m, count*n), then to its images */
+        float *res = mine + layout.col;
+        forward_gemm(res, nn, w, packed, col, m, nn, k, 0);
+        for (int g = 0; g < count; g++)
+            for (int o = 0; o < m; o++) {
+                const float *src = res + (size_t)o * nn + (size_t)g * n;
+                float *dst = out_b + ((size_t)g * m + o) * n;
+                if (accumulate)
+                    for (int i = 0; i < n; i++) dst[i] += src[i];
+                else
+                    memcpy(dst, src, n * sizeof(float));
+            }
     }
 }
 

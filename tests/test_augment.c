@@ -229,8 +229,7 @@ static void test_resize(void) {
     check_resize("3 channels, whole image, down", 3, 50, 40, (CropBox){0, 0, 50, 40}, 13, 13);
     check_resize("1x1 box -> 4x4 (constant)", 2, 5, 5, (CropBox){2, 3, 1, 1}, 4, 4);
     check_resize("one row -> 3x9", 1, 6, 9, (CropBox){4, 0, 1, 9}, 3, 9);
-    check_resize("2 channels, wider than a chunk of columns: 9x140 -> 5x600", 2, 9, 140, (CropBox){1, 3, 8, 131}, 5,
-                 600);
+    check_resize("2 channels, wider than a chunk of columns: 9x140 -> 5x600", 2, 9, 140, (CropBox){1, 3, 8, 131}, 5, 600);
 
     /* box size == output size: an exact copy of the box */
     float src[2 * 10 * 12], out[2 * 5 * 6], want[2 * 5 * 6];
