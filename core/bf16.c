@@ -22,6 +22,21 @@
 #define BF16_NT_KC 512 /* bf16_gemm_nt: pairs per pass over C (2 KiB of each row) */
 #define BF16_NT_NB 128 /* bf16_gemm_nt: rows of B per pass, 256 KiB, kept in L2 while A's rows go by */
 
+/* Where bf16_gemm reads B: row r at b + r * ldb, or (rows) at rows[r], its
+ * columns in runs of `width` placed `stride` apart (bf16_gemm_rows). */
+typedef struct {
+    const float *b;
+    int ldb;
+    const float *const *rows;
+    int width, stride;
+} BSource;
+
+/* B's row r from column j on: 16 contiguous floats at most (a strip's half) */
+static const float *b_at(const BSource *src, int r, int j) {
+    if (!src->rows) return src->b + (size_t)r * src->ldb + j;
+    return src->rows[r] + (size_t)(j / src->width) * src->stride + j % src->width;
+}
+
 static uint32_t bf16_bits(float x) {
     uint32_t u;
     memcpy(&u, &x, sizeof u);
@@ -61,8 +76,9 @@ static __mmask16 lanes(int count) {
     return count >= 16 ? 0xffff : count <= 0 ? 0 : (__mmask16)((1u << count) - 1);
 }
 
-/* rows k0, k0+1, ... (pairs of them) of B's columns [0, cols) into strip: per pair, 32 (lo, hi) */
-static void pack_strip(uint32_t *strip, const float *b, int ldb, int k0, int k, int pairs, int cols) {
+/* rows k0, k0+1, ... (pairs of them) of B's columns [j, j + cols) into
+ * strip: per pair, 32 (lo, hi) */
+static void pack_strip(uint32_t *strip, const BSource *b, int j, int k0, int k, int pairs, int cols) {
     /* cvtne2ps gives row 2p's 16 values in the low half and row 2p+1's in the high half; interleave them */
     const __m512i zip = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
                                          21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
@@ -70,11 +86,11 @@ static void pack_strip(uint32_t *strip, const float *b, int ldb, int k0, int k, 
     for (int p = 0; p < pairs; p++, strip += BF16_NR) {
         const int r = k0 + 2 * p;
         const int has_hi = r + 1 < k;
-        const float *lo = b + (size_t)r * ldb, *hi = has_hi ? lo + ldb : lo;
         for (int h = 0; h < 2; h++) {
             const __mmask16 mask = h ? m1 : m0;
-            const __m512 x0 = _mm512_maskz_loadu_ps(mask, lo + 16 * h);
-            const __m512 x1 = has_hi ? _mm512_maskz_loadu_ps(mask, hi + 16 * h) : _mm512_setzero_ps();
+            const __m512 x0 = mask ? _mm512_maskz_loadu_ps(mask, b_at(b, r, j + 16 * h)) : _mm512_setzero_ps();
+            const __m512 x1 = has_hi && mask ? _mm512_maskz_loadu_ps(mask, b_at(b, r + 1, j + 16 * h))
+                                             : _mm512_setzero_ps();
             const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(x1, x0);
             _mm512_store_si512(strip + 16 * h, _mm512_permutexvar_epi16(zip, both));
         }
@@ -169,12 +185,12 @@ static float half(uint32_t pair, int high) {
     return f;
 }
 
-static void pack_strip(uint32_t *strip, const float *b, int ldb, int k0, int k, int pairs, int cols) {
+static void pack_strip(uint32_t *strip, const BSource *b, int j0, int k0, int k, int pairs, int cols) {
     for (int p = 0; p < pairs; p++, strip += BF16_NR) {
         const int r = k0 + 2 * p;
         for (int j = 0; j < BF16_NR; j++) {
-            const float lo = j < cols ? b[(size_t)r * ldb + j] : 0.0f;
-            const float hi = j < cols && r + 1 < k ? b[(size_t)(r + 1) * ldb + j] : 0.0f;
+            const float lo = j < cols ? *b_at(b, r, j0 + j) : 0.0f;
+            const float hi = j < cols && r + 1 < k ? *b_at(b, r + 1, j0 + j) : 0.0f;
             strip[j] = bf16_bits(lo) | bf16_bits(hi) << 16;
         }
     }
@@ -211,20 +227,31 @@ static void dot_block(float *c, size_t ldc, const uint32_t *a, size_t lda, const
 }
 #endif
 
-void bf16_gemm(float *c, int ldc, const uint32_t *a_packed, const float *b, int ldb, int m, int n, int k,
-               int accumulate) {
+static void gemm(float *c, int ldc, const uint32_t *a_packed, const BSource *b, int m, int n, int k, int accumulate) {
     _Alignas(64) uint32_t strip[BF16_KC * BF16_NR];
     const int pairs = (k + 1) / 2;
     for (int j = 0; j < n; j += BF16_NR) {
         const int cols = n - j < BF16_NR ? n - j : BF16_NR;
         for (int p0 = 0; p0 < pairs; p0 += BF16_KC) {
             const int np = pairs - p0 < BF16_KC ? pairs - p0 : BF16_KC;
-            pack_strip(strip, b + j, ldb, 2 * p0, k, np, cols);
+            pack_strip(strip, b, j, 2 * p0, k, np, cols);
             for (int i = 0; i < m; i += BF16_MR)
                 micro_kernel(c + (size_t)i * ldc + j, ldc, a_packed + (size_t)i * pairs + (size_t)p0 * BF16_MR, strip,
                              np, m - i < BF16_MR ? m - i : BF16_MR, cols, accumulate || p0 > 0);
         }
     }
+}
+
+void bf16_gemm(float *c, int ldc, const uint32_t *a_packed, const float *b, int ldb, int m, int n, int k,
+               int accumulate) {
+    const BSource src = {.b = b, .ldb = ldb};
+    gemm(c, ldc, a_packed, &src, m, n, k, accumulate);
+}
+
+void bf16_gemm_rows(float *c, int ldc, const uint32_t *a_packed, const float *const *rows, int width, int stride,
+                    int m, int n, int k, int accumulate) {
+    const BSource src = {.rows = rows, .width = width, .stride = stride};
+    gemm(c, ldc, a_packed, &src, m, n, k, accumulate);
 }
 
 size_t bf16_nt_rows_size(int m, int n, int k, int segments) {

@@ -33,6 +33,14 @@ void bf16_pack(uint32_t *packed, const float *a, int m, int k, size_t row_stride
 void bf16_gemm(float *c, int ldc, const uint32_t *a_packed, const float *b, int ldb, int m, int n, int k,
                int accumulate);
 
+/* bf16_gemm with B read through a pointer per row: element (r, j) is
+ * rows[r][(j / width) * stride + j % width], the columns in runs of `width`
+ * (a multiple of 16) placed `stride` floats apart. A convolution's im2col
+ * without writing it: rows[r] is where kernel tap r reads the (padded) input
+ * for the first output pixel, a run is a row of output pixels. */
+void bf16_gemm_rows(float *c, int ldc, const uint32_t *a_packed, const float *const *rows, int width, int stride,
+                    int m, int n, int k, int accumulate);
+
 /* C (m, n) += A (m, K) . B (n, K)^T where both run along K in memory: K is
  * `segments` runs of k floats each, run g of row i at p + i * row + g * seg
  * (one run: a row-major matrix; several: the images of a batch, whose sum

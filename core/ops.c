@@ -179,6 +179,16 @@ static size_t wino_work(const ConvShape *s) {
     return 8 * t.plane + 2 * (size_t)t.row + 4 * (size_t)(t.tw + 2) + COPY_BLOCK;
 }
 
+/* A bf16 convolution whose GEMM packs B straight from the phase planes of
+ * all its input channels (bf16_gemm_rows), never writing its im2col: the
+ * stems, whose im2col is kernel_h * kernel_w / stride^2 times their input.
+ * Few taps (K), and output rows a multiple of 16 wide (a run per row). */
+#define PLANE_ROWS 256
+static int conv_gemm_reads_planes(const ConvShape *s) {
+    return !conv_is_pointwise(s) && !conv_is_winograd(s) && s->out_w % 16 == 0 &&
+           s->in_channels * s->kernel_h * s->kernel_w <= PLANE_ROWS;
+}
+
 /* Per thread: im2col of one image, or of a group of images side by side in
  * the forward pass; the column gradient, or the im2col of dout when the input
  * gradient is a convolution, or a group's output before it is scattered to
@@ -230,6 +240,8 @@ static ConvScratch conv_scratch_layout(const ConvShape *s, int threads, int bf16
         if (conv_padded_plane(&t) > l.padded) l.padded = conv_padded_plane(&t);
     }
     if (group > 1 && s->out_channels * n * group > l.dcol) l.dcol = s->out_channels * n * group;
+    if (conv_gemm_reads_planes(s) && s->in_channels * conv_padded_plane(s) > l.padded) /* every channel's planes */
+        l.padded = s->in_channels * conv_padded_plane(s);
     if (conv_is_3x3_stride2(s)) { /* col2im's row */
         const size_t row = 2 * (size_t)((s->out_w + COPY_BLOCK - 1) / COPY_BLOCK * COPY_BLOCK) + COPY_BLOCK;
         if (row > l.padded) l.padded = row;
@@ -281,41 +293,68 @@ static void conv_valid_columns(const ConvShape *s, int kw, int *lo, int *hi) {
  * of col is a run of contiguous copies, written in order (see COPY_BLOCK).
  * gcc would turn each row's block loop back into a call to memcpy, which
  * costs more than the copy for rows this short, hence the pragma. */
+/* The phases of the kernel's columns that a stride reads: a kernel narrower
+ * than the stride reads only some of them (and only some rows). */
+static int conv_phase_count(const ConvShape *s) { return s->kernel_w < s->stride ? s->kernel_w : s->stride; }
+
+/* One input plane into `mine`, inside a zero border and split into its
+ * column phases (conv_phases): phase p's column j is input column
+ * j * stride + p - pad. Only what the kernel reads is written; the border
+ * must be zero already. */
+static void fill_phase_planes(float *restrict mine, const float *plane, const ConvShape *s) {
+    const int stride = s->stride, pad = s->pad, phases = conv_phase_count(s);
+    const Phases ph = conv_phases(s);
+    for (int h = 0; h < s->in_h; h++) {
+        if ((h + pad) % stride >= s->kernel_h) continue;
+        const float *src = plane + (size_t)h * s->in_w;
+        float *row = mine + (size_t)(h + pad) * ph.cols;
+        if (stride == 1) {
+            memcpy(row + pad, src, sizeof(float) * s->in_w);
+            continue;
+        }
+        for (int p = 0; p < phases; p++) {
+            float *to = row + (size_t)p * ph.plane;
+            const int lo = p >= pad ? 0 : (pad - p + stride - 1) / stride;
+            const int last = s->in_w - 1 + pad - p, hi = last < 0 ? -1 : last / stride;
+            for (int j = lo; j <= hi; j++) to[j] = src[j * stride + p - pad];
+        }
+    }
+}
+
+/* Where kernel tap (kh, kw) reads the phase planes `mine` for output pixel (0, 0). */
+static const float *phase_tap(const float *mine, const ConvShape *s, int kh, int kw) {
+    const Phases ph = conv_phases(s);
+    return mine + (size_t)(kw % s->stride) * ph.plane + (size_t)kh * ph.cols + kw / s->stride;
+}
+
+/* The phase planes of every channel of one image into `planes`, and in
+ * rows[r] where tap r = (c, kh, kw) reads them: B of bf16_gemm_rows. */
+static void plane_rows(const float **rows, float *planes, const float *img, const ConvShape *s) {
+    const size_t size = conv_padded_plane(s), plane = (size_t)s->in_h * s->in_w;
+    for (int c = 0; c < s->in_channels; c++) {
+        float *mine = planes + c * size;
+        memset(mine, 0, conv_phase_count(s) * conv_phases(s).plane * sizeof(float));
+        fill_phase_planes(mine, img + c * plane, s);
+        for (int kh = 0; kh < s->kernel_h; kh++)
+            for (int kw = 0; kw < s->kernel_w; kw++) *rows++ = phase_tap(mine, s, kh, kw);
+    }
+}
+
 #pragma GCC push_options
 #pragma GCC optimize("no-tree-loop-distribute-patterns")
 static void im2col(float *restrict col, const float *img, int count, const ConvShape *s, float *restrict padded) {
-    const int ho = s->out_h, wo = s->out_w, stride = s->stride, pad = s->pad;
+    const int ho = s->out_h, wo = s->out_w, stride = s->stride;
     const Phases ph = conv_phases(s);
     const size_t planes = conv_padded_plane(s), in_size = (size_t)s->in_channels * s->in_h * s->in_w;
-    /* a kernel narrower than the stride reads only some phases, and rows */
-    const int phases = s->kernel_w < stride ? s->kernel_w : stride;
-    for (int g = 0; g < count; g++) memset(padded + g * planes, 0, phases * ph.plane * sizeof(float));
+    for (int g = 0; g < count; g++) memset(padded + g * planes, 0, conv_phase_count(s) * ph.plane * sizeof(float));
     float *dst = col;
     for (int c = 0; c < s->in_channels; c++) {
-        for (int g = 0; g < count; g++) {
-            const float *plane = img + g * in_size + (size_t)c * s->in_h * s->in_w;
-            float *const mine = padded + g * planes;
-            for (int h = 0; h < s->in_h; h++) {
-                if ((h + pad) % stride >= s->kernel_h) continue;
-                const float *src = plane + (size_t)h * s->in_w;
-                float *row = mine + (size_t)(h + pad) * ph.cols;
-                if (stride == 1) {
-                    memcpy(row + pad, src, sizeof(float) * s->in_w);
-                    continue;
-                }
-                for (int p = 0; p < phases; p++) { /* phase p, column j: input column j*stride + p - pad */
-                    float *to = row + (size_t)p * ph.plane;
-                    const int lo = p >= pad ? 0 : (pad - p + stride - 1) / stride;
-                    const int last = s->in_w - 1 + pad - p, hi = last < 0 ? -1 : last / stride;
-                    for (int j = lo; j <= hi; j++) to[j] = src[j * stride + p - pad];
-                }
-            }
-        }
+        for (int g = 0; g < count; g++)
+            fill_phase_planes(padded + g * planes, img + g * in_size + (size_t)c * s->in_h * s->in_w, s);
         for (int kh = 0; kh < s->kernel_h; kh++)
             for (int kw = 0; kw < s->kernel_w; kw++)
                 for (int g = 0; g < count; g++) {
-                    const float *src = padded + g * planes + (size_t)(kw % stride) * ph.plane +
-                                       (size_t)kh * ph.cols + kw / stride;
+                    const float *src = phase_tap(padded + g * planes, s, kh, kw);
                     for (int oh = 0; oh < ho; oh++, dst += wo) {
                         const float *from = src + (size_t)oh * stride * ph.cols;
                         for (int i = 0; i < wo; i += COPY_BLOCK) *(Block *)(dst + i) = *(const Block *)(from + i);
@@ -691,6 +730,16 @@ static void conv_forward_any(float *out, const float *in, const float *w, const 
         float *mine = scratch + (size_t)omp_get_thread_num() * layout.per_thread;
         const int b0 = gi * group, count = s->batch - b0 < group ? s->batch - b0 : group, nn = count * n;
         const float *col = in + b0 * in_size;
+        float *out_b = out + (size_t)b0 * m * n;
+        if (packed && conv_gemm_reads_planes(s)) { /* image by image, B read from the phase planes */
+            const float *rows[PLANE_ROWS];
+            const int between = s->stride * conv_phases(s).cols; /* floats between output rows in the planes */
+            for (int g = 0; g < count; g++) {
+                plane_rows(rows, mine + layout.col + layout.dcol + layout.dw, col + g * in_size, s);
+                bf16_gemm_rows(out_b + (size_t)g * m * n, n, packed, rows, s->out_w, between, m, n, k, accumulate);
+            }
+            continue;
+        }
         if (!conv_is_pointwise(s)) {
             im2col(mine, col, count, s, mine + layout.col + layout.dcol + layout.dw);
             col = mine;
@@ -700,7 +749,6 @@ static void conv_forward_any(float *out, const float *in, const float *w, const 
                     memcpy(mine + ((size_t)c * count + g) * n, col + g * in_size + (size_t)c * n, n * sizeof(float));
             col = mine;
         }
-        float *out_b = out + (size_t)b0 * m * n;
         if (count == 1) {
             forward_gemm(out_b, n, w, packed, col, m, n, k, accumulate);
             continue;

@@ -1218,6 +1218,10 @@ int main(void) {
     test_conv_bf16("bf16 conv 3x3 s1 p1, 4 channels (im2col)",        2, 4, 9, 11, 9, 3, 1, 1);
     test_conv_bf16("bf16 conv 3x3 s2 p1 (strided im2col, side by side)", 3, 16, 9, 8, 24, 3, 2, 1);
     test_conv_bf16("bf16 conv 7x7 s2 p3 (stem)",                      2, 3, 19, 18, 17, 7, 2, 3);
+    /* output rows a multiple of 16 wide: the GEMM reads the phase planes (bf16_gemm_rows) */
+    test_conv_bf16("bf16 conv 7x7 s2 p3 to 8x32 (stem, B from the phase planes)", 2, 3, 16, 64, 20, 7, 2, 3);
+    test_conv_bf16("bf16 conv 7x7 s2 p3 to 5x48 (runs of 48 across strips)", 3, 3, 9, 96, 9, 7, 2, 3);
+    test_conv_bf16("bf16 conv 3x3 s1 p1 to 6x16, 1 channel (small stem, B from the planes)", 2, 1, 6, 16, 16, 3, 1, 1);
     test_conv_bf16("bf16 conv 3x3 s2 p1 to 7x7, 6 images (odd pixels, dW of the group in one GEMM)", 6, 12, 13, 13, 10,
                    3, 2, 1);
     test_conv_bf16("bf16 conv 3x3 s1 p1, 8 -> 12 at 7x5 (Winograd side by side)", 5, 8, 7, 5, 12, 3, 1, 1);
