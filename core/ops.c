@@ -287,12 +287,6 @@ static void conv_valid_columns(const ConvShape *s, int kw, int *lo, int *hi) {
     if (*lo > *hi) *lo = *hi;
 }
 
-/* col: (Cin*KH*KW, count*Ho*Wo) from `count` consecutive images (Cin, H, W),
- * side by side. Each plane is first copied inside a zero border into its
- * phase planes (`padded`, count * conv_padded_plane floats), then every row
- * of col is a run of contiguous copies, written in order (see COPY_BLOCK).
- * gcc would turn each row's block loop back into a call to memcpy, which
- * costs more than the copy for rows this short, hence the pragma. */
 /* The phases of the kernel's columns that a stride reads: a kernel narrower
  * than the stride reads only some of them (and only some rows). */
 static int conv_phase_count(const ConvShape *s) { return s->kernel_w < s->stride ? s->kernel_w : s->stride; }
@@ -340,6 +334,12 @@ static void plane_rows(const float **rows, float *planes, const float *img, cons
     }
 }
 
+/* col: (Cin*KH*KW, count*Ho*Wo) from `count` consecutive images (Cin, H, W),
+ * side by side. Each plane is first copied inside a zero border into its
+ * phase planes (`padded`, count * conv_padded_plane floats), then every row
+ * of col is a run of contiguous copies, written in order (see COPY_BLOCK).
+ * gcc would turn each row's block loop back into a call to memcpy, which
+ * costs more than the copy for rows this short, hence the pragma. */
 #pragma GCC push_options
 #pragma GCC optimize("no-tree-loop-distribute-patterns")
 static void im2col(float *restrict col, const float *img, int count, const ConvShape *s, float *restrict padded) {
