@@ -296,21 +296,26 @@ static int conv_phase_count(const ConvShape *s) { return s->kernel_w < s->stride
  * j * stride + p - pad. Only what the kernel reads is written; the border
  * must be zero already. */
 static void fill_phase_planes(float *restrict mine, const float *plane, const ConvShape *s) {
-    const int stride = s->stride, pad = s->pad, phases = conv_phase_count(s);
+    const int stride = s->stride, pad = s->pad, w = s->in_w;
     const Phases ph = conv_phases(s);
-    for (int h = 0; h < s->in_h; h++) {
-        if ((h + pad) % stride >= s->kernel_h) continue;
-        const float *src = plane + (size_t)h * s->in_w;
-        float *row = mine + (size_t)(h + pad) * ph.cols;
-        if (stride == 1) {
-            memcpy(row + pad, src, sizeof(float) * s->in_w);
-            continue;
-        }
-        for (int p = 0; p < phases; p++) {
-            float *to = row + (size_t)p * ph.plane;
-            const int lo = p >= pad ? 0 : (pad - p + stride - 1) / stride;
-            const int last = s->in_w - 1 + pad - p, hi = last < 0 ? -1 : last / stride;
-            for (int j = lo; j <= hi; j++) to[j] = src[j * stride + p - pad];
+    if (stride == 1) {
+        for (int h = 0; h < s->in_h; h++)
+            memcpy(mine + (size_t)(h + pad) * ph.cols + pad, plane + (size_t)h * w, sizeof(float) * w);
+        return;
+    }
+    for (int p = 0; p < conv_phase_count(s); p++) {
+        const int lo = p >= pad ? 0 : (pad - p + stride - 1) / stride;
+        const int last = w - 1 + pad - p, hi = last < 0 ? -1 : last / stride;
+        float *to = mine + (size_t)p * ph.plane + (size_t)pad * ph.cols;
+        for (int h = 0, r = pad % stride; h < s->in_h; h++, to += ph.cols, r = r + 1 == stride ? 0 : r + 1) {
+            if (r >= s->kernel_h) continue; /* padded row h + pad is read by no tap */
+            const float *src = plane + (size_t)h * w;
+            const int off = p - pad; /* phase column j is input column j * stride + off */
+            int j = lo;
+            if (stride == 2) /* the evens of two blocks, while their loads stay inside the row */
+                for (; j + COPY_BLOCK - 1 <= hi && 2 * j + off + 2 * COPY_BLOCK <= w; j += COPY_BLOCK)
+                    STORE(to + j, EVENS(LOAD(src + 2 * j + off), LOAD(src + 2 * j + off + COPY_BLOCK)));
+            for (; j <= hi; j++) to[j] = src[j * stride + off];
         }
     }
 }

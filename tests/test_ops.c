@@ -1181,6 +1181,7 @@ int main(void) {
     test_conv("conv 3x3 s1 p1 on 3x4, 5 images (im2col side by side; on 2 threads 3 + 2)", 5, 2, 3, 4, 3, 3, 3,
               1, 1, 3, 4);
     test_conv("conv 1x1 s2 p0 (projection shortcut)", 2, 3, 5, 6, 2, 1, 1, 2, 0, 3, 3);
+    test_conv("conv 1x1 s2 p0 on 5x41 (projection, phase rows copied 8 at a time)", 2, 3, 5, 41, 2, 1, 1, 2, 0, 3, 21);
     test_conv("conv 1x1 s1 p1 (padded, not pointwise)", 2, 2, 3, 4, 3, 1, 1, 1, 1, 5, 6);
     test_conv("conv 3x3 s1 p1", 2, 2, 5, 4, 3, 3, 3, 1, 1, 5, 4);
     test_conv("conv 3x3 s2 p1", 2, 3, 7, 6, 2, 3, 3, 2, 1, 4, 3);
