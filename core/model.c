@@ -575,8 +575,9 @@ float *model_forward(Model *m, const float *images, int batch) {
     return a + m->act_logits;
 }
 
-int model_pass_capacity(long images) {
-    return images < 1 ? 1 : images < MODEL_PASS_IMAGES ? (int)images : MODEL_PASS_IMAGES;
+int model_pass_capacity(long images, int bf16) {
+    const int pass = bf16 ? MODEL_PASS_IMAGES_BF16 : MODEL_PASS_IMAGES;
+    return images < 1 ? 1 : images < pass ? (int)images : pass;
 }
 
 void model_predict(Model *m, float *logits, const float *images, int batch) {

@@ -153,12 +153,18 @@ float *model_forward(Model *m, const float *images, int batch);
 /* The logits (B, K) of any number of images into `logits`: forward passes of
  * at most the model's batch capacity, one after another. An inference model
  * (a teacher) built for MODEL_PASS_IMAGES holds a quarter of the activations
- * of one built for a batch of 128, at the same speed (per-image work). */
+ * of one built for a batch of 128, at the same speed (per-image work). One
+ * that runs in bfloat16 is faster in passes of MODEL_PASS_IMAGES_BF16, whose
+ * activations stay in the caches between its layers: the bit128 teacher of
+ * docs/PERFORMANCE.md 686 -> 771 images/s on 2 threads, 405 -> 491 on 1;
+ * in float, smaller passes were slower (370 -> 340 images/s). */
 #define MODEL_PASS_IMAGES 32
+#define MODEL_PASS_IMAGES_BF16 8
 void model_predict(Model *m, float *logits, const float *images, int batch);
-/* The batch capacity to build such a model with for `images` at a time:
- * MODEL_PASS_IMAGES, or fewer when fewer come (at least 1). */
-int model_pass_capacity(long images);
+/* The batch capacity to build such a model with for `images` at a time, in
+ * float or (bf16) bfloat16: MODEL_PASS_IMAGES or MODEL_PASS_IMAGES_BF16, or
+ * fewer when fewer come (at least 1). */
+int model_pass_capacity(long images, int bf16);
 void model_zero_grad(Model *m);
 /* Backward pass after model_forward with the same batch; accumulates into m->grads. */
 void model_backward(Model *m, const float *dlogits, int batch);

@@ -133,7 +133,9 @@ static int load_teacher(Run *r, char *err) {
     if (!s->teacher[0]) return set_error(err, "teacher: job %s must be resolved to a weights file first", s->teacher_job);
     char why[ERR_LEN];
     /* a BiT .npz records no input size: it runs at the student's */
-    if (model_load_sized(&r->teacher, s->teacher, model_pass_capacity(s->batch_size), s->model.image_size, why) != 0)
+    const int bf16 = s->teacher_precision == PRECISION_BFLOAT16;
+    if (model_load_sized(&r->teacher, s->teacher, model_pass_capacity(s->batch_size, bf16), s->model.image_size,
+                         why) != 0)
         return set_error(err, "teacher: %s", why);
     const ModelConfig *t = &r->teacher->cfg, *m = &s->model;
     if (t->num_classes != m->num_classes)
@@ -145,7 +147,7 @@ static int load_teacher(Run *r, char *err) {
     for (int c = 0; c < m->in_channels; c++)
         if (t->norm_mean[c] != m->norm_mean[c] || t->norm_std[c] != m->norm_std[c])
             return set_error(err, "teacher: its input normalization differs from the student's");
-    if (s->teacher_precision == PRECISION_BFLOAT16 && model_set_bf16(r->teacher, why) != 0)
+    if (bf16 && model_set_bf16(r->teacher, why) != 0)
         return set_error(err, "teacher_precision: %s", why);
     return 0;
 }

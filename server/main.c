@@ -294,7 +294,7 @@ static int cmd_predict(int argc, char **argv) {
         return 1;
     }
     Model *m = NULL;
-    if (ndim == 4 && model_load(&m, weights, model_pass_capacity(shape[0]), err) != 0) {
+    if (ndim == 4 && model_load(&m, weights, model_pass_capacity(shape[0], bf16), err) != 0) {
         fprintf(stderr, "distilld: %s\n", err);
         free(x);
         return 1;

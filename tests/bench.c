@@ -4,9 +4,9 @@
  *         [--bf16-student]
  *
  * KIND: train (supervised step: forward, cross-entropy, backward, Adam),
- * distill (augmentation + mixup of the batch, teacher forward in passes of
- * MODEL_PASS_IMAGES as a job runs it, student forward/backward on T^2 KL,
- * Adam), infer (forward only). --bf16 runs the
+ * distill (augmentation + mixup of the batch, teacher forward in passes
+ * (model_pass_capacity) as a job runs it, student forward/backward on T^2 KL,
+ * Adam), infer (forward in passes, as distilld predict runs it). --bf16 runs the
  * teacher (distill) or the model (train, infer) in bfloat16 (model_set_bf16),
  * as a job with "teacher_precision" or "precision": "bfloat16" does;
  * --bf16-student runs a distill step's student in bfloat16. Random weights and
@@ -225,6 +225,16 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
     return total;
 }
 
+/* conv_gemm_seconds of a forward of `batch` images in the passes of
+ * model_predict: its GEMMs group the images of one pass */
+static double passes_gemm_seconds(const Model *m, int batch, double *executed) {
+    const int pass = m->batch_capacity, full = batch / pass, rest = batch % pass;
+    double flops = 0, seconds = full ? full * conv_gemm_seconds(m, pass, 0, &flops) : 0;
+    *executed += full * flops;
+    if (rest) seconds += conv_gemm_seconds(m, rest, 0, executed);
+    return seconds;
+}
+
 int main(int argc, char **argv) {
     blas_ensure_fast_core(argv);
     if (argc < 3) {
@@ -253,8 +263,9 @@ int main(int argc, char **argv) {
     }
     train_threads(threads);
     /* the teacher (and inference) without gradients, as a job runs it */
-    Model *student = make_model(student_json, batch, !is_train && !is_distill);
-    Model *teacher = is_distill ? make_model(teacher_json, model_pass_capacity(batch), 1) : NULL; /* as a job */
+    const int is_infer = !is_train && !is_distill;
+    Model *student = make_model(student_json, is_infer ? model_pass_capacity(batch, bf16) : batch, is_infer);
+    Model *teacher = is_distill ? make_model(teacher_json, model_pass_capacity(batch, bf16), 1) : NULL; /* as a job */
     char err[ERR_LEN];
     if (bf16_student && !is_distill) {
         fprintf(stderr, "bench: --bf16-student is for distill (train and infer take --bf16)\n");
@@ -312,7 +323,7 @@ int main(int argc, char **argv) {
             optimizer_step(student, &opt, 100);
         } else {
             student->w_hat_valid = 1; /* inference with fixed weights standardizes them once */
-            model_forward(student, raw, batch);
+            model_predict(student, tlogits, raw, batch);
         }
         if (it >= 0) times[it] = now_seconds() - t0;
     }
@@ -320,8 +331,9 @@ int main(int argc, char **argv) {
     double median = iters % 2 ? times[iters / 2] : 0.5 * (times[iters / 2 - 1] + times[iters / 2]);
     double flops = forward_flops(student) * (is_train || is_distill ? 3.0 : 1.0) * batch;
     if (teacher) flops += forward_flops(teacher) * batch;
-    double executed = 0, gemm = conv_gemm_seconds(student, batch, is_train || is_distill, &executed);
-    if (teacher) gemm += conv_gemm_seconds(teacher, batch, 0, &executed);
+    double executed = 0, gemm = is_infer ? passes_gemm_seconds(student, batch, &executed)
+                                         : conv_gemm_seconds(student, batch, is_train || is_distill, &executed);
+    if (teacher) gemm += passes_gemm_seconds(teacher, batch, &executed);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     printf("{\"impl\": \"distilld\", \"kind\": \"%s\", \"batch\": %d, \"threads\": %d, \"images_per_second\": %.1f, "
