@@ -387,8 +387,20 @@ int model_create_inference(Model **out, const ModelConfig *c, int batch_capacity
     return model_build(out, c, batch_capacity, 1, err);
 }
 
+static void free_lanes(Model *m) {
+    for (int i = 1; i < m->num_lanes; i++) { /* lane 0 uses the model's own buffers */
+        free(m->lanes[i].acts);
+        free(m->lanes[i].scratch);
+        free(m->lanes[i].pool_argmax);
+    }
+    free(m->lanes);
+    m->lanes = NULL;
+    m->num_lanes = 0;
+}
+
 void model_free(Model *m) {
     if (!m) return;
+    free_lanes(m);
     free(m->units);
     free(m->grad_units);
     free(m->convs);
@@ -580,9 +592,63 @@ int model_pass_capacity(long images, int bf16) {
     return images < 1 ? 1 : images < pass ? (int)images : pass;
 }
 
+/* The lanes of an inference model (see Model): lane 0 runs in the model's
+ * own buffers, which are at least as large; the others get their own. 0 if
+ * their memory is not there. */
+static int make_lanes(Model *m) {
+    omp_set_num_threads(1); /* the scratch of a lane is for one thread */
+    size_t scratch = 1;
+    for (int i = 0; i < m->num_convs; i++) {
+        const size_t need = conv_scratch_size(&m->convs[i]->shape, 0);
+        if (need > scratch) scratch = need;
+    }
+    omp_set_num_threads(m->threads);
+    const size_t argmax =
+        m->has_pool ? (size_t)m->batch_capacity * m->pool.channels * m->pool.out_h * m->pool.out_w : 1;
+    m->lanes = calloc(m->threads, sizeof *m->lanes);
+    if (!m->lanes) return 0;
+    m->num_lanes = m->threads;
+    int ok = 1;
+    for (int i = 1; i < m->num_lanes; i++) {
+        Model *lane = &m->lanes[i];
+        lane->acts = calloc(m->num_acts, sizeof(float));
+        lane->scratch = calloc(scratch, sizeof(float));
+        lane->scratch_size = scratch;
+        lane->pool_argmax = calloc(argmax, sizeof(int32_t));
+        ok = ok && lane->acts && lane->scratch && lane->pool_argmax;
+    }
+    if (!ok) free_lanes(m);
+    return ok;
+}
+
 void model_predict(Model *m, float *logits, const float *images, int batch) {
     const ModelConfig *c = &m->cfg;
     const size_t image_floats = (size_t)c->in_channels * c->image_size * c->image_size;
+    /* at least one pass per thread, the images shared out evenly */
+    const int per_thread = (batch + m->threads - 1) / m->threads;
+    const int pass = per_thread < m->batch_capacity ? per_thread : m->batch_capacity;
+    if (m->inference && m->threads > 1 && batch > pass && (m->lanes || make_lanes(m))) {
+        omp_set_num_threads(m->threads);
+        standardize_all(m); /* the lanes read the model's kernels */
+        for (int i = 0; i < m->num_lanes; i++) { /* the model as it is now, in the lane's own buffers */
+            Model *lane = &m->lanes[i], own = *lane;
+            *lane = *m;
+            if (i > 0) {
+                lane->acts = own.acts, lane->pool_argmax = own.pool_argmax;
+                lane->scratch = own.scratch, lane->scratch_size = own.scratch_size;
+            }
+            lane->threads = 1, lane->lanes = NULL, lane->num_lanes = 0;
+        }
+        const int passes = (batch + pass - 1) / pass;
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int i = 0; i < passes; i++) {
+            const int start = i * pass, n = batch - start < pass ? batch - start : pass;
+            memcpy(logits + (size_t)start * c->num_classes,
+                   model_forward(&m->lanes[omp_get_thread_num()], images + start * image_floats, n),
+                   sizeof(float) * n * c->num_classes);
+        }
+        return;
+    }
     for (int start = 0; start < batch; start += m->batch_capacity) {
         const int n = batch - start < m->batch_capacity ? batch - start : m->batch_capacity;
         memcpy(logits + (size_t)start * c->num_classes, model_forward(m, images + start * image_floats, n),

@@ -71,7 +71,7 @@ typedef struct {
     size_t out;/* conv_c(r) + shortcut: x, or proj(p) if has_proj  (B, Cout, Ho, Wo) */
 } Unit;
 
-typedef struct {
+typedef struct Model {
     ModelConfig cfg;
     ParamInfo *params;
     int num_params;
@@ -114,6 +114,13 @@ typedef struct {
     int inference;         /* built for inference: grads, adam_m/v, dw_hat and grad_acts are NULL */
     int32_t *pool_argmax;
     size_t act_input, act_stem_conv, act_stem_out, act_head, act_pooled, act_logits;
+    /* model_predict on an inference model runs its passes side by side, one
+     * per thread, each in a lane: a copy of the model with its own
+     * activations, argmax and scratch (for one thread), reading the model's
+     * weights. Made at its first call of more than one pass; none if the
+     * memory was not there (the passes then run one after another). */
+    struct Model *lanes;
+    int num_lanes;
 } Model;
 
 /* The default configuration values (BiT normalization: mean 0.5, std 0.5). */
@@ -151,13 +158,21 @@ void model_init_bit(Model *m, uint64_t seed);
 /* Forward pass of `batch` normalized images (B, C, S, S); returns the logits (B, K). */
 float *model_forward(Model *m, const float *images, int batch);
 /* The logits (B, K) of any number of images into `logits`: forward passes of
- * at most the model's batch capacity, one after another. An inference model
- * (a teacher) built for MODEL_PASS_IMAGES holds a quarter of the activations
- * of one built for a batch of 128, at the same speed (per-image work). One
- * that runs in bfloat16 is faster in passes of MODEL_PASS_IMAGES_BF16, whose
- * activations stay in the caches between its layers: the bit128 teacher of
- * docs/PERFORMANCE.md 686 -> 771 images/s on 2 threads, 405 -> 491 on 1;
- * in float, smaller passes were slower (370 -> 340 images/s). */
+ * at most the model's batch capacity. A training model runs them one after
+ * another; an inference model (a teacher, predict) runs them side by side,
+ * one per thread (the model's lanes), each on one thread, with no barrier
+ * between its layers: on 2 threads, the teachers of docs/PERFORMANCE.md in
+ * bfloat16 741 -> 814 images/s (bit128) and 2004 -> 2717 (fmnist), a
+ * distill step with both models in bfloat16 276 -> 303 and 1002 -> 1145
+ * (medians, alternating runs). The logits equal those of passes one after another
+ * to rounding (the GEMMs group a pass's images by its threads), and in
+ * bfloat16 bit for bit. An inference model built for MODEL_PASS_IMAGES holds a
+ * quarter of the activations of one built for a batch of 128, at the same
+ * speed (per-image work). One that runs in bfloat16 is faster in passes of
+ * MODEL_PASS_IMAGES_BF16, whose activations stay in the caches between its
+ * layers: the bit128 teacher of docs/PERFORMANCE.md 686 -> 771 images/s on
+ * 2 threads, 405 -> 491 on 1; in float, smaller passes were slower (370 ->
+ * 340 images/s). */
 #define MODEL_PASS_IMAGES 32
 #define MODEL_PASS_IMAGES_BF16 8
 void model_predict(Model *m, float *logits, const float *images, int batch);

@@ -20,6 +20,7 @@
 #include <float.h>
 #include <ftw.h>
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1465,18 +1466,27 @@ static void inference_matches(const ModelConfig *c, uint64_t seed) {
     CHECK(model_load(&loaded, path, batch, err) == 0 && loaded && loaded->inference, "model_load: %s", err);
     if (loaded) CHECK(same_bits(model_forward(loaded, x, batch), want, k), "a loaded model's logits differ");
     model_free(loaded);
-    /* model_predict: passes of at most the capacity (2 images, then 1) */
+    /* model_predict: passes of at most the capacity (2 images), side by
+     * side in three lanes (one image each) */
+    const int threads = omp_get_max_threads();
+    omp_set_num_threads(3);
     loaded = NULL;
     CHECK(model_load(&loaded, path, batch - 1, err) == 0 && loaded, "model_load: %s", err);
     if (loaded) {
         float *got = xcalloc(k, sizeof(float));
         model_predict(loaded, got, x, batch);
+        CHECK(loaded->num_lanes == 3, "model_predict ran its passes in %d lanes, not 3", loaded->num_lanes);
         /* not bit for bit: a pass of fewer images groups the convolutions'
          * GEMMs otherwise (measured: 2e-7 here) */
         float worst = 0;
         for (size_t i = 0; i < k; i++) worst = fmaxf(worst, fabsf(got[i] - want[i]));
-        CHECK(worst <= 1e-5f * max_abs, "model_predict in passes of %d images: logits differ by %g (largest %g)",
-              batch - 1, worst, max_abs);
+        CHECK(worst <= 1e-5f * max_abs, "model_predict in passes of 1 image: logits differ by %g (largest %g)", worst,
+              max_abs);
+        /* again, in the same lanes: the same bits */
+        float *again = xcalloc(k, sizeof(float));
+        model_predict(loaded, again, x, batch);
+        CHECK(same_bits(again, got, k), "model_predict in lanes: a second call's logits differ");
+        free(again);
         free(got);
     }
     model_free(loaded);
@@ -1495,6 +1505,7 @@ static void inference_matches(const ModelConfig *c, uint64_t seed) {
         CHECK(!bf16_fast(), "bf16 models: %s", err);
     model_free(whole);
     model_free(loaded);
+    omp_set_num_threads(threads);
     free(x);
     free(want);
     model_free(infer);
