@@ -171,8 +171,8 @@ float *model_forward(Model *m, const float *images, int batch);
  * speed (per-image work). One that runs in bfloat16 is faster in passes of
  * MODEL_PASS_IMAGES_BF16, whose activations stay in the caches between its
  * layers: the bit128 teacher of docs/PERFORMANCE.md 686 -> 771 images/s on
- * 2 threads, 405 -> 491 on 1; in float, smaller passes were slower (370 ->
- * 340 images/s). */
+ * 2 threads, 405 -> 495 on 1; in float, smaller passes were slower (370 ->
+ * 342 images/s). */
 #define MODEL_PASS_IMAGES 32
 #define MODEL_PASS_IMAGES_BF16 8
 void model_predict(Model *m, float *logits, const float *images, int batch);
