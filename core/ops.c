@@ -1110,11 +1110,31 @@ int pool_shape_init(PoolShape *s) {
 /* The 3x3 stride-2 pad-1 pool of BiT's stem, output columns [lo, hi) of row
  * oh, whose windows lie inside the image's columns: the general loop's
  * result (the first largest value in window order, zero padding rows
- * included) without its bounds checks or branches, COPY_BLOCK outputs at a
- * time while their windows' columns and the loads' end are inside the row. A
- * padding row's base is far below zero, so its index comes out negative and
- * is stored as -1. */
+ * included) without its bounds checks or branches. A padding row's base is
+ * far below zero, so its index comes out negative and is stored as -1. */
 static Block pick(BlockMask m, Block a, Block b) { return (Block)(((BlockMask)a & m) | ((BlockMask)b & ~m)); }
+
+/* COPY_BLOCK outputs from column ow: their taps are the evens and odds of
+ * two loads from input column 2 * ow - 1, and the odds of two from 2 * ow,
+ * which read up to column 2 * ow + 2 * COPY_BLOCK - 1 */
+static void maxpool_block(float *out, int32_t *argmax, const float *const rows[3], const int base[3], int ow) {
+    Block best = {0};
+    BlockMask where = {0}, lane = {0};
+    for (int l = 0; l < COPY_BLOCK; l++) best[l] = -FLT_MAX, where[l] = -1, lane[l] = 2 * l;
+    for (int kh = 0; kh < 3; kh++) {
+        const float *r = rows[kh] + 2 * ow - 1;
+        const Block a = LOAD(r), b = LOAD(r + COPY_BLOCK), a1 = LOAD(r + 1), b1 = LOAD(r + 1 + COPY_BLOCK);
+        const Block taps[3] = {EVENS(a, b), ODDS(a, b), ODDS(a1, b1)};
+        for (int kw = 0; kw < 3; kw++) {
+            const BlockMask larger = taps[kw] > best;
+            where = (larger & (lane + (base[kh] + 2 * ow - 1 + kw))) | (~larger & where);
+            best = pick(larger, taps[kw], best);
+        }
+    }
+    STORE(out + ow, best);
+    where |= where < 0; /* -1 where negative */
+    memcpy(argmax + ow, &where, sizeof where);
+}
 
 static void maxpool_3x3_stride2_row(float *out, int32_t *argmax, const float *x, const PoolShape *s, int oh, int lo,
                                     int hi) {
@@ -1126,25 +1146,14 @@ static void maxpool_3x3_stride2_row(float *out, int32_t *argmax, const float *x,
         rows[kh] = inside ? x + (size_t)ih * s->in_w : zeros;
         base[kh] = inside ? ih * s->in_w : -(1 << 30);
     }
+    /* blocks, the last one ending at hi (overlapping the one before it): the
+     * loads end at column 2 * hi - 1, inside the row; a narrower row, one
+     * column at a time */
     int ow = lo;
-    /* a block's loads end at column 2 * ow + 2 * COPY_BLOCK */
-    for (; ow + COPY_BLOCK <= hi && 2 * ow + 2 * COPY_BLOCK < s->in_w; ow += COPY_BLOCK) {
-        Block best = {0};
-        BlockMask where = {0}, lane = {0};
-        for (int l = 0; l < COPY_BLOCK; l++) best[l] = -FLT_MAX, where[l] = -1, lane[l] = 2 * l;
-        for (int kh = 0; kh < 3; kh++) {
-            const float *r = rows[kh] + 2 * ow - 1;
-            const Block a = LOAD(r), b = LOAD(r + COPY_BLOCK), a2 = LOAD(r + 2), b2 = LOAD(r + 2 + COPY_BLOCK);
-            const Block taps[3] = {EVENS(a, b), ODDS(a, b), EVENS(a2, b2)};
-            for (int kw = 0; kw < 3; kw++) {
-                const BlockMask larger = taps[kw] > best;
-                where = (larger & (lane + (base[kh] + 2 * ow - 1 + kw))) | (~larger & where);
-                best = pick(larger, taps[kw], best);
-            }
-        }
-        STORE(out + ow, best);
-        where |= where < 0; /* -1 where negative */
-        memcpy(argmax + ow, &where, sizeof where);
+    if (hi - lo >= COPY_BLOCK) {
+        for (; ow + COPY_BLOCK <= hi; ow += COPY_BLOCK) maxpool_block(out, argmax, rows, base, ow);
+        if (ow < hi) maxpool_block(out, argmax, rows, base, hi - COPY_BLOCK);
+        ow = hi;
     }
     for (; ow < hi; ow++) {
         float best = -FLT_MAX;

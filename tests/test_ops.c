@@ -1264,7 +1264,7 @@ int main(void) {
     test_maxpool("maxpool 3x3 s2 p1 on 7x7 (zero padding wins on a negative plane)", 7, 7, 4, 4);
     test_maxpool("maxpool 3x3 s2 p1 on 8x6", 8, 6, 4, 3);
     test_maxpool("maxpool 3x3 s2 p1 on 16x21 (branch-free inner columns, odd width)", 16, 21, 8, 11);
-    test_maxpool("maxpool 3x3 s2 p1 on 9x40 (vector blocks, then single columns)", 9, 40, 5, 20);
+    test_maxpool("maxpool 3x3 s2 p1 on 9x40 (vector blocks, the last overlapping)", 9, 40, 5, 20);
     test_maxpool("maxpool 3x3 s2 p1 on 6x67 (vector blocks, odd width)", 6, 67, 3, 34);
     test_avgpool();
     test_dense();
