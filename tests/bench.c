@@ -225,13 +225,23 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
     return total;
 }
 
-/* conv_gemm_seconds of a forward of `batch` images in the passes of
- * model_predict: its GEMMs group the images of one pass */
+/* conv_gemm_seconds of a forward of `batch` images as model_predict runs an
+ * inference model: passes of as many images as it does (see model_predict),
+ * each on one thread, the threads side by side; a thread's time is its
+ * passes' GEMMs, timed while the other threads time theirs */
 static double passes_gemm_seconds(const Model *m, int batch, double *executed) {
-    const int pass = m->batch_capacity, full = batch / pass, rest = batch % pass;
-    double flops = 0, seconds = full ? full * conv_gemm_seconds(m, pass, 0, &flops) : 0;
-    *executed += full * flops;
-    if (rest) seconds += conv_gemm_seconds(m, rest, 0, executed);
+    const int threads = omp_get_max_threads(), per_thread = (batch + threads - 1) / threads;
+    const int pass = per_thread < m->batch_capacity ? per_thread : m->batch_capacity;
+    const int passes = (batch + pass - 1) / pass, most = (passes + threads - 1) / threads;
+    double seconds = 0, flops = 0;
+#pragma omp parallel num_threads(threads) reduction(max : seconds)
+    {
+        double mine = 0;
+        omp_set_num_threads(1);
+        seconds = most * conv_gemm_seconds(m, pass, 0, &mine);
+        if (omp_get_thread_num() == 0) flops = mine;
+    }
+    *executed += flops * passes;
     return seconds;
 }
 
