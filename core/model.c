@@ -518,19 +518,29 @@ static void standardize_all(Model *m) {
     m->w_hat_valid = 1;
 }
 
+/* The most scratch any of the model's convolutions needs on the current
+ * number of OpenMP threads (with room for a bf16 backward: bf16_backward). */
+static size_t convs_scratch_size(const Model *m, int bf16_backward) {
+    size_t most = 1;
+    for (int i = 0; i < m->num_convs; i++) {
+        const size_t need = conv_scratch_size(&m->convs[i]->shape, bf16_backward);
+        if (need > most) most = need;
+    }
+    return most;
+}
+
 int model_set_bf16(Model *m, char *err) {
     if (!bf16_fast())
         return set_error(err, "bfloat16: this build of distilld has no AVX512-BF16 kernel (it needs a CPU with "
                               "AVX512-BF16, and a build with ARCH=native on it)");
     if (m->w_bf16) return 0;
     omp_set_num_threads(m->threads); /* the scratch is sized for this many */
-    size_t total = 0, scratch = 0;
+    size_t total = 0;
     for (int i = 0; i < m->num_convs; i++) {
         m->convs[i]->packed = total;
         total += conv_bf16_packed_size(&m->convs[i]->shape);
-        const size_t need = conv_scratch_size(&m->convs[i]->shape, !m->inference);
-        if (need > scratch) scratch = need;
     }
+    const size_t scratch = convs_scratch_size(m, !m->inference);
     if (scratch > m->scratch_size) { /* a training model's backward in bf16 needs more */
         float *more = realloc(m->scratch, scratch * sizeof(float));
         if (!more)
@@ -597,11 +607,7 @@ int model_pass_capacity(long images, int bf16) {
  * their memory is not there. */
 static int make_lanes(Model *m) {
     omp_set_num_threads(1); /* the scratch of a lane is for one thread */
-    size_t scratch = 1;
-    for (int i = 0; i < m->num_convs; i++) {
-        const size_t need = conv_scratch_size(&m->convs[i]->shape, 0);
-        if (need > scratch) scratch = need;
-    }
+    const size_t scratch = convs_scratch_size(m, 0);
     omp_set_num_threads(m->threads);
     const size_t argmax =
         m->has_pool ? (size_t)m->batch_capacity * m->pool.channels * m->pool.out_h * m->pool.out_w : 1;
@@ -621,12 +627,15 @@ static int make_lanes(Model *m) {
     return ok;
 }
 
+int model_lane_pass(const Model *m, int batch) {
+    const int per_thread = (batch + m->threads - 1) / m->threads;
+    return per_thread < m->batch_capacity ? per_thread : m->batch_capacity;
+}
+
 void model_predict(Model *m, float *logits, const float *images, int batch) {
     const ModelConfig *c = &m->cfg;
     const size_t image_floats = (size_t)c->in_channels * c->image_size * c->image_size;
-    /* at least one pass per thread, the images shared out evenly */
-    const int per_thread = (batch + m->threads - 1) / m->threads;
-    const int pass = per_thread < m->batch_capacity ? per_thread : m->batch_capacity;
+    const int pass = model_lane_pass(m, batch);
     if (m->inference && m->threads > 1 && batch > pass && (m->lanes || make_lanes(m))) {
         omp_set_num_threads(m->threads);
         standardize_all(m); /* the lanes read the model's kernels */

@@ -176,6 +176,9 @@ float *model_forward(Model *m, const float *images, int batch);
 #define MODEL_PASS_IMAGES 32
 #define MODEL_PASS_IMAGES_BF16 8
 void model_predict(Model *m, float *logits, const float *images, int batch);
+/* The images of each of model_predict's passes in lanes: at least one pass
+ * per thread, the images shared out evenly, at most the batch capacity. */
+int model_lane_pass(const Model *m, int batch);
 /* The batch capacity to build such a model with for `images` at a time, in
  * float or (bf16) bfloat16: MODEL_PASS_IMAGES or MODEL_PASS_IMAGES_BF16, or
  * fewer when fewer come (at least 1). */

@@ -230,8 +230,7 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
  * each on one thread, the threads side by side; a thread's time is its
  * passes' GEMMs, timed while the other threads time theirs */
 static double passes_gemm_seconds(const Model *m, int batch, double *executed) {
-    const int threads = omp_get_max_threads(), per_thread = (batch + threads - 1) / threads;
-    const int pass = per_thread < m->batch_capacity ? per_thread : m->batch_capacity;
+    const int threads = m->threads, pass = model_lane_pass(m, batch);
     const int passes = (batch + pass - 1) / pass, most = (passes + threads - 1) / threads;
     double seconds = 0, flops = 0;
 #pragma omp parallel num_threads(threads) reduction(max : seconds)
