@@ -173,10 +173,10 @@ static size_t wino_stride(const ConvShape *s, int rows) {
 }
 
 /* Work floats of the transforms: eight tile-row planes, two rows, and four
- * rows of tiles between zeros. */
+ * rows of tiles between zeros (half a row each). */
 static size_t wino_work(const ConvShape *s) {
     const Tiles t = wino_tiles(s);
-    return 8 * t.plane + 2 * (size_t)t.row + 4 * (size_t)(t.tw + 2) + COPY_BLOCK;
+    return 8 * t.plane + 4 * (size_t)t.row + COPY_BLOCK;
 }
 
 /* A bf16 convolution whose GEMM packs B straight from the phase planes of
@@ -467,11 +467,17 @@ static void wino_weight_grad(float *dw, const float *const *parts, int nparts, i
     }
 }
 
+#pragma GCC push_options
+#pragma GCC optimize("no-tree-loop-distribute-patterns")
+/* dst[0..n) = src[0..n), in line: the transforms copy one image row at a
+ * time, where a call to memcpy costs more than the copy (as for im2col) */
+static inline void copy_row(float *restrict dst, const float *restrict src, int n) {
+    for (int i = 0; i < n; i++) dst[i] = src[i];
+}
+
 /* V[xi] (c, count*tiles), xi's matrices `sv` floats apart, from `count`
  * images (c, h, w): per padded row the column transform (B^T along the row)
  * into planes C[k][row parity], then per plane pair the row transform. */
-#pragma GCC push_options
-#pragma GCC optimize("no-tree-loop-distribute-patterns")
 static void wino_input(float *restrict V, size_t sv, const float *img, int count, const ConvShape *s,
                        float *restrict work) {
     const Tiles t = wino_tiles(s);
@@ -491,7 +497,7 @@ static void wino_input(float *restrict V, size_t sv, const float *img, int count
                     }
                     continue;
                 }
-                memcpy(row + 1, plane + (size_t)(r - 1) * w, w * sizeof(float));
+                copy_row(row + 1, plane + (size_t)(r - 1) * w, w);
                 for (int j = 0; j < tw; j += COPY_BLOCK) {
                     const float *p = row + 2 * j;
                     const Block a = LOAD(p), b = LOAD(p + COPY_BLOCK), a2 = LOAD(p + 2), b2 = LOAD(p + 2 + COPY_BLOCK);
@@ -545,7 +551,7 @@ static void wino_output(float *out, const float *M, size_t sm, int count, const 
                     if (accumulate)
                         for (int x = 0; x < w; x++) dst[x] += row[x];
                     else
-                        memcpy(dst, row, w * sizeof(float));
+                        copy_row(dst, row, w);
                 }
         }
 }
@@ -562,9 +568,9 @@ static void wino_output_grad(float *restrict D, size_t sm, const float *dout, in
             const float *plane = dout + ((size_t)g * m + o) * h * w;
             float *d = D + (size_t)o * n + (size_t)g * t.tiles;
             for (int i = 0; i < t.th; i++) {
-                memcpy(r0, plane + (size_t)2 * i * w, w * sizeof(float));
+                copy_row(r0, plane + (size_t)2 * i * w, w);
                 if (2 * i + 1 < h)
-                    memcpy(r1, plane + (size_t)(2 * i + 1) * w, w * sizeof(float));
+                    copy_row(r1, plane + (size_t)(2 * i + 1) * w, w);
                 else
                     memset(r1, 0, w * sizeof(float));
                 float *di = d + (size_t)i * tw;
@@ -583,51 +589,52 @@ static void wino_output_grad(float *restrict D, size_t sm, const float *dout, in
         }
 }
 
-/* din (count images of (c, h, w)) += B dV B^T, patches overlapping: the row
- * sums into tile-row planes R[k][row parity] (padded row 2i+r of tile row i
- * is row i + r/2 of parity r%2), then per padded row the column sums. */
+/* din (count images of (c, h, w)) += B dV B^T, patches overlapping: per
+ * padded row, the row sums of the tile rows that cover it (padded row 2i
+ * takes row 0 of tile row i and row 2 of tile row i-1; 2i+1 rows 1 and 3)
+ * into four zero-bordered rows z[k], one per tile column k, then the
+ * column sums, interleaved into a row buffer and added to the image. */
 static void wino_input_grad(float *din, const float *dV, size_t sv, int count, const ConvShape *s,
                             float *restrict work) {
     const Tiles t = wino_tiles(s);
     const int c = s->in_channels, h = s->in_h, w = s->in_w, tw = t.tw, n = count * t.tiles;
-    const size_t rows = (size_t)(t.th + 1) * tw;
-    float *R = work, *row = work + 8 * t.plane, *z = row + t.row;
+    /* z[k][-1] = z[k][tw] = 0; a z row is half a row buffer long */
+    const int zs = t.row / 2;
+    float *row = work + 8 * t.plane, *z = row + 2 * t.row;
+    memset(z, 0, 4 * (size_t)zs * sizeof(float));
     for (int ci = 0; ci < c; ci++)
         for (int g = 0; g < count; g++) {
             const float *x = dV + (size_t)ci * n + (size_t)g * t.tiles;
-            for (int k = 0; k < 4; k++) {
-                const float *x0 = x + k * sv, *x1 = x0 + 4 * sv, *x2 = x1 + 4 * sv, *x3 = x2 + 4 * sv;
-                float *re = R + (size_t)2 * k * t.plane, *ro = re + t.plane;
-                for (int u = 0; u < t.tiles; u += COPY_BLOCK) { /* rows 2i and 2i+1 */
-                    const Block b1 = LOAD(x1 + u), b2 = LOAD(x2 + u);
-                    STORE(re + u, LOAD(x0 + u)), STORE(ro + u, b1 - b2 + LOAD(x3 + u));
-                }
-                for (size_t u = t.tiles; u < rows; u++) re[u] = ro[u] = 0;
-                for (int u = 0; u < t.tiles; u += COPY_BLOCK) { /* rows 2i+2 and 2i+3 */
-                    const Block b1 = LOAD(x1 + u), b2 = LOAD(x2 + u);
-                    STORE(re + tw + u, LOAD(re + tw + u) + b1 + b2 - LOAD(x0 + u));
-                    STORE(ro + tw + u, LOAD(ro + tw + u) - LOAD(x3 + u));
-                }
-            }
             float *plane = din + ((size_t)g * c + ci) * h * w;
-            for (int y = 0; y < h; y++) { /* padded row y + 1 */
-                const int r = y + 1;
-                const size_t at = (size_t)(r & 1) * t.plane + (size_t)(r >> 1) * tw;
-                /* z: the four tile rows, each between zeros (z[k][-1] = z[k][tw] = 0) */
-                const int zs = tw + 2;
+            for (int y = 0; y < h; y++) {
+                const int r = y + 1, i = r >> 1; /* padded row r is row r - 2i of tile row i */
+                const size_t cur = (size_t)i * tw, prev = cur - tw;
                 for (int k = 0; k < 4; k++) {
-                    float *zk = z + k * zs;
-                    zk[0] = zk[tw + 1] = 0;
-                    memcpy(zk + 1, R + 2 * k * t.plane + at, tw * sizeof(float));
+                    const float *x0 = x + k * sv, *x1 = x0 + 4 * sv, *x2 = x1 + 4 * sv, *x3 = x2 + 4 * sv;
+                    float *zk = z + k * zs + 1;
+                    for (int j = 0; j < tw; j += COPY_BLOCK) {
+                        Block v = {0};
+                        if (r & 1) { /* row 1 of tile row i: x1 - x2 + x3; row 3 of i-1: -x3 */
+                            v = LOAD(x1 + cur + j) - LOAD(x2 + cur + j) + LOAD(x3 + cur + j);
+                            if (i > 0) v = v - LOAD(x3 + prev + j);
+                        } else { /* row 0 of tile row i: x0; row 2 of i-1: x1 + x2 - x0 */
+                            if (i < t.th) v = LOAD(x0 + cur + j);
+                            v = v + LOAD(x1 + prev + j) + LOAD(x2 + prev + j) - LOAD(x0 + prev + j);
+                        }
+                        STORE(zk + j, v);
+                    }
+                    zk[tw] = 0.0f; /* the last block wrote past the row */
                 }
                 /* input column 2q: col1 of tile q + col3 of tile q-1; 2q+1: col2 of tile q + col0 of tile q+1 */
-                for (int q = 0; q < tw; q++) {
-                    const float *z0 = z + 1 + q, *z1 = z0 + zs, *z2 = z1 + zs, *z3 = z2 + zs;
-                    row[2 * q] = z1[0] - z2[0] + z3[0] - z3[-1];
-                    row[2 * q + 1] = z0[1] - z0[0] + z1[0] + z2[0];
+                const float *z0 = z + 1, *z1 = z0 + zs, *z2 = z1 + zs, *z3 = z2 + zs;
+                for (int q = 0; q < tw; q += COPY_BLOCK) {
+                    const Block a0 = LOAD(z0 + q), a1 = LOAD(z1 + q), a2 = LOAD(z2 + q);
+                    const Block even = a1 - a2 + LOAD(z3 + q) - LOAD(z3 + q - 1);
+                    const Block odd = LOAD(z0 + q + 1) - a0 + a1 + a2;
+                    STORE(row + 2 * q, ZIP_LO(even, odd)), STORE(row + 2 * q + COPY_BLOCK, ZIP_HI(even, odd));
                 }
                 float *dst = plane + (size_t)y * w;
-                for (int x = 0; x < w; x++) dst[x] += row[x];
+                for (int p = 0; p < w; p++) dst[p] += row[p];
             }
         }
 }
