@@ -172,11 +172,12 @@ static size_t wino_stride(const ConvShape *s, int rows) {
     return n / 16 % 2 ? n : n + 16;
 }
 
-/* Work floats of the transforms: eight tile-row planes, two rows, and four
- * rows of tiles between zeros (half a row each). */
+/* Work floats of the transforms: eight tile-row planes, then the rows of a
+ * zero-bordered input plane (2 th + 2 of them, at least four), or two rows
+ * and four rows of tiles between zeros (half a row each). */
 static size_t wino_work(const ConvShape *s) {
     const Tiles t = wino_tiles(s);
-    return 8 * t.plane + 4 * (size_t)t.row + COPY_BLOCK;
+    return 8 * t.plane + (size_t)(2 * t.th + 2) * t.row + COPY_BLOCK;
 }
 
 /* A bf16 convolution whose GEMM packs B straight from the phase planes of
@@ -476,30 +477,26 @@ static inline void copy_row(float *restrict dst, const float *restrict src, int 
 }
 
 /* V[xi] (c, count*tiles), xi's matrices `sv` floats apart, from `count`
- * images (c, h, w): per padded row the column transform (B^T along the row)
- * into planes C[k][row parity], then per plane pair the row transform. */
+ * images (c, h, w): each plane copied inside a zero border (all its rows
+ * first: a row read right after it is copied would wait on the copy's
+ * stores, the reads straddling them), then per padded row the column
+ * transform (B^T along the row) into planes C[k][row parity], then per
+ * plane pair the row transform. */
 static void wino_input(float *restrict V, size_t sv, const float *img, int count, const ConvShape *s,
                        float *restrict work) {
     const Tiles t = wino_tiles(s);
     const int c = s->in_channels, h = s->in_h, w = s->in_w, tw = t.tw, n = count * t.tiles;
-    float *C = work, *row = work + 8 * t.plane;
-    memset(row, 0, t.row * sizeof(float));
+    float *C = work, *padded = work + 8 * t.plane; /* padded row r at r * t.row: 0, input row r - 1, 0... */
+    memset(padded, 0, (size_t)(2 * t.th + 2) * t.row * sizeof(float));
     for (int ci = 0; ci < c; ci++)
         for (int g = 0; g < count; g++) {
             const float *plane = img + ((size_t)g * c + ci) * h * w;
-            for (int r = 0; r < 2 * t.th + 2; r++) { /* padded row r: input row r - 1 */
+            for (int y = 0; y < h; y++) copy_row(padded + (size_t)(y + 1) * t.row + 1, plane + (size_t)y * w, w);
+            for (int r = 0; r < 2 * t.th + 2; r++) {
                 float *dst = C + (size_t)(r & 1) * t.plane + (size_t)(r >> 1) * tw;
                 const size_t k1 = 2 * t.plane, k2 = 4 * t.plane, k3 = 6 * t.plane;
-                if (r == 0 || r > h) {
-                    for (int j = 0; j < tw; j += COPY_BLOCK) {
-                        const Block z = {0};
-                        STORE(dst + j, z), STORE(dst + k1 + j, z), STORE(dst + k2 + j, z), STORE(dst + k3 + j, z);
-                    }
-                    continue;
-                }
-                copy_row(row + 1, plane + (size_t)(r - 1) * w, w);
                 for (int j = 0; j < tw; j += COPY_BLOCK) {
-                    const float *p = row + 2 * j;
+                    const float *p = padded + (size_t)r * t.row + 2 * j;
                     const Block a = LOAD(p), b = LOAD(p + COPY_BLOCK), a2 = LOAD(p + 2), b2 = LOAD(p + 2 + COPY_BLOCK);
                     const Block e = EVENS(a, b), o = ODDS(a, b), e2 = EVENS(a2, b2), o2 = ODDS(a2, b2);
                     STORE(dst + j, e - e2), STORE(dst + k1 + j, o + e2);
