@@ -173,11 +173,12 @@ static size_t wino_stride(const ConvShape *s, int rows) {
 }
 
 /* Work floats of the transforms: eight tile-row planes, then the rows of a
- * zero-bordered input plane (2 th + 2 of them, at least four), or two rows
- * and four rows of tiles between zeros (half a row each). */
+ * zero-bordered input plane (2 th + 2), or two rows, or a row and, per
+ * input row, four rows of tiles between zeros (half a row each): at most
+ * 4 th + 4 rows. */
 static size_t wino_work(const ConvShape *s) {
     const Tiles t = wino_tiles(s);
-    return 8 * t.plane + (size_t)(2 * t.th + 2) * t.row + COPY_BLOCK;
+    return 8 * t.plane + (size_t)(4 * t.th + 4) * t.row + COPY_BLOCK;
 }
 
 /* A bf16 convolution whose GEMM packs B straight from the phase planes of
@@ -589,26 +590,27 @@ static void wino_output_grad(float *restrict D, size_t sm, const float *dout, in
 /* din (count images of (c, h, w)) += B dV B^T, patches overlapping: per
  * padded row, the row sums of the tile rows that cover it (padded row 2i
  * takes row 0 of tile row i and row 2 of tile row i-1; 2i+1 rows 1 and 3)
- * into four zero-bordered rows z[k], one per tile column k, then the
- * column sums, interleaved into a row buffer and added to the image. */
+ * into four zero-bordered rows z[k], one per tile column k; then, once all
+ * rows have theirs (reads right after the stores would straddle them and
+ * wait), per row the column sums, interleaved into a row buffer and added
+ * to the image. */
 static void wino_input_grad(float *din, const float *dV, size_t sv, int count, const ConvShape *s,
                             float *restrict work) {
     const Tiles t = wino_tiles(s);
     const int c = s->in_channels, h = s->in_h, w = s->in_w, tw = t.tw, n = count * t.tiles;
-    /* z[k][-1] = z[k][tw] = 0; a z row is half a row buffer long */
+    /* input row y's z[k] at z + (4 y + k) zs + 1, half a row buffer apart: z[k][-1] = z[k][tw] = 0 */
     const int zs = t.row / 2;
-    float *row = work + 8 * t.plane, *z = row + 2 * t.row;
-    memset(z, 0, 4 * (size_t)zs * sizeof(float));
+    float *row = work + 8 * t.plane, *z = row + t.row;
+    memset(z, 0, (size_t)4 * h * zs * sizeof(float));
     for (int ci = 0; ci < c; ci++)
         for (int g = 0; g < count; g++) {
             const float *x = dV + (size_t)ci * n + (size_t)g * t.tiles;
-            float *plane = din + ((size_t)g * c + ci) * h * w;
             for (int y = 0; y < h; y++) {
                 const int r = y + 1, i = r >> 1; /* padded row r is row r - 2i of tile row i */
                 const size_t cur = (size_t)i * tw, prev = cur - tw;
                 for (int k = 0; k < 4; k++) {
                     const float *x0 = x + k * sv, *x1 = x0 + 4 * sv, *x2 = x1 + 4 * sv, *x3 = x2 + 4 * sv;
-                    float *zk = z + k * zs + 1;
+                    float *zk = z + (size_t)(4 * y + k) * zs + 1;
                     for (int j = 0; j < tw; j += COPY_BLOCK) {
                         Block v = {0};
                         if (r & 1) { /* row 1 of tile row i: x1 - x2 + x3; row 3 of i-1: -x3 */
@@ -622,8 +624,11 @@ static void wino_input_grad(float *din, const float *dV, size_t sv, int count, c
                     }
                     zk[tw] = 0.0f; /* the last block wrote past the row */
                 }
+            }
+            float *plane = din + ((size_t)g * c + ci) * h * w;
+            for (int y = 0; y < h; y++) {
                 /* input column 2q: col1 of tile q + col3 of tile q-1; 2q+1: col2 of tile q + col0 of tile q+1 */
-                const float *z0 = z + 1, *z1 = z0 + zs, *z2 = z1 + zs, *z3 = z2 + zs;
+                const float *z0 = z + (size_t)4 * y * zs + 1, *z1 = z0 + zs, *z2 = z1 + zs, *z3 = z2 + zs;
                 for (int q = 0; q < tw; q += COPY_BLOCK) {
                     const Block a0 = LOAD(z0 + q), a1 = LOAD(z1 + q), a2 = LOAD(z2 + q);
                     const Block even = a1 - a2 + LOAD(z3 + q) - LOAD(z3 + q - 1);
