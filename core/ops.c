@@ -73,6 +73,8 @@ typedef float Block __attribute__((vector_size(COPY_BLOCK * sizeof(float)), alig
 typedef int BlockMask __attribute__((vector_size(COPY_BLOCK * sizeof(int))));
 #define EVENS(a, b) __builtin_shuffle(a, b, (BlockMask){0, 2, 4, 6, 8, 10, 12, 14})
 #define ODDS(a, b) __builtin_shuffle(a, b, (BlockMask){1, 3, 5, 7, 9, 11, 13, 15})
+/* EVENS(a, b) with b loaded one float early */
+#define LAST_EVENS(a, b) __builtin_shuffle(a, b, (BlockMask){0, 2, 4, 6, 9, 11, 13, 15})
 #define ZIP_LO(a, b) __builtin_shuffle(a, b, (BlockMask){0, 8, 1, 9, 2, 10, 3, 11})
 #define ZIP_HI(a, b) __builtin_shuffle(a, b, (BlockMask){4, 12, 5, 13, 6, 14, 7, 15})
 #define LOAD(p) (*(const Block *)(p))
@@ -314,9 +316,18 @@ static void fill_phase_planes(float *restrict mine, const float *plane, const Co
             const float *src = plane + (size_t)h * w;
             const int off = p - pad; /* phase column j is input column j * stride + off */
             int j = lo;
-            if (stride == 2) /* the evens of two blocks, while their loads stay inside the row */
+            if (stride == 2) { /* the evens of two blocks, while their loads stay inside the row */
                 for (; j + COPY_BLOCK - 1 <= hi && 2 * j + off + 2 * COPY_BLOCK <= w; j += COPY_BLOCK)
                     STORE(to + j, EVENS(LOAD(src + 2 * j + off), LOAD(src + 2 * j + off + COPY_BLOCK)));
+                if (j <= hi && hi - lo + 1 >= COPY_BLOCK) {
+                    /* the last block overlaps the one before; its second load, one float
+                     * earlier, ends on the row's last column read (2 hi + off <= w - 1) */
+                    j = hi - COPY_BLOCK + 1;
+                    const float *from = src + 2 * j + off;
+                    STORE(to + j, LAST_EVENS(LOAD(from), LOAD(from + COPY_BLOCK - 1)));
+                    j = hi + 1;
+                }
+            }
             for (; j <= hi; j++) to[j] = src[j * stride + off];
         }
     }
