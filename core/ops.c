@@ -7,8 +7,9 @@
  * matrix. The backward pass of a stride-1 convolution takes both
  * gradients from one im2col, of dout (conv_input_grad_is_conv). A 3x3
  * stride-1 pad-1 convolution, the workhorse of ResNet units, skips im2col
- * altogether: it runs as Winograd F(2x2, 3x3), 16 GEMMs with 4/9 of the
- * FLOPs (conv_is_winograd). The GEMMs may run in bfloat16 instead (bf16.c)
+ * altogether: it runs as Winograd F(4x4, 3x3), 36 GEMMs with 1/4 of the
+ * FLOPs, or in bfloat16 F(2x2, 3x3), 16 GEMMs with 4/9 of them
+ * (conv_winograd_tile). The GEMMs may run in bfloat16 instead (bf16.c)
  * on the same paths: a teacher's forward (conv2d_forward_bf16), a training
  * model's forward and backward (conv2d_backward with bf16).
  * Statistics (GroupNorm, weight standardization) accumulate in double so
@@ -102,85 +103,113 @@ static size_t conv_padded_plane(const ConvShape *s) {
     return (size_t)s->stride * conv_phases(s).plane + COPY_BLOCK;
 }
 
-/* Winograd F(2x2, 3x3).
+/* Winograd.
  *
- * A 3x3 stride-1 pad-1 convolution computes each 2x2 block of output pixels
- * (a tile) from the 4x4 input patch around it. With the F(2x2, 3x3)
- * transforms (Lavin and Gray, "Fast Algorithms for Convolutional Neural
- * Networks", 2016) a tile takes 16 products per channel pair instead of 36:
+ * A 3x3 stride-1 pad-1 convolution computes each m x m block of output
+ * pixels (a tile) from the (m+2) x (m+2) input patch around it. With the
+ * transforms of Lavin and Gray ("Fast Algorithms for Convolutional Neural
+ * Networks", 2016)
  *   out_tile = A^T [ (G w G^T) . (B^T patch B) ] A
- * where . multiplies element by element. For each of the 16 elements xi the
- * sum over input channels is a GEMM: M_xi (Cout, tiles) = U_xi (Cout, Cin) .
- * V_xi (Cin, tiles), so a forward pass is an input transform, 16 GEMMs of
- * 4/9 of the direct FLOPs, and an output transform. The backward pass is the
- * exact gradient of that computation: dM_xi = A dout_tile A^T, then
- * dU_xi += dM_xi . V_xi^T (dW = G^T dU G) and dV_xi = U_xi^T . dM_xi
- * (din += B dV B^T, patches overlapping by two pixels). The transforms
- * use only 0, +-1 and +-1/2, so results match direct convolution to a few
- * float roundings.
+ * where . multiplies element by element. For each of the (m+2)^2 elements
+ * xi the sum over input channels is a GEMM: M_xi (Cout, tiles) = U_xi (Cout,
+ * Cin) . V_xi (Cin, tiles), so a forward pass is an input transform, the
+ * GEMMs and an output transform. The backward pass is the exact gradient of
+ * that computation: dM_xi = A dout_tile A^T, then dU_xi += dM_xi . V_xi^T
+ * (dW = G^T dU G) and dV_xi = U_xi^T . dM_xi (din += B dV B^T, patches
+ * overlapping by two pixels).
  *
- * Tile (i, j) reads padded rows 2i..2i+3 and padded columns 2j..2j+3 (the
- * zero border is padded row and column 0). Tiles are numbered u = i*tw + j
- * within an image, images side by side (conv_group: about GROUP_COLUMNS
- * tiles), so each xi's matrix row for a channel is count*tiles floats. The
- * transforms run on whole rows of tiles as Block vectors, and like im2col
- * they round lengths up to COPY_BLOCK and write in order, into slack at the
- * end. */
+ * Float convolutions run F(4x4, 3x3): 36 GEMMs of 1/4 of the direct FLOPs.
+ * Its transforms take coefficients up to 8 and fractions of 1/6 and 1/24,
+ * which cost a few float roundings but would cost bfloat16 GEMM operands
+ * about 2.5 % of the output (measured against 0.3 % for a direct bf16
+ * convolution): bf16 convolutions run F(2x2, 3x3) instead, 16 GEMMs of 4/9
+ * of the FLOPs, whose transforms use only 0, +-1 and +-1/2 (0.4 %).
+ *
+ * Tile (i, j) reads padded rows m*i..m*i+m+1 and padded columns m*j..m*j+m+1
+ * (the zero border is padded row and column 0). Tiles are numbered u = i*tw
+ * + j within an image, images side by side (conv_group), so each xi's matrix
+ * row for a channel is count*tiles floats. The transforms run on whole rows
+ * of tiles as Block vectors, and like im2col they round lengths up to
+ * COPY_BLOCK and write in order, into slack at the end. */
 #define WINO_MIN_CHANNELS 8
+/* F(4x4, 3x3) transforms rows of tiles eight at a time: an image of one
+ * tile a row (4 pixels wide) would use an eighth of each vector, and ran
+ * slower than F(2x2, 3x3) (128 -> 128 channels at 4x4, forward and
+ * backward, 14.9 against 14.4 ms per 128 images on one thread). */
+#define WINO4_MIN_WIDTH 4
 
 int conv_is_winograd(const ConvShape *s) {
     return s->kernel_h == 3 && s->kernel_w == 3 && s->stride == 1 && s->pad == 1 &&
            s->in_channels >= WINO_MIN_CHANNELS && s->out_channels >= WINO_MIN_CHANNELS;
 }
 
+int conv_winograd_tile(const ConvShape *s, int bf16) {
+    return !conv_is_winograd(s) ? 0 : bf16 || s->out_w <= WINO4_MIN_WIDTH ? 2 : 4;
+}
+
 typedef struct {
+    int m, mats;       /* tile side, and the (m + 2)^2 matrices */
     int th, tw, tiles; /* tiles per image: th rows of tw */
     int row;           /* floats of a padded row buffer, rounded up, with slack */
     size_t plane;      /* floats of one (th + 1) x tw plane of tile rows, with slack */
 } Tiles;
 
-static Tiles wino_tiles(const ConvShape *s) {
-    Tiles t = {.th = (s->out_h + 1) / 2, .tw = (s->out_w + 1) / 2};
+static Tiles wino_tiles(const ConvShape *s, int bf16) {
+    const int m = conv_winograd_tile(s, bf16);
+    Tiles t = {.m = m, .mats = (m + 2) * (m + 2), .th = (s->out_h + m - 1) / m, .tw = (s->out_w + m - 1) / m};
     t.tiles = t.th * t.tw;
     const int tw_up = (t.tw + COPY_BLOCK - 1) / COPY_BLOCK * COPY_BLOCK;
-    t.row = 2 * tw_up + 2 * COPY_BLOCK;
+    t.row = m * tw_up + (m == 2 ? 2 : 5) * COPY_BLOCK;
     t.plane = (size_t)(t.th + 1) * t.tw + COPY_BLOCK;
     return t;
 }
 
 /* Images per forward GEMM: one, unless an image has fewer than
- * GROUP_COLUMNS output pixels. A GEMM of one image's 4x4 outputs packs the
- * whole kernel for 16 columns of work; side by side, up to GROUP_IMAGES
- * images share that packing. Measured per 128 images, one thread, forward:
- * 3x3 128->128 at 4x4 8.5 -> 7.4 ms, 1x1 512->128 at 4x4 3.9 -> 3.4 ms; at
- * 7x7 no change, and a larger GROUP_COLUMNS (groups at 14x14) was slower. */
+ * GROUP_COLUMNS output pixels (Winograd: tiles). A GEMM of one image's 4x4
+ * outputs packs the whole kernel for 16 columns of work; side by side, up
+ * to GROUP_IMAGES images share that packing (WINO4_GROUP_IMAGES for
+ * F(4x4, 3x3), whose images have a quarter of the tiles). Measured per 128
+ * images, one thread, forward: 3x3 128->128 at 4x4 8.5 -> 7.4 ms, 1x1
+ * 512->128 at 4x4 3.9 -> 3.4 ms; at 7x7 no change, and a larger
+ * GROUP_COLUMNS (groups at 14x14) was slower. */
 #define GROUP_COLUMNS 256
 #define GROUP_IMAGES 16
+#define WINO4_GROUP_IMAGES 64
 
-int conv_group(const ConvShape *s, int threads) {
-    const int n = conv_is_winograd(s) ? wino_tiles(s).tiles : s->out_h * s->out_w;
+int conv_group(const ConvShape *s, int threads, int bf16) {
+    const int tile = conv_winograd_tile(s, bf16);
+    const int n = tile ? wino_tiles(s, bf16).tiles : s->out_h * s->out_w;
+    const int most = tile == 4 ? WINO4_GROUP_IMAGES : GROUP_IMAGES;
     const int share = (s->batch + threads - 1) / threads; /* every thread gets a group */
     int g = (GROUP_COLUMNS + n - 1) / n;
-    if (g > GROUP_IMAGES) g = GROUP_IMAGES;
+    if (g > most) g = most;
     return g < share ? g : share > 0 ? share : 1;
 }
 
-/* Floats between the 16 matrices of `rows` channels: a multiple of 16 that
- * is not a multiple of 32, so that the 16 streams of a transform do not
- * land in the same cache sets, and at least COPY_BLOCK of slack. */
-static size_t wino_stride(const ConvShape *s, int rows) {
-    size_t n = (size_t)rows * conv_group(s, 1) * wino_tiles(s).tiles + COPY_BLOCK;
+/* Floats between the matrices of `rows` channels: a multiple of 16 that is
+ * not a multiple of 32, so that the streams of a transform do not land in
+ * the same cache sets, and at least COPY_BLOCK of slack. */
+static size_t wino_stride(const ConvShape *s, int rows, int bf16) {
+    size_t n = (size_t)rows * conv_group(s, 1, bf16) * wino_tiles(s, bf16).tiles + COPY_BLOCK;
     n = (n + 15) / 16 * 16;
     return n / 16 % 2 ? n : n + 16;
 }
 
-/* Work floats of the transforms: eight tile-row planes, then the rows of a
- * zero-bordered input plane (2 th + 2), or two rows, or a row and, per
- * input row, four rows of tiles between zeros (half a row each): at most
- * 4 th + 4 rows. */
-static size_t wino_work(const ConvShape *s) {
-    const Tiles t = wino_tiles(s);
-    return 8 * t.plane + (size_t)(4 * t.th + 4) * t.row + COPY_BLOCK;
+/* Work floats of the transforms. F(2x2, 3x3): eight tile-row planes, then
+ * the rows of a zero-bordered input plane (2 th + 2), or two rows, or a row
+ * and, per input row, four rows of tiles between zeros (half a row each):
+ * at most 4 th + 4 rows. F(4x4, 3x3): 24 planes, then 4 th + 2 rows, or
+ * four, or a row and, per input row, six rows of tiles between zeros (zs
+ * floats each, wino4_input_grad). */
+static size_t wino4_zs(const Tiles *t) {
+    return (size_t)(t->tw + COPY_BLOCK - 1) / COPY_BLOCK * COPY_BLOCK + 2 * COPY_BLOCK;
+}
+
+static size_t wino_work(const ConvShape *s, int bf16) {
+    const Tiles t = wino_tiles(s, bf16);
+    if (t.m == 2) return 8 * t.plane + (size_t)(4 * t.th + 4) * t.row + COPY_BLOCK;
+    const size_t grad = t.row + 6 * (size_t)s->in_h * wino4_zs(&t), rows = (size_t)(4 * t.th + 2) * t.row;
+    return 24 * t.plane + (grad > rows ? grad : rows) + COPY_BLOCK;
 }
 
 /* A bf16 convolution whose GEMM packs B straight from the phase planes of
@@ -217,18 +246,22 @@ int conv_bf16_dw_group(const ConvShape *s) {
 
 static ConvScratch conv_scratch_layout(const ConvShape *s, int threads, int bf16) {
     ConvScratch l = {0};
-    if (conv_is_winograd(s)) { /* V, M and dU (16 matrices each), and the transforms' work */
-        l.col = 16 * wino_stride(s, s->in_channels);
-        l.dcol = 16 * wino_stride(s, s->out_channels);
-        l.dw = (size_t)16 * s->out_channels * s->in_channels;
-        l.padded = wino_work(s);
-        if (bf16)
-            l.rows = bf16_nt_rows_size(s->out_channels, s->in_channels, conv_group(s, 1) * wino_tiles(s).tiles, 1);
+    if (conv_is_winograd(s)) { /* V, M and dU, and the transforms' work: room for F(4x4) and F(2x2) alike */
+        const int m = s->out_channels, c = s->in_channels;
+        for (int v = 0; v < 2; v++) {
+            const size_t mats = wino_tiles(s, v).mats, work = wino_work(s, v);
+            const size_t col = mats * wino_stride(s, c, v), dcol = mats * wino_stride(s, m, v);
+            if (col > l.col) l.col = col;
+            if (dcol > l.dcol) l.dcol = dcol;
+            if (mats * m * c > l.dw) l.dw = mats * m * c;
+            if (work > l.padded) l.padded = work;
+        }
+        if (bf16) l.rows = bf16_nt_rows_size(m, c, conv_group(s, 1, 1) * wino_tiles(s, 1).tiles, 1);
         l.per_thread = l.col + l.dcol + l.dw + l.padded + l.rows;
         return l;
     }
     const size_t kk = (size_t)s->kernel_h * s->kernel_w, n = (size_t)s->out_h * s->out_w;
-    const int group = conv_group(s, 1); /* the largest, whatever the threads */
+    const int group = conv_group(s, 1, 0); /* the largest, whatever the threads */
     if (!conv_is_pointwise(s)) {
         l.col = s->in_channels * kk * n + COPY_BLOCK;
         l.dcol = l.col;
@@ -271,7 +304,10 @@ static ConvScratch conv_scratch_layout(const ConvShape *s, int threads, int bf16
  * packed (bf16_pack) for a GEMM that takes it as A. */
 static size_t grad_kernel_size(const ConvShape *s, int bf16) {
     const int m = s->out_channels, c = s->in_channels, kk = s->kernel_h * s->kernel_w;
-    if (conv_is_winograd(s)) return (size_t)16 * m * c + (bf16 ? 16 * bf16_packed_size(c, m) : 0);
+    if (conv_is_winograd(s)) { /* F(4x4)'s 36 U, or F(2x2)'s 16 and in bf16 their U^T packed */
+        const size_t u2 = (size_t)16 * m * c + (bf16 ? 16 * bf16_packed_size(c, m) : 0);
+        return u2 > (size_t)36 * m * c ? u2 : (size_t)36 * m * c;
+    }
     if (conv_input_grad_is_conv(s)) return (size_t)m * c * kk + (bf16 ? bf16_packed_size(c, m * kk) : 0);
     return bf16 ? bf16_packed_size(c * kk, m) : 0;
 }
@@ -437,7 +473,7 @@ static void col2im_add(float *img, const float *col, const ConvShape *s) {
 /* --------------------------------------------------- Winograd transforms */
 
 /* U[xi] (m, c) = (G w G^T)[xi] for each kernel w[o][i] (3x3) */
-static void wino_weights(float *U, const float *w, int m, int c) {
+static void wino2_weights(float *U, const float *w, int m, int c) {
 #pragma omp parallel for schedule(static)
     for (int o = 0; o < m; o++)
         for (int i = 0; i < c; i++) {
@@ -460,7 +496,7 @@ static void wino_weights(float *U, const float *w, int m, int c) {
 }
 
 /* dw[o][i] += G^T dU[o][i] G for the (o, i) pairs [lo, hi), dU summed over `parts` */
-static void wino_weight_grad(float *dw, const float *const *parts, int nparts, int m, int c, size_t lo, size_t hi) {
+static void wino2_weight_grad(float *dw, const float *const *parts, int nparts, int m, int c, size_t lo, size_t hi) {
     for (size_t p = lo; p < hi; p++) {
         float d[16] = {0};
         for (int u = 0; u < nparts; u++)
@@ -480,6 +516,69 @@ static void wino_weight_grad(float *dw, const float *const *parts, int nparts, i
     }
 }
 
+/* F(4x4, 3x3)'s G applied to three values: G's rows (1/4, 0, 0),
+ * -(1, 1, 1)/6, -(1, -1, 1)/6, (1/24, 1/12, 1/6), (1/24, -1/12, 1/6), (0, 0, 1) */
+static inline void g_4(Block *u, Block g0, Block g1, Block g2) {
+    const float sixth = 1.0f / 6.0f;
+    const Block even = g0 + g2, p = (1.0f / 24.0f) * g0 + sixth * g2, q = (1.0f / 12.0f) * g1;
+    u[0] = 0.25f * g0, u[1] = -sixth * (even + g1), u[2] = -sixth * (even - g1), u[3] = p + q, u[4] = p - q;
+    u[5] = g2;
+}
+
+/* and G^T to six: the three sums dW takes from a row or column of dU */
+static inline void gt_4(Block *e, const Block *d, int step) {
+    const Block s12 = d[step] + d[2 * step], d12 = d[2 * step] - d[step];
+    const Block s34 = d[3 * step] + d[4 * step], d34 = d[3 * step] - d[4 * step];
+    e[0] = 0.25f * d[0] - (1.0f / 6.0f) * s12 + (1.0f / 24.0f) * s34;
+    e[1] = (1.0f / 6.0f) * d12 + (1.0f / 12.0f) * d34;
+    e[2] = (1.0f / 6.0f) * (s34 - s12) + d[5 * step];
+}
+
+/* F(4x4, 3x3)'s U[xi] (m, c) = (G w G^T)[xi], for eight input channels at
+ * a time (the last eight overlapping the eight before: c >= 8) */
+static void wino4_weights(float *U, const float *w, int m, int c) {
+#pragma omp parallel for schedule(static)
+    for (int o = 0; o < m; o++)
+        for (int i0 = 0; i0 < c; i0 += COPY_BLOCK) {
+            const int i = i0 + COPY_BLOCK <= c ? i0 : c - COPY_BLOCK;
+            float lanes[9][COPY_BLOCK];
+            for (int l = 0; l < COPY_BLOCK; l++)
+                for (int k = 0; k < 9; k++) lanes[k][l] = w[((size_t)o * c + i + l) * 9 + k];
+            Block t[3][6], u[6];
+            for (int k = 0; k < 3; k++) g_4(t[k], LOAD(lanes[k]), LOAD(lanes[3 + k]), LOAD(lanes[6 + k]));
+            for (int r = 0; r < 6; r++) {
+                g_4(u, t[0][r], t[1][r], t[2][r]);
+                for (int b = 0; b < 6; b++) STORE(U + ((size_t)(6 * r + b) * m + o) * c + i, u[b]);
+            }
+        }
+}
+
+/* dw[o][i] += G^T dU[o][i] G for the (o, i) pairs [lo, hi), dU summed over
+ * `parts`: eight pairs at a time, the last eight overlapping the eight
+ * before and adding only their new pairs (m * c >= 64) */
+static void wino4_weight_grad(float *dw, const float *const *parts, int nparts, int m, int c, size_t lo, size_t hi) {
+    const size_t mc = (size_t)m * c;
+    for (size_t p0 = lo; p0 < hi; p0 += COPY_BLOCK) {
+        const size_t p = p0 + COPY_BLOCK <= hi || hi < COPY_BLOCK ? p0 : hi - COPY_BLOCK;
+        Block d[36], t[3][6], e[3];
+        for (int x = 0; x < 36; x++) {
+            d[x] = LOAD(parts[0] + x * mc + p);
+            for (int u = 1; u < nparts; u++) d[x] += LOAD(parts[u] + x * mc + p);
+        }
+        for (int k = 0; k < 6; k++) { /* down column k */
+            gt_4(e, d + k, 6);
+            t[0][k] = e[0], t[1][k] = e[1], t[2][k] = e[2];
+        }
+        float g[9][COPY_BLOCK];
+        for (int r = 0; r < 3; r++) { /* along row r */
+            gt_4(e, t[r], 1);
+            STORE(g[3 * r], e[0]), STORE(g[3 * r + 1], e[1]), STORE(g[3 * r + 2], e[2]);
+        }
+        for (size_t l = p0 - p; l < COPY_BLOCK && p + l < hi; l++)
+            for (int k = 0; k < 9; k++) dw[(p + l) * 9 + k] += g[k][l];
+    }
+}
+
 #pragma GCC push_options
 #pragma GCC optimize("no-tree-loop-distribute-patterns")
 /* dst[0..n) = src[0..n), in line: the transforms copy one image row at a
@@ -494,9 +593,9 @@ static inline void copy_row(float *restrict dst, const float *restrict src, int 
  * stores, the reads straddling them), then per padded row the column
  * transform (B^T along the row) into planes C[k][row parity], then per
  * plane pair the row transform. */
-static void wino_input(float *restrict V, size_t sv, const float *img, int count, const ConvShape *s,
+static void wino2_input(float *restrict V, size_t sv, const float *img, int count, const ConvShape *s,
                        float *restrict work) {
-    const Tiles t = wino_tiles(s);
+    const Tiles t = wino_tiles(s, 1);
     const int c = s->in_channels, h = s->in_h, w = s->in_w, tw = t.tw, n = count * t.tiles;
     float *C = work, *padded = work + 8 * t.plane; /* padded row r at r * t.row: 0, input row r - 1, 0... */
     memset(padded, 0, (size_t)(2 * t.th + 2) * t.row * sizeof(float));
@@ -530,9 +629,9 @@ static void wino_input(float *restrict V, size_t sv, const float *img, int count
 /* out (count images of (m, h, w)) = or += A^T M A: the row sums into eight
  * tile planes, then per row of tiles the column sums, interleaved into a
  * row buffer and copied or added to the two output rows. */
-static void wino_output(float *out, const float *M, size_t sm, int count, const ConvShape *s, int accumulate,
+static void wino2_output(float *out, const float *M, size_t sm, int count, const ConvShape *s, int accumulate,
                         float *restrict work) {
-    const Tiles t = wino_tiles(s);
+    const Tiles t = wino_tiles(s, 1);
     const int m = s->out_channels, h = s->out_h, w = s->out_w, tw = t.tw, n = count * t.tiles;
     float *S = work, *row = work + 8 * t.plane;
     for (int o = 0; o < m; o++)
@@ -566,9 +665,9 @@ static void wino_output(float *out, const float *M, size_t sm, int count, const 
 }
 
 /* dM[xi] (m, count*tiles) = A dout_tile A^T, from `count` images of dout (m, h, w) */
-static void wino_output_grad(float *restrict D, size_t sm, const float *dout, int count, const ConvShape *s,
+static void wino2_output_grad(float *restrict D, size_t sm, const float *dout, int count, const ConvShape *s,
                              float *restrict work) {
-    const Tiles t = wino_tiles(s);
+    const Tiles t = wino_tiles(s, 1);
     const int m = s->out_channels, h = s->out_h, w = s->out_w, tw = t.tw, n = count * t.tiles;
     float *r0 = work + 8 * t.plane, *r1 = r0 + t.row;
     memset(r0, 0, 2 * t.row * sizeof(float));
@@ -605,9 +704,9 @@ static void wino_output_grad(float *restrict D, size_t sm, const float *dout, in
  * rows have theirs (reads right after the stores would straddle them and
  * wait), per row the column sums, interleaved into a row buffer and added
  * to the image. */
-static void wino_input_grad(float *din, const float *dV, size_t sv, int count, const ConvShape *s,
+static void wino2_input_grad(float *din, const float *dV, size_t sv, int count, const ConvShape *s,
                             float *restrict work) {
-    const Tiles t = wino_tiles(s);
+    const Tiles t = wino_tiles(s, 1);
     const int c = s->in_channels, h = s->in_h, w = s->in_w, tw = t.tw, n = count * t.tiles;
     /* input row y's z[k] at z + (4 y + k) zs + 1, half a row buffer apart: z[k][-1] = z[k][tw] = 0 */
     const int zs = t.row / 2;
@@ -651,6 +750,223 @@ static void wino_input_grad(float *din, const float *dV, size_t sv, int count, c
             }
         }
 }
+/* F(4x4, 3x3)'s transforms, on rows of eight tiles: B^T of six values
+ * d0..d5 (BT_4), A^T of six (AT_4: four), A of four (A_4: six) and B of six
+ * (B_4: six). B^T's rows (4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0),
+ * (0, 4, -4, -1, 1, 0), (0, -2, -1, 2, 1, 0), (0, 2, -1, -2, 1, 0),
+ * (0, 4, 0, -5, 0, 1); A^T's (1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0),
+ * (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1). */
+static inline void bt_4(Block *t, Block d0, Block d1, Block d2, Block d3, Block d4, Block d5) {
+    const Block a = d4 - d2, b = d3 - d1;
+    t[0] = 4.0f * (d0 - d2) + a;
+    t[1] = (d3 + d4) - 4.0f * (d1 + d2);
+    t[2] = (d4 - d3) + 4.0f * (d1 - d2);
+    t[3] = a + 2.0f * b;
+    t[4] = a - 2.0f * b;
+    t[5] = 4.0f * (d1 - d3) + (d5 - d3);
+}
+
+static inline void at_4(Block *y, Block m0, Block m1, Block m2, Block m3, Block m4, Block m5) {
+    const Block s12 = m1 + m2, d12 = m1 - m2, s34 = m3 + m4, d34 = m3 - m4;
+    y[0] = m0 + s12 + s34;
+    y[1] = d12 + 2.0f * d34;
+    y[2] = s12 + 4.0f * s34;
+    y[3] = d12 + 8.0f * d34 + m5;
+}
+
+static inline void a_4(Block *z, Block g0, Block g1, Block g2, Block g3) {
+    const Block s02 = g0 + g2, s13 = g1 + g3, p = g0 + 4.0f * g2, q = 2.0f * (g1 + 4.0f * g3);
+    z[0] = g0, z[1] = s02 + s13, z[2] = s02 - s13, z[3] = p + q, z[4] = p - q, z[5] = g3;
+}
+
+static inline void b_4(Block *w, const Block *v) {
+    const Block d12 = v[1] - v[2], s12 = v[1] + v[2], d34 = v[3] - v[4], s34 = v[3] + v[4];
+    w[0] = 4.0f * v[0];
+    w[1] = 4.0f * (v[5] - d12) - 2.0f * d34;
+    w[2] = -5.0f * v[0] - 4.0f * s12 - s34;
+    w[3] = d12 + 2.0f * d34 - 5.0f * v[5];
+    w[4] = v[0] + s12 + s34;
+    w[5] = v[5];
+}
+
+/* 32 floats of a row as its four column phases: q[k][j] = p[4j + k] */
+static inline void phases_4(Block q[4], const float *p) {
+    const Block a = LOAD(p), b = LOAD(p + COPY_BLOCK), c = LOAD(p + 2 * COPY_BLOCK), d = LOAD(p + 3 * COPY_BLOCK);
+    const Block e = EVENS(a, b), f = EVENS(c, d), o = ODDS(a, b), g = ODDS(c, d);
+    q[0] = EVENS(e, f), q[1] = EVENS(o, g), q[2] = ODDS(e, f), q[3] = ODDS(o, g);
+}
+
+/* the inverse: p[4j + k] = q[k][j] */
+static inline void interleave_4(float *p, Block q0, Block q1, Block q2, Block q3) {
+    const Block x02 = ZIP_LO(q0, q2), x13 = ZIP_LO(q1, q3), y02 = ZIP_HI(q0, q2), y13 = ZIP_HI(q1, q3);
+    STORE(p, ZIP_LO(x02, x13)), STORE(p + COPY_BLOCK, ZIP_HI(x02, x13));
+    STORE(p + 2 * COPY_BLOCK, ZIP_LO(y02, y13)), STORE(p + 3 * COPY_BLOCK, ZIP_HI(y02, y13));
+}
+
+/* V[xi] (c, count*tiles), as wino2_input: each plane copied inside a zero
+ * border, then per padded row r B^T along it (column k of tile j reads
+ * padded column 4j + k: phases 0-3, and phases 0 and 1 one tile on) into
+ * planes C[k][r % 4], then per plane B^T down the tiles' six rows. */
+static void wino4_input(float *restrict V, size_t sv, const float *img, int count, const ConvShape *s,
+                        float *restrict work) {
+    const Tiles t = wino_tiles(s, 0);
+    const int c = s->in_channels, h = s->in_h, w = s->in_w, tw = t.tw, n = count * t.tiles, rows = 4 * t.th + 2;
+    float *C = work, *padded = work + 24 * t.plane; /* padded row r at r * t.row: 0, input row r - 1, 0... */
+    memset(padded, 0, (size_t)rows * t.row * sizeof(float));
+    for (int ci = 0; ci < c; ci++)
+        for (int g = 0; g < count; g++) {
+            const float *plane = img + ((size_t)g * c + ci) * h * w;
+            for (int y = 0; y < h; y++) copy_row(padded + (size_t)(y + 1) * t.row + 1, plane + (size_t)y * w, w);
+            for (int r = 0; r < rows; r++) {
+                float *dst = C + (size_t)(r & 3) * t.plane + (size_t)(r >> 2) * tw;
+                for (int j = 0; j < tw; j += COPY_BLOCK) {
+                    const float *p = padded + (size_t)r * t.row + 4 * j;
+                    Block q[4], x[6];
+                    phases_4(q, p);
+                    const Block next = LOAD(p + 4 * COPY_BLOCK); /* the next tiles' phases 0 and 1 */
+                    const Block d4 = __builtin_shuffle(q[0], next, (BlockMask){1, 2, 3, 4, 5, 6, 7, 8});
+                    const Block d5 = __builtin_shuffle(q[1], next, (BlockMask){1, 2, 3, 4, 5, 6, 7, 9});
+                    bt_4(x, q[0], q[1], q[2], q[3], d4, d5);
+                    for (int k = 0; k < 6; k++) STORE(dst + (size_t)4 * k * t.plane + j, x[k]);
+                }
+            }
+            float *v = V + (size_t)ci * n + (size_t)g * t.tiles;
+            for (int k = 0; k < 6; k++) {
+                const float *ck = C + (size_t)4 * k * t.plane;
+                for (int u = 0; u < t.tiles; u += COPY_BLOCK) {
+                    const float *e = ck + u;
+                    Block x[6];
+                    bt_4(x, LOAD(e), LOAD(e + t.plane), LOAD(e + 2 * t.plane), LOAD(e + 3 * t.plane), LOAD(e + tw),
+                         LOAD(e + t.plane + tw));
+                    for (int b = 0; b < 6; b++) STORE(v + (6 * b + k) * sv + u, x[b]);
+                }
+            }
+        }
+}
+
+/* out (count images of (m, h, w)) = or += A^T M A: down the tiles' rows
+ * into 24 planes S[r][k], then per output row along it, the four columns
+ * interleaved into a row buffer and copied or added to the image. */
+static void wino4_output(float *out, const float *M, size_t sm, int count, const ConvShape *s, int accumulate,
+                         float *restrict work) {
+    const Tiles t = wino_tiles(s, 0);
+    const int m = s->out_channels, h = s->out_h, w = s->out_w, tw = t.tw, n = count * t.tiles;
+    float *S = work, *row = work + 24 * t.plane;
+    for (int o = 0; o < m; o++)
+        for (int g = 0; g < count; g++) {
+            const float *q = M + (size_t)o * n + (size_t)g * t.tiles;
+            for (int k = 0; k < 6; k++) {
+                const float *qk = q + k * sm;
+                for (int u = 0; u < t.tiles; u += COPY_BLOCK) {
+                    Block y[4];
+                    at_4(y, LOAD(qk + u), LOAD(qk + 6 * sm + u), LOAD(qk + 12 * sm + u), LOAD(qk + 18 * sm + u),
+                         LOAD(qk + 24 * sm + u), LOAD(qk + 30 * sm + u));
+                    for (int r = 0; r < 4; r++) STORE(S + (size_t)(6 * r + k) * t.plane + u, y[r]);
+                }
+            }
+            float *plane = out + ((size_t)g * m + o) * h * w;
+            for (int i = 0; i < t.th; i++)
+                for (int r = 0; r < 4 && 4 * i + r < h; r++) {
+                    const float *z = S + (size_t)6 * r * t.plane + (size_t)i * tw;
+                    for (int j = 0; j < tw; j += COPY_BLOCK) {
+                        Block y[4];
+                        at_4(y, LOAD(z + j), LOAD(z + t.plane + j), LOAD(z + 2 * t.plane + j),
+                             LOAD(z + 3 * t.plane + j), LOAD(z + 4 * t.plane + j), LOAD(z + 5 * t.plane + j));
+                        interleave_4(row + 4 * j, y[0], y[1], y[2], y[3]);
+                    }
+                    float *dst = plane + (size_t)(4 * i + r) * w;
+                    if (accumulate)
+                        for (int x = 0; x < w; x++) dst[x] += row[x];
+                    else
+                        copy_row(dst, row, w);
+                }
+        }
+}
+
+/* dM[xi] (m, count*tiles) = A dout_tile A^T, from `count` images of dout
+ * (m, h, w): per row of tiles its four output rows (zero past the image),
+ * split into column phases, A along them, then A down. */
+static void wino4_output_grad(float *restrict D, size_t sm, const float *dout, int count, const ConvShape *s,
+                              float *restrict work) {
+    const Tiles t = wino_tiles(s, 0);
+    const int m = s->out_channels, h = s->out_h, w = s->out_w, tw = t.tw, n = count * t.tiles;
+    float *rows = work + 24 * t.plane;
+    memset(rows, 0, 4 * (size_t)t.row * sizeof(float));
+    for (int o = 0; o < m; o++)
+        for (int g = 0; g < count; g++) {
+            const float *plane = dout + ((size_t)g * m + o) * h * w;
+            float *d = D + (size_t)o * n + (size_t)g * t.tiles;
+            for (int i = 0; i < t.th; i++) {
+                for (int r = 0; r < 4; r++)
+                    if (4 * i + r < h)
+                        copy_row(rows + (size_t)r * t.row, plane + (size_t)(4 * i + r) * w, w);
+                    else
+                        memset(rows + (size_t)r * t.row, 0, w * sizeof(float));
+                float *di = d + (size_t)i * tw;
+                for (int j = 0; j < tw; j += COPY_BLOCK) {
+                    Block q[4][4], e[4][6];
+                    for (int r = 0; r < 4; r++) {
+                        phases_4(q[r], rows + (size_t)r * t.row + 4 * j);
+                        a_4(e[r], q[r][0], q[r][1], q[r][2], q[r][3]);
+                    }
+                    for (int b = 0; b < 6; b++) {
+                        Block z[6];
+                        a_4(z, e[0][b], e[1][b], e[2][b], e[3][b]);
+                        for (int a = 0; a < 6; a++) STORE(di + (6 * a + b) * sm + j, z[a]);
+                    }
+                }
+            }
+        }
+}
+
+/* din (count images of (c, h, w)) += B dV B^T, patches overlapping by two:
+ * per row of tiles and tile column k, B down the tiles' six rows, into the
+ * zero-bordered rows z[k] of the six padded rows they cover (the first two
+ * added to what the row of tiles before left there); once all rows have
+ * theirs, per row B along it (padded column 4j + k takes column k of tile
+ * j, and for k < 2 column k + 4 of tile j - 1), interleaved into a row
+ * buffer and added to the image. */
+static void wino4_input_grad(float *din, const float *dV, size_t sv, int count, const ConvShape *s,
+                             float *restrict work) {
+    const Tiles t = wino_tiles(s, 0);
+    const int c = s->in_channels, h = s->in_h, w = s->in_w, tw = t.tw, n = count * t.tiles;
+    const size_t zs = wino4_zs(&t); /* padded row r's z[k] at z + (6 (r - 1) + k) zs + 1: z[k][-1] = z[k][tw] = 0 */
+    float *row = work + 24 * t.plane, *z = row + t.row;
+    memset(z, 0, (size_t)6 * h * zs * sizeof(float));
+    for (int ci = 0; ci < c; ci++)
+        for (int g = 0; g < count; g++) {
+            const float *x = dV + (size_t)ci * n + (size_t)g * t.tiles;
+            for (int i = 0; i < t.th; i++)
+                for (int k = 0; k < 6; k++) {
+                    const float *xk = x + k * sv + (size_t)i * tw;
+                    for (int j = 0; j < tw; j += COPY_BLOCK) {
+                        Block a[6], b[6];
+                        for (int l = 0; l < 6; l++) a[l] = LOAD(xk + 6 * l * sv + j);
+                        b_4(b, a);
+                        for (int p = 0; p < 6; p++) {
+                            const int y = 4 * i + p - 1;
+                            if (y < 0 || y >= h) continue;
+                            float *zr = z + (size_t)(6 * y + k) * zs + 1 + j;
+                            STORE(zr, p < 2 && i > 0 ? (Block)(LOAD(zr) + b[p]) : b[p]);
+                        }
+                    }
+                }
+            for (int y = 0; y < 6 * h; y++) z[(size_t)y * zs + 1 + tw] = 0.0f; /* the last blocks wrote past the rows */
+            float *plane = din + ((size_t)g * c + ci) * h * w;
+            for (int y = 0; y < h; y++) {
+                const float *zy = z + (size_t)6 * y * zs + 1;
+                for (int j = 0; j <= tw; j += COPY_BLOCK) {
+                    Block v[6], b[6], before[6];
+                    for (int k = 0; k < 6; k++) v[k] = LOAD(zy + k * zs + j), before[k] = LOAD(zy + k * zs + j - 1);
+                    b_4(b, v);
+                    const Block p0 = b[0] + (before[0] + before[1] + before[2] + before[3] + before[4]);
+                    interleave_4(row + 4 * j, p0, b[1] + before[5], b[2], b[3]);
+                }
+                float *dst = plane + (size_t)y * w;
+                for (int q = 0; q < w; q++) dst[q] += row[q + 1];
+            }
+        }
+}
 #pragma GCC pop_options
 
 /* out (m, n) = w (m, k) . col (k, n), or += when accumulate: through sgemm,
@@ -666,55 +982,71 @@ static void forward_gemm(float *out, int ldo, const float *w, const uint32_t *pa
 
 static void wino_forward(float *out, const float *in, const float *w, const uint32_t *packed, const ConvShape *s,
                          int accumulate, float *scratch) {
-    const int m = s->out_channels, c = s->in_channels, threads = omp_get_max_threads();
+    const int m = s->out_channels, c = s->in_channels, threads = omp_get_max_threads(), bf16 = packed != NULL;
     const size_t in_size = (size_t)c * s->in_h * s->in_w, out_size = (size_t)m * s->out_h * s->out_w;
     const ConvScratch layout = conv_scratch_layout(s, threads, 0);
-    const size_t sv = wino_stride(s, c), sm = wino_stride(s, m), su = packed ? bf16_packed_size(m, c) : 0;
+    const Tiles t = wino_tiles(s, bf16);
+    const size_t sv = wino_stride(s, c, bf16), sm = wino_stride(s, m, bf16), su = bf16 ? bf16_packed_size(m, c) : 0;
     float *U = scratch + (size_t)threads * layout.per_thread;
-    if (!packed) wino_weights(U, w, m, c);
-    const int group = conv_group(s, threads), groups = (s->batch + group - 1) / group;
+    if (!bf16 && t.m == 4)
+        wino4_weights(U, w, m, c);
+    else if (!bf16)
+        wino2_weights(U, w, m, c);
+    const int group = conv_group(s, threads, bf16), groups = (s->batch + group - 1) / group;
 #pragma omp parallel for schedule(static)
     for (int gi = 0; gi < groups; gi++) {
         float *V = scratch + (size_t)omp_get_thread_num() * layout.per_thread, *M = V + layout.col;
         float *work = M + layout.dcol + layout.dw;
-        const int b0 = gi * group, count = s->batch - b0 < group ? s->batch - b0 : group;
-        const int n = count * wino_tiles(s).tiles;
-        wino_input(V, sv, in + b0 * in_size, count, s, work);
-        for (int x = 0; x < 16; x++)
-            forward_gemm(M + x * sm, n, U + (size_t)x * m * c, packed ? packed + x * su : NULL, V + x * sv, m, n, c,
-                         0);
-        wino_output(out + b0 * out_size, M, sm, count, s, accumulate, work);
+        const int b0 = gi * group, count = s->batch - b0 < group ? s->batch - b0 : group, n = count * t.tiles;
+        if (t.m == 2)
+            wino2_input(V, sv, in + b0 * in_size, count, s, work);
+        else
+            wino4_input(V, sv, in + b0 * in_size, count, s, work);
+        for (int x = 0; x < t.mats; x++)
+            forward_gemm(M + x * sm, n, U + (size_t)x * m * c, bf16 ? packed + x * su : NULL, V + x * sv, m, n, c, 0);
+        if (t.m == 2)
+            wino2_output(out + b0 * out_size, M, sm, count, s, accumulate, work);
+        else
+            wino4_output(out + b0 * out_size, M, sm, count, s, accumulate, work);
     }
 }
 
 /* As conv2d_backward: a contiguous chunk of images per thread, dU summed
- * privately, the partials added in thread order. */
+ * privately, the partials added in thread order. F(4x4, 3x3) in float,
+ * F(2x2, 3x3) in bf16. */
 static void wino_backward(float *din, float *dw, const float *dout, const float *in, const float *w,
                           const ConvShape *s, int bf16, float *scratch) {
     const int m = s->out_channels, c = s->in_channels, threads = omp_get_max_threads();
     const size_t in_size = (size_t)c * s->in_h * s->in_w, out_size = (size_t)m * s->out_h * s->out_w;
     const ConvScratch layout = conv_scratch_layout(s, threads, bf16);
-    const size_t sv = wino_stride(s, c), sm = wino_stride(s, m), su = bf16_packed_size(c, m);
+    const Tiles t = wino_tiles(s, bf16);
+    const size_t sv = wino_stride(s, c, bf16), sm = wino_stride(s, m, bf16), su = bf16_packed_size(c, m);
     const int used = threads < s->batch ? threads : s->batch;
     float *U = scratch + (size_t)threads * layout.per_thread;
     uint32_t *ut = (uint32_t *)(U + (size_t)16 * m * c); /* bf16: the 16 U^T, packed */
-    if (din) wino_weights(U, w, m, c);
+    if (din && t.m == 2) wino2_weights(U, w, m, c);
+    if (din && t.m == 4) wino4_weights(U, w, m, c);
     if (din && bf16)
         for (int x = 0; x < 16; x++) bf16_pack(ut + x * su, U + (size_t)x * m * c, c, m, 1, c);
-    const int group = conv_group(s, 1);
+    const int group = conv_group(s, 1, bf16);
 #pragma omp parallel num_threads(used)
     {
         const int tid = omp_get_thread_num();
         float *V = scratch + (size_t)tid * layout.per_thread, *D = V + layout.col, *dU = D + layout.dcol;
         float *work = dU + layout.dw;
         uint32_t *rows = (uint32_t *)(work + layout.padded);
-        memset(dU, 0, layout.dw * sizeof(float));
+        memset(dU, 0, (size_t)t.mats * m * c * sizeof(float));
         const int b0 = (int)((long)s->batch * tid / used), b1 = (int)((long)s->batch * (tid + 1) / used);
         for (int b = b0; b < b1; b += group) {
-            const int count = b1 - b < group ? b1 - b : group, n = count * wino_tiles(s).tiles;
-            wino_input(V, sv, in + b * in_size, count, s, work);
-            wino_output_grad(D, sm, dout + b * out_size, count, s, work);
-            for (int x = 0; x < 16; x++) {
+            const int count = b1 - b < group ? b1 - b : group, n = count * t.tiles;
+            if (t.m == 2) {
+                wino2_input(V, sv, in + b * in_size, count, s, work);
+                wino2_output_grad(D, sm, dout + b * out_size, count, s, work);
+            } else {
+                wino4_input(V, sv, in + b * in_size, count, s, work);
+                wino4_output_grad(D, sm, dout + b * out_size, count, s, work);
+            }
+            for (int x = 0; x < t.mats; x++) {
                 /* dU (m, c) += dM (m, n) . V^T (n, c); then V (c, n) = U^T (c, m) . dM (m, n) */
                 if (bf16) {
                     const Bf16Runs dm = {D + x * sm, n, 0}, v = {V + x * sv, n, 0};
@@ -728,13 +1060,19 @@ static void wino_backward(float *din, float *dw, const float *dout, const float 
                     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, c, n, m, 1.0f, U + (size_t)x * m * c, c,
                                 D + x * sm, n, 0.0f, V + x * sv, n);
             }
-            if (din) wino_input_grad(din + b * in_size, V, sv, count, s, work);
+            if (din && t.m == 2)
+                wino2_input_grad(din + b * in_size, V, sv, count, s, work);
+            else if (din)
+                wino4_input_grad(din + b * in_size, V, sv, count, s, work);
         }
 #pragma omp barrier
         const float *parts[used];
         for (int u = 0; u < used; u++) parts[u] = scratch + (size_t)u * layout.per_thread + layout.col + layout.dcol;
-        const size_t pairs = (size_t)m * c;
-        wino_weight_grad(dw, parts, used, m, c, pairs * tid / used, pairs * (tid + 1) / used);
+        const size_t pairs = (size_t)m * c, lo = pairs * tid / used, hi = pairs * (tid + 1) / used;
+        if (t.m == 2)
+            wino2_weight_grad(dw, parts, used, m, c, lo, hi);
+        else
+            wino4_weight_grad(dw, parts, used, m, c, lo, hi);
     }
 }
 
@@ -749,7 +1087,7 @@ static void conv_forward_any(float *out, const float *in, const float *w, const 
     const int k = s->in_channels * s->kernel_h * s->kernel_w;
     const size_t in_size = (size_t)s->in_channels * s->in_h * s->in_w;
     const ConvScratch layout = conv_scratch_layout(s, omp_get_max_threads(), 0);
-    const int group = conv_group(s, omp_get_max_threads()), groups = (s->batch + group - 1) / group;
+    const int group = conv_group(s, omp_get_max_threads(), 0), groups = (s->batch + group - 1) / group;
 #pragma omp parallel for schedule(static)
     for (int gi = 0; gi < groups; gi++) {
         float *mine = scratch + (size_t)omp_get_thread_num() * layout.per_thread;
@@ -808,7 +1146,7 @@ void conv_bf16_pack(uint32_t *packed, const float *w, const ConvShape *s, float 
         bf16_pack(packed, w, m, c * s->kernel_h * s->kernel_w, (size_t)c * s->kernel_h * s->kernel_w, 1);
         return;
     }
-    wino_weights(scratch, w, m, c); /* U: 16 matrices (m, c) */
+    wino2_weights(scratch, w, m, c); /* U: 16 matrices (m, c) */
     for (int x = 0; x < 16; x++)
         bf16_pack(packed + x * bf16_packed_size(m, c), scratch + (size_t)x * m * c, m, c, c, 1);
 }

@@ -31,12 +31,13 @@ int conv_shape_init(ConvShape *s);
  * batch across OpenMP threads; each GEMM is single-threaded and sized to
  * stay in cache. */
 size_t conv_scratch_size(const ConvShape *s, int bf16 /* room for conv2d_backward in bf16 */);
-/* Images side by side in one forward GEMM with `threads` threads: 1, or for
- * images of fewer than 256 output pixels (for a Winograd conv, 2x2 tiles)
- * up to 16, so that the GEMM has about 256 columns, while every thread
- * still gets a group. A Winograd backward takes the same groups, with one
- * thread's count, from each thread's chunk of images. */
-int conv_group(const ConvShape *s, int threads);
+/* Images side by side in one forward GEMM with `threads` threads (bf16: as
+ * conv2d_forward_bf16 runs it): 1, or for images of fewer than 256 output
+ * pixels (for a Winograd conv, tiles) up to 16 (F(4x4, 3x3): 64), so that
+ * the GEMM has about 256 columns, while every thread still gets a group. A
+ * Winograd backward takes the same groups, with one thread's count, from
+ * each thread's chunk of images. */
+int conv_group(const ConvShape *s, int threads, int bf16);
 
 void conv2d_forward(float *out,        /* (B, Cout, Ho, Wo); += when accumulate (a residual unit's last conv) */
                     const float *in,   /* (B, Cin, H, W) */
@@ -52,11 +53,16 @@ size_t conv_bf16_packed_size(const ConvShape *s); /* uint32s */
 void conv_bf16_pack(uint32_t *packed, const float *w /* (Cout, Cin, KH, KW) */, const ConvShape *s, float *scratch);
 void conv2d_forward_bf16(float *out, const float *in, const uint32_t *packed, const ConvShape *s, int accumulate,
                          float *scratch);
-/* 1 when the convolution runs as Winograd F(2x2, 3x3): 3x3, stride 1, pad 1,
- * at least 8 input and 8 output channels. Per 2x2 output tile, 16 GEMMs
- * (one per transform element) of Cout x tiles x Cin, images side by side to
- * about 256 tiles, in place of the im2col GEMM: 4/9 of its FLOPs. */
+/* 1 when the convolution runs as Winograd: 3x3, stride 1, pad 1, at least
+ * 8 input and 8 output channels. conv_winograd_tile gives the output tile's
+ * side: 4, F(4x4, 3x3), for float GEMMs on images wider than 4 pixels, 36
+ * GEMMs per tile with 1/4 of the direct FLOPs; else 2, F(2x2, 3x3), 16
+ * GEMMs with 4/9 of them (bf16, whose operands F(4x4, 3x3)'s transforms
+ * would cost too much precision; ops.c); 0 when not Winograd. Each GEMM
+ * (one per transform element) is Cout x tiles x Cin, images side by side
+ * (conv_group), in place of the im2col GEMM. */
 int conv_is_winograd(const ConvShape *s);
+int conv_winograd_tile(const ConvShape *s, int bf16 /* the GEMMs in bfloat16 */);
 /* 1 when conv2d_backward takes the input gradient as a convolution of dout
  * (stride 1, square kernel, fewer than 256 output channels, not Winograd)
  * and dW from the same im2col: its GEMMs are then (Cout*KH*KW) x Cin x (H*W)

@@ -75,8 +75,9 @@ static double forward_flops(const Model *m) {
  * conv2d_backward runs: dout . col^T and W^T . dout, or, where the input
  * gradient is a convolution (conv_input_grad_is_conv), the two products on
  * the im2col of dout; the stem has no input gradient. A Winograd conv
- * (conv_is_winograd) runs 16 GEMMs per group of images instead: U . V
- * forward, dM . V^T and U^T . dM backward, with 2x2 tiles as columns. Best of
+ * (conv_winograd_tile) runs 36 GEMMs per group of images instead (bf16 or
+ * images 4 pixels wide: 16): U . V forward, dM . V^T and U^T . dM backward,
+ * with 4x4 (2x2) tiles as columns. Best of
  * 3; *executed gets the FLOPs of those GEMMs. Nothing else is timed: this is
  * the least time the step could take with the same GEMMs. A model that runs
  * in bfloat16 (model_set_bf16) is timed with the bf16 GEMMs instead, as
@@ -91,52 +92,54 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
         const int M = s->out_channels, N = s->out_h * s->out_w, K = s->in_channels * s->kernel_h * s->kernel_w;
         const int kk = s->kernel_h * s->kernel_w, cin = s->in_channels, hw = s->in_h * s->in_w;
         const int grad_conv = i > 0 && conv_input_grad_is_conv(s);
-        const int group = conv_group(s, threads), groups = (batch + group - 1) / group;
-        if (conv_is_winograd(s)) {
-            const int tiles = ((s->out_h + 1) / 2) * ((s->out_w + 1) / 2), bgroup = conv_group(s, 1);
+        const int group = conv_group(s, threads, bf16), groups = (batch + group - 1) / group;
+        const int tile = conv_winograd_tile(s, bf16), mats = (tile + 2) * (tile + 2);
+        if (tile) {
+            const int tiles = ((s->out_h + tile - 1) / tile) * ((s->out_w + tile - 1) / tile);
+            const int bgroup = conv_group(s, 1, bf16);
             const int bgroups = (batch + bgroup - 1) / bgroup, most = group > bgroup ? group : bgroup;
             const size_t mat = (size_t)(M > cin ? M : cin) * tiles * most, uw = (size_t)M * cin;
-            float *u = xcalloc(16 * uw, sizeof(float)), *du = xcalloc((size_t)threads * 16 * uw, sizeof(float));
-            float *v = xcalloc((size_t)threads * 16 * mat, sizeof(float));
-            float *o = xcalloc((size_t)threads * 16 * mat, sizeof(float));
-            for (size_t j = 0; j < 16 * uw; j++) u[j] = 0.01f * (float)(j % 13);
-            uint32_t *packed = bf16 ? xcalloc(16 * bf16_packed_size(M, cin), sizeof(uint32_t)) : NULL;
-            uint32_t *packed_t = bf16 ? xcalloc(16 * bf16_packed_size(cin, M), sizeof(uint32_t)) : NULL;
+            float *u = xcalloc(mats * uw, sizeof(float)), *du = xcalloc((size_t)threads * mats * uw, sizeof(float));
+            float *v = xcalloc((size_t)threads * mats * mat, sizeof(float));
+            float *o = xcalloc((size_t)threads * mats * mat, sizeof(float));
+            for (size_t j = 0; j < mats * uw; j++) u[j] = 0.01f * (float)(j % 13);
+            uint32_t *packed = bf16 ? xcalloc(mats * bf16_packed_size(M, cin), sizeof(uint32_t)) : NULL;
+            uint32_t *packed_t = bf16 ? xcalloc(mats * bf16_packed_size(cin, M), sizeof(uint32_t)) : NULL;
             const size_t nrows = bf16_nt_rows_size(M, cin, tiles * bgroup, 1);
             uint32_t *rows = bf16 ? xcalloc(threads * nrows, sizeof(uint32_t)) : NULL;
-            for (int x = 0; packed && x < 16; x++) {
+            for (int x = 0; packed && x < mats; x++) {
                 bf16_pack(packed + x * bf16_packed_size(M, cin), u + x * uw, M, cin, cin, 1);
                 bf16_pack(packed_t + x * bf16_packed_size(cin, M), u + x * uw, cin, M, 1, cin);
             }
-            for (size_t j = 0; j < (size_t)threads * 16 * mat; j++) v[j] = 0.01f * (float)(j % 7);
+            for (size_t j = 0; j < (size_t)threads * mats * mat; j++) v[j] = 0.01f * (float)(j % 7);
             double best = 1e30;
             for (int rep = 0; rep < 3; rep++) {
                 double t0 = now_seconds();
 #pragma omp parallel for schedule(static)
                 for (int g = 0; g < groups; g++) {
                     const int t = omp_get_thread_num(), n = (batch - g * group < group ? batch - g * group : group) * tiles;
-                    for (int x = 0; x < 16; x++)
+                    for (int x = 0; x < mats; x++)
                         if (packed)
-                            bf16_gemm(o + ((size_t)t * 16 + x) * mat, n, packed + x * bf16_packed_size(M, cin),
-                                      v + ((size_t)t * 16 + x) * mat, n, M, n, cin, 0);
+                            bf16_gemm(o + ((size_t)t * mats + x) * mat, n, packed + x * bf16_packed_size(M, cin),
+                                      v + ((size_t)t * mats + x) * mat, n, M, n, cin, 0);
                         else
                             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, n, cin, 1.0f, u + x * uw, cin,
-                                        v + ((size_t)t * 16 + x) * mat, n, 0.0f, o + ((size_t)t * 16 + x) * mat, n);
+                                        v + ((size_t)t * mats + x) * mat, n, 0.0f, o + ((size_t)t * mats + x) * mat, n);
                 }
 #pragma omp parallel for schedule(static)
                 for (int g = 0; g < (backward ? bgroups : 0); g++) {
                     const int t = omp_get_thread_num();
                     const int n = (batch - g * bgroup < bgroup ? batch - g * bgroup : bgroup) * tiles;
-                    for (int x = 0; x < 16; x++) {
-                        float *vx = v + ((size_t)t * 16 + x) * mat, *ox = o + ((size_t)t * 16 + x) * mat;
+                    for (int x = 0; x < mats; x++) {
+                        float *vx = v + ((size_t)t * mats + x) * mat, *ox = o + ((size_t)t * mats + x) * mat;
                         if (bf16) {
                             const Bf16Runs dm = {ox, n, 0}, v = {vx, n, 0};
-                            bf16_gemm_nt(du + ((size_t)t * 16 + x) * uw, cin, dm, M, v, cin, n, 1, rows + t * nrows);
+                            bf16_gemm_nt(du + ((size_t)t * mats + x) * uw, cin, dm, M, v, cin, n, 1, rows + t * nrows);
                             if (i > 0) bf16_gemm(vx, n, packed_t + x * bf16_packed_size(cin, M), ox, n, cin, n, M, 0);
                             continue;
                         }
                         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, cin, n, 1.0f, ox, n, vx, n, 1.0f,
-                                    du + ((size_t)t * 16 + x) * uw, cin);
+                                    du + ((size_t)t * mats + x) * uw, cin);
                         if (i > 0)
                             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cin, n, M, 1.0f, u + x * uw, cin, ox,
                                         n, 0.0f, vx, n);
@@ -146,7 +149,7 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
                 if (dt < best) best = dt;
             }
             total += best;
-            *executed += 2.0 * 16 * M * cin * tiles * batch * (1 + (backward ? (i > 0 ? 2 : 1) : 0));
+            *executed += 2.0 * mats * M * cin * tiles * batch * (1 + (backward ? (i > 0 ? 2 : 1) : 0));
             free(u), free(du), free(v), free(o), free(packed), free(packed_t), free(rows);
             continue;
         }

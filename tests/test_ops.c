@@ -320,7 +320,9 @@ static void test_conv(const char *name, int batch, int in_channels, int in_h, in
         CHECK(n_scratch == (size_t)omp_get_max_threads() * n_w, "pointwise conv needs one private dW per thread, got %zu",
               n_scratch);
     else if (conv_is_winograd(&s)) {
-        const size_t vm = (size_t)16 * (in_channels + out_channels) * ((s.out_h + 1) / 2) * ((s.out_w + 1) / 2);
+        const int t = conv_winograd_tile(&s, 0);
+        const size_t vm = (size_t)(t + 2) * (t + 2) * (in_channels + out_channels) * ((s.out_h + t - 1) / t) *
+                          ((s.out_w + t - 1) / t);
         CHECK(n_scratch >= vm, "Winograd scratch %zu smaller than one image's transforms (%zu)", n_scratch, vm);
     } else
         CHECK(n_scratch >= n_col, "scratch %zu smaller than one im2col (%zu)", n_scratch, n_col);
@@ -1191,15 +1193,22 @@ int main(void) {
     test_conv("conv 3x3 s2 p1 on 18x20 (col2im by rows, even width)", 2, 4, 18, 20, 8, 3, 3, 2, 1, 9, 10);
     test_conv("conv 7x7 s2 p3 (stem)", 2, 3, 9, 8, 2, 7, 7, 2, 3, 5, 4);
     test_conv("conv 2x2 s3 p1 (im2col skips a phase and a row in three)", 2, 2, 7, 8, 3, 2, 2, 3, 1, 3, 3);
-    /* 3x3 pad 1 with 8 channels or more: Winograd F(2x2, 3x3). Odd edges
-     * (half tiles), rows of tiles shorter and longer than a vector, images
-     * side by side in a partial group, more than one group per thread */
+    /* 3x3 pad 1 with 8 channels or more: Winograd, F(4x4, 3x3) on images
+     * wider than 4 pixels, else F(2x2, 3x3). Partial tiles at the bottom and
+     * right edges (1, 2 and 3 rows or columns of 4), rows of tiles shorter
+     * than a vector, as long as one and longer, images side by side in a
+     * partial group, more than one group per thread, channels not a
+     * multiple of 8 */
     test_conv("conv 3x3 s1 p1, 8 -> 8 at 40x48 (Winograd; large: direct sums only)", 2, 8, 40, 48, 8, 3, 3, 1, 1, 40,
               48);
     test_conv("conv 3x3 s1 p1, 8 -> 12 at 7x5, 5 images (Winograd side by side; on 2 threads 3 + 2)", 5, 8, 7, 5, 12,
               3, 3, 1, 1, 7, 5);
     test_conv("conv 3x3 s1 p1, 12 -> 8 at 1x19 (Winograd, one row of tiles)", 2, 12, 1, 19, 8, 3, 3, 1, 1, 1, 19);
     test_conv("conv 3x3 s1 p1, 8 -> 8 at 18x17 (Winograd, 9 tiles a row)", 2, 8, 18, 17, 8, 3, 3, 1, 1, 18, 17);
+    test_conv("conv 3x3 s1 p1, 13 -> 9 at 13x32 (Winograd, 8 tiles a row: a vector's worth)", 3, 13, 13, 32, 9, 3, 3,
+              1, 1, 13, 32);
+    test_conv("conv 3x3 s1 p1, 9 -> 11 at 12x11 (Winograd, whole tile rows, partial tile columns)", 2, 9, 12, 11, 11,
+              3, 3, 1, 1, 12, 11);
     test_conv("conv 3x3 s1 p1, 16 -> 8 at 2x2, 20 images (Winograd, one tile each, groups of 16 + 4)", 20, 16, 2, 2,
               8, 3, 3, 1, 1, 2, 2);
     test_conv("conv 3x5 s2 p2 (non-square kernel and image)", 2, 2, 6, 9, 3, 3, 5, 2, 2, 4, 5);

@@ -250,18 +250,20 @@ static void test_teacher_augmented(const char *root, const char *teacher) {
  * test top-1) on the 10,000 test images, plain and augmented as function
  * matching shows them (see test_bf16_teacher's printout). How far apart they
  * are depends on the model: the same 300 steps give a different model with
- * each OpenBLAS kernel (its rounding), and over the four models of
- * OPENBLAS_CORETYPE Haswell, Cooperlake, SkylakeX and Sandybridge the
- * figures ranged as quoted below. The bounds sit above those ranges, and far
- * below what matters to distillation: the recipes' students end 0.07-0.15
- * nats of KL from their teacher (docs/RESULTS.md). */
+ * each rounding of the float training (each OpenBLAS kernel; Winograd
+ * F(2x2, 3x3) or F(4x4, 3x3) in float), and over eight such models
+ * (OPENBLAS_CORETYPE Haswell, Cooperlake, SkylakeX and Sandybridge, with
+ * each Winograd) the figures ranged as quoted below: one model's KL four
+ * times another's. The bounds sit above those ranges, and far below what
+ * matters to distillation: the recipes' students end 0.07-0.15 nats of KL
+ * from their teacher (docs/RESULTS.md). */
 static const struct {
     float min_agreement;   /* same top-1 class as the float teacher */
     float max_top1_change; /* |top-1 in bf16 - top-1 in float| */
     double max_kl;         /* mean KL(float softmax || bf16 softmax), nats */
 } BF16_BOUNDS[2] = {
-    {0.99f, 0.005f, 1.5e-3}, /* plain: 99.31-99.58 %, 0.01-0.17 points, 5.6e-5 - 6.9e-4 */
-    {0.97f, 0.015f, 4e-3},   /* augmented: 98.10-99.05 %, 0.04-0.78 points, 4.3e-4 - 1.9e-3 */
+    {0.985f, 0.005f, 2.5e-3}, /* plain: 99.04-99.58 %, 0.00-0.17 points, 5.6e-5 - 1.1e-3 */
+    {0.955f, 0.015f, 8e-3},   /* augmented: 96.93-99.05 %, 0.04-0.78 points, 4.3e-4 - 4.2e-3 */
 };
 
 static double kl_softmax(const float *p_logits, const float *q_logits, int k) {
