@@ -55,16 +55,22 @@ size_t bf16_packed_size(int m, int k) {
     return (size_t)(m + BF16_MR - 1) / BF16_MR * BF16_MR * ((k + 1) / 2);
 }
 
+/* parallel over the blocks of rows when there are enough to pay for the threads */
+#define PACK_PARALLEL_FLOATS 65536
+
 void bf16_pack(uint32_t *packed, const float *a, int m, int k, size_t row_stride, size_t col_stride) {
     const int pairs = (k + 1) / 2;
-    for (int i = 0; i < m; i += BF16_MR)
+#pragma omp parallel for schedule(static) if ((size_t)m * k >= PACK_PARALLEL_FLOATS)
+    for (int i = 0; i < m; i += BF16_MR) {
+        uint32_t *out = packed + (size_t)i * pairs;
         for (int p = 0; p < pairs; p++)
             for (int r = 0; r < BF16_MR; r++) {
                 const float *lo = a + (size_t)(i + r) * row_stride + (size_t)2 * p * col_stride;
                 const int in = i + r < m;
                 const float x0 = in ? lo[0] : 0.0f, x1 = in && 2 * p + 1 < k ? lo[col_stride] : 0.0f;
-                *packed++ = bf16_bits(x0) | bf16_bits(x1) << 16;
+                *out++ = bf16_bits(x0) | bf16_bits(x1) << 16;
             }
+    }
 }
 
 #ifdef __AVX512BF16__

@@ -1026,8 +1026,10 @@ static void wino_backward(float *din, float *dw, const float *dout, const float 
     uint32_t *ut = (uint32_t *)(U + (size_t)16 * m * c); /* bf16: the 16 U^T, packed */
     if (din && t.m == 2) wino2_weights(U, w, m, c);
     if (din && t.m == 4) wino4_weights(U, w, m, c);
-    if (din && bf16)
+    if (din && bf16) {
+#pragma omp parallel for schedule(static)
         for (int x = 0; x < 16; x++) bf16_pack(ut + x * su, U + (size_t)x * m * c, c, m, 1, c);
+    }
     const int group = conv_group(s, 1, bf16);
 #pragma omp parallel num_threads(used)
     {
@@ -1147,6 +1149,7 @@ void conv_bf16_pack(uint32_t *packed, const float *w, const ConvShape *s, float 
         return;
     }
     wino2_weights(scratch, w, m, c); /* U: 16 matrices (m, c) */
+#pragma omp parallel for schedule(static)
     for (int x = 0; x < 16; x++)
         bf16_pack(packed + x * bf16_packed_size(m, c), scratch + (size_t)x * m * c, m, c, c, 1);
 }
@@ -1276,7 +1279,12 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
 
 /* ------------------------------------------------- weight standardization */
 
+/* Both parallel over the output channels when there are enough floats to
+ * pay for the threads. */
+#define WS_PARALLEL_FLOATS 16384
+
 void weight_standardize_forward(float *w_hat, float *rstd, const float *w, int out_channels, int fan_in) {
+#pragma omp parallel for schedule(static) if ((size_t)out_channels * fan_in >= WS_PARALLEL_FLOATS)
     for (int o = 0; o < out_channels; o++) {
         const float *row = w + (size_t)o * fan_in;
         double sum = 0.0, sumsq = 0.0;
@@ -1292,6 +1300,7 @@ void weight_standardize_forward(float *w_hat, float *rstd, const float *w, int o
 
 void weight_standardize_backward(float *dw, const float *dw_hat, const float *w_hat, const float *rstd,
                                  int out_channels, int fan_in) {
+#pragma omp parallel for schedule(static) if ((size_t)out_channels * fan_in >= WS_PARALLEL_FLOATS)
     for (int o = 0; o < out_channels; o++) {
         const float *g = dw_hat + (size_t)o * fan_in, *wh = w_hat + (size_t)o * fan_in;
         double sum_g = 0.0, sum_gw = 0.0;

@@ -3,6 +3,7 @@
 #include "optim.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -30,18 +31,24 @@ float optimizer_step(Model *m, const OptimConfig *o, long step) {
     const float sched = schedule_multiplier(step, o->warmup_steps, o->total_steps);
     const float bias1 = 1.0f - powf(ADAM_BETA1, (float)(step + 1));
     const float bias2 = 1.0f - powf(ADAM_BETA2, (float)(step + 1));
-    for (int i = 0; i < m->num_params; i++) {
-        const ParamInfo *p = &m->params[i];
-        const float wd = p->kind == PARAM_KERNEL ? o->weight_decay : 0.0f;
-        float *w = m->weights + p->offset, *g = m->grads + p->offset;
-        float *mom = m->adam_m + p->offset, *vel = m->adam_v + p->offset;
-        for (size_t k = 0; k < p->size; k++) {
-            float gk = g[k] * clip;
-            g[k] = gk;
-            mom[k] = ADAM_BETA1 * mom[k] + (1.0f - ADAM_BETA1) * gk;
-            vel[k] = ADAM_BETA2 * vel[k] + (1.0f - ADAM_BETA2) * gk * gk;
-            float update = (mom[k] / bias1) / (sqrtf(vel[k] / bias2) + ADAM_EPS);
-            w[k] -= sched * (o->lr * update + wd * w[k]);
+    /* element by element: each thread takes a range of the flat parameters */
+#pragma omp parallel
+    {
+        const int threads = omp_get_num_threads(), t = omp_get_thread_num();
+        const size_t lo = m->num_floats * t / threads, hi = m->num_floats * (t + 1) / threads;
+        for (int i = 0; i < m->num_params; i++) {
+            const ParamInfo *p = &m->params[i];
+            const size_t from = p->offset > lo ? p->offset : lo, to = p->offset + p->size < hi ? p->offset + p->size : hi;
+            const float wd = p->kind == PARAM_KERNEL ? o->weight_decay : 0.0f;
+            float *w = m->weights, *g = m->grads, *mom = m->adam_m, *vel = m->adam_v;
+            for (size_t k = from; k < to; k++) {
+                float gk = g[k] * clip;
+                g[k] = gk;
+                mom[k] = ADAM_BETA1 * mom[k] + (1.0f - ADAM_BETA1) * gk;
+                vel[k] = ADAM_BETA2 * vel[k] + (1.0f - ADAM_BETA2) * gk * gk;
+                float update = (mom[k] / bias1) / (sqrtf(vel[k] / bias2) + ADAM_EPS);
+                w[k] -= sched * (o->lr * update + wd * w[k]);
+            }
         }
     }
     m->w_hat_valid = 0;
