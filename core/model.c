@@ -484,9 +484,12 @@ static void conv_forward(Model *m, const Conv *c, float *out, const float *in, i
         conv2d_forward(out, in, m->w_hat + c->weight, &s, accumulate, m->scratch);
 }
 
-static void conv_backward(Model *m, const Conv *c, float *din, const float *dout, const float *in, int batch) {
+/* din = the input gradient, or += it when accumulate */
+static void conv_backward(Model *m, const Conv *c, float *din, int accumulate, const float *dout, const float *in,
+                          int batch) {
     ConvShape s = at_batch(c, batch);
-    conv2d_backward(din, m->dw_hat + c->weight, dout, in, m->w_hat + c->weight, &s, m->w_bf16 != NULL, m->scratch);
+    conv2d_backward(din, m->dw_hat + c->weight, dout, in, m->w_hat + c->weight, &s, accumulate, m->w_bf16 != NULL,
+                    m->scratch);
 }
 
 /* out = relu(gn(in)), fused */
@@ -496,10 +499,12 @@ static void norm_relu_forward(Model *m, const Norm *n, float *out, const float *
                       n->channels, n->hw, m->cfg.gn_groups, 1);
 }
 
-static void norm_relu_backward(Model *m, const Norm *n, float *din, const float *dout, const float *out,
-                               const float *in, int batch) {
+/* din = the input gradient, or += it when accumulate */
+static void norm_relu_backward(Model *m, const Norm *n, float *din, int accumulate, const float *dout,
+                               const float *out, const float *in, int batch) {
     groupnorm_backward(din, m->grads + n->gamma, m->grads + n->beta, dout, in, m->acts + n->mean, m->acts + n->rstd,
-                       m->weights + n->gamma, batch, n->channels, n->hw, m->cfg.gn_groups, out, m->scratch);
+                       m->weights + n->gamma, batch, n->channels, n->hw, m->cfg.gn_groups, out, accumulate,
+                       m->scratch);
 }
 
 /* The number of floats of a unit's output for `batch` images. */
@@ -675,7 +680,8 @@ void model_zero_grad(Model *m) {
 }
 
 /* The activation-gradient block reuses memory (see model_layout), so every
- * buffer the ops accumulate into (+=) is zeroed just before its first use. */
+ * buffer is either set by its first op (the convolutions' and GroupNorms'
+ * accumulate = 0) or, for ops that only add (+=), zeroed just before. */
 static float *zeroed(float *p, size_t n) {
     return bulk_copy(p, NULL, n);
 }
@@ -695,34 +701,28 @@ void model_backward(Model *m, const float *dlogits, int batch) {
     dense_backward(dpooled, m->grads + m->head_kernel, m->grads + m->head_bias, dlogits, a + m->act_pooled,
                    m->weights + m->head_kernel, batch, m->head_channels, c->num_classes);
     avgpool_backward(zeroed(d + m->grad_head, head_size), dpooled, batch, m->head_channels, m->head_norm.hw);
-    norm_relu_backward(m, &m->head_norm, zeroed(d + dlast, head_size), d + m->grad_head, a + m->act_head, a + last,
-                       batch);
+    norm_relu_backward(m, &m->head_norm, d + dlast, 0, d + m->grad_head, a + m->act_head, a + last, batch);
 
     const int basic = c->block == BLOCK_BASIC;
     for (int i = m->num_units - 1; i >= 0; i--) {
         const Unit *u = &m->units[i], *g = &m->grad_units[i];
         size_t out_size = unit_out_size(m, u, batch);
-        size_t in_size = (size_t)batch * u->gn_a.channels * u->gn_a.hw;
-        size_t mid_in = (size_t)batch * u->gn_b.channels * u->gn_b.hw;
-        /* dr, dq and dp share one slot, db and da another (see model_layout) */
-        float *dout = d + g->out, *dx = d + g->x;
-        if (u->has_proj)
-            zeroed(dx, in_size);
-        else /* identity shortcut: the residual add passes dout to x unchanged */
+        /* dr, dq and dp share one slot, db and da another (see model_layout);
+         * each gradient is set by the first op that writes it, added to by a second */
+        float *dout = d + g->out, *dx = d + g->x, *dp = d + g->p;
+        if (!u->has_proj) /* identity shortcut: the residual add passes dout to x unchanged */
             bulk_copy(dx, dout, out_size);
         if (basic) {
-            conv_backward(m, &u->conv_b, zeroed(d + g->q, mid_in), dout, a + u->q, batch);
+            conv_backward(m, &u->conv_b, d + g->q, 0, dout, a + u->q, batch);
         } else {
-            size_t mid_out = (size_t)batch * u->gn_c.channels * u->gn_c.hw;
-            conv_backward(m, &u->conv_c, zeroed(d + g->r, mid_out), dout, a + u->r, batch);
-            norm_relu_backward(m, &u->gn_c, zeroed(d + g->b, mid_out), d + g->r, a + u->r, a + u->b, batch);
-            conv_backward(m, &u->conv_b, zeroed(d + g->q, mid_in), d + g->b, a + u->q, batch);
+            conv_backward(m, &u->conv_c, d + g->r, 0, dout, a + u->r, batch);
+            norm_relu_backward(m, &u->gn_c, d + g->b, 0, d + g->r, a + u->r, a + u->b, batch);
+            conv_backward(m, &u->conv_b, d + g->q, 0, d + g->b, a + u->q, batch);
         }
-        norm_relu_backward(m, &u->gn_b, zeroed(d + g->a, mid_in), d + g->q, a + u->q, a + u->a, batch);
-        float *dp = zeroed(d + g->p, in_size);
-        conv_backward(m, &u->conv_a, dp, d + g->a, a + u->p, batch);
-        if (u->has_proj) conv_backward(m, &u->proj, dp, dout, a + u->p, batch);
-        norm_relu_backward(m, &u->gn_a, dx, dp, a + u->p, a + u->x, batch);
+        norm_relu_backward(m, &u->gn_b, d + g->a, 0, d + g->q, a + u->q, a + u->a, batch);
+        conv_backward(m, &u->conv_a, dp, 0, d + g->a, a + u->p, batch);
+        if (u->has_proj) conv_backward(m, &u->proj, dp, 1, dout, a + u->p, batch);
+        norm_relu_backward(m, &u->gn_a, dx, !u->has_proj, dp, a + u->p, a + u->x, batch);
     }
     if (m->has_pool) {
         PoolShape ps = m->pool;
@@ -730,7 +730,7 @@ void model_backward(Model *m, const float *dlogits, int batch) {
         size_t conv_size = (size_t)batch * ps.channels * ps.in_h * ps.in_w;
         maxpool_backward(zeroed(d + m->grad_stem_conv, conv_size), d + m->grad_stem_out, m->pool_argmax, &ps);
     }
-    conv_backward(m, &m->stem, NULL, d + m->grad_stem_conv, a + m->act_input, batch);
+    conv_backward(m, &m->stem, NULL, 0, d + m->grad_stem_conv, a + m->act_input, batch);
 
     /* chain the kernels' gradients through weight standardization */
     for (int i = 0; i < m->num_convs; i++) {

@@ -704,8 +704,8 @@ static void wino2_output_grad(float *restrict D, size_t sm, const float *dout, i
  * rows have theirs (reads right after the stores would straddle them and
  * wait), per row the column sums, interleaved into a row buffer and added
  * to the image. */
-static void wino2_input_grad(float *din, const float *dV, size_t sv, int count, const ConvShape *s,
-                            float *restrict work) {
+static void wino2_input_grad(float *din, const float *dV, size_t sv, int count, const ConvShape *s, int accumulate,
+                             float *restrict work) {
     const Tiles t = wino_tiles(s, 1);
     const int c = s->in_channels, h = s->in_h, w = s->in_w, tw = t.tw, n = count * t.tiles;
     /* input row y's z[k] at z + (4 y + k) zs + 1, half a row buffer apart: z[k][-1] = z[k][tw] = 0 */
@@ -746,7 +746,7 @@ static void wino2_input_grad(float *din, const float *dV, size_t sv, int count, 
                     STORE(row + 2 * q, ZIP_LO(even, odd)), STORE(row + 2 * q + COPY_BLOCK, ZIP_HI(even, odd));
                 }
                 float *dst = plane + (size_t)y * w;
-                for (int p = 0; p < w; p++) dst[p] += row[p];
+                for (int p = 0; p < w; p++) dst[p] = (accumulate ? dst[p] : 0.0f) + row[p];
             }
         }
 }
@@ -926,7 +926,7 @@ static void wino4_output_grad(float *restrict D, size_t sm, const float *dout, i
  * theirs, per row B along it (padded column 4j + k takes column k of tile
  * j, and for k < 2 column k + 4 of tile j - 1), interleaved into a row
  * buffer and added to the image. */
-static void wino4_input_grad(float *din, const float *dV, size_t sv, int count, const ConvShape *s,
+static void wino4_input_grad(float *din, const float *dV, size_t sv, int count, const ConvShape *s, int accumulate,
                              float *restrict work) {
     const Tiles t = wino_tiles(s, 0);
     const int c = s->in_channels, h = s->in_h, w = s->in_w, tw = t.tw, n = count * t.tiles;
@@ -963,7 +963,7 @@ static void wino4_input_grad(float *din, const float *dV, size_t sv, int count, 
                     interleave_4(row + 4 * j, p0, b[1] + before[5], b[2], b[3]);
                 }
                 float *dst = plane + (size_t)y * w;
-                for (int q = 0; q < w; q++) dst[q] += row[q + 1];
+                for (int q = 0; q < w; q++) dst[q] = (accumulate ? dst[q] : 0.0f) + row[q + 1];
             }
         }
 }
@@ -1015,7 +1015,7 @@ static void wino_forward(float *out, const float *in, const float *w, const uint
  * privately, the partials added in thread order. F(4x4, 3x3) in float,
  * F(2x2, 3x3) in bf16. */
 static void wino_backward(float *din, float *dw, const float *dout, const float *in, const float *w,
-                          const ConvShape *s, int bf16, float *scratch) {
+                          const ConvShape *s, int accumulate, int bf16, float *scratch) {
     const int m = s->out_channels, c = s->in_channels, threads = omp_get_max_threads();
     const size_t in_size = (size_t)c * s->in_h * s->in_w, out_size = (size_t)m * s->out_h * s->out_w;
     const ConvScratch layout = conv_scratch_layout(s, threads, bf16);
@@ -1063,9 +1063,9 @@ static void wino_backward(float *din, float *dw, const float *dout, const float 
                                 D + x * sm, n, 0.0f, V + x * sv, n);
             }
             if (din && t.m == 2)
-                wino2_input_grad(din + b * in_size, V, sv, count, s, work);
+                wino2_input_grad(din + b * in_size, V, sv, count, s, accumulate, work);
             else if (din)
-                wino4_input_grad(din + b * in_size, V, sv, count, s, work);
+                wino4_input_grad(din + b * in_size, V, sv, count, s, accumulate, work);
         }
 #pragma omp barrier
         const float *parts[used];
@@ -1159,20 +1159,22 @@ void conv2d_forward_bf16(float *out, const float *in, const uint32_t *packed, co
     conv_forward_any(out, in, NULL, packed, s, accumulate, scratch);
 }
 
-/* One image's din += the input gradient through W^T (k, m) . dout (m, n):
- * for a pointwise conv straight into din, else into dcol (k, n) and
- * scattered back by col2im. In bf16 with wt, W^T packed (bf16_pack). */
+/* One image's din += (or, not accumulating, =) the input gradient through
+ * W^T (k, m) . dout (m, n): for a pointwise conv straight into din, else
+ * into dcol (k, n) and scattered back by col2im. In bf16 with wt, W^T
+ * packed (bf16_pack). */
 static void input_grad(float *din, const float *dout, const float *w, const uint32_t *wt, const ConvShape *s,
-                       float *dcol, float *padded) {
+                       int accumulate, float *dcol, float *padded) {
     const int m = s->out_channels, n = s->out_h * s->out_w, k = s->in_channels * s->kernel_h * s->kernel_w;
     const int pointwise = conv_is_pointwise(s);
     float *to = pointwise ? din : dcol;
+    const int add = pointwise && accumulate;
     if (wt)
-        bf16_gemm(to, n, wt, dout, n, k, n, m, pointwise);
+        bf16_gemm(to, n, wt, dout, n, k, n, m, add);
     else
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, n, m, 1.0f, w, k, dout, n, pointwise ? 1.0f : 0.0f,
-                    to, n);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, n, m, 1.0f, w, k, dout, n, add ? 1.0f : 0.0f, to, n);
     if (pointwise) return;
+    if (!accumulate) memset(din, 0, (size_t)s->in_channels * s->in_h * s->in_w * sizeof(float));
     if (conv_is_3x3_stride2(s))
         col2im_add_3x3_stride2(din, dcol, s, padded);
     else
@@ -1183,9 +1185,9 @@ static void input_grad(float *din, const float *dout, const float *w, const uint
  * chunk's dW privately and the partial sums are added in thread order, so the
  * result depends only on the thread count. */
 void conv2d_backward(float *din, float *dw, const float *dout, const float *in, const float *w,
-                     const ConvShape *s, int bf16, float *scratch) {
+                     const ConvShape *s, int accumulate, int bf16, float *scratch) {
     if (conv_is_winograd(s)) {
-        wino_backward(din, dw, dout, in, w, s, bf16, scratch);
+        wino_backward(din, dw, dout, in, w, s, accumulate, bf16, scratch);
         return;
     }
     const int m = s->out_channels, n = s->out_h * s->out_w, cin = s->in_channels, hw = s->in_h * s->in_w;
@@ -1230,7 +1232,7 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
                 }
                 bf16_gemm_nt(dw_mine, k, (Bf16Runs){dout_b, n, (size_t)m * n}, m, cols, k, n, count, rows);
                 for (int g = 0; din && g < count; g++)
-                    input_grad(din_b + g * in_size, dout_b + (size_t)g * m * n, w, wt, s, dcol, padded);
+                    input_grad(din_b + g * in_size, dout_b + (size_t)g * m * n, w, wt, s, accumulate, dcol, padded);
                 continue;
             }
             if (grad_conv) {
@@ -1244,12 +1246,12 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
                 else
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m * kk, cin, hw, 1.0f, dcol, hw, in_b, hw,
                                 1.0f, dw_mine, cin);
-                /* din_b (cin, hw) += flipped (cin, m*kk) . dcol (m*kk, hw) */
+                /* din_b (cin, hw) += (or =) flipped (cin, m*kk) . dcol (m*kk, hw) */
                 if (bf16)
-                    bf16_gemm(din_b, hw, wt, dcol, hw, cin, hw, m * kk, 1);
+                    bf16_gemm(din_b, hw, wt, dcol, hw, cin, hw, m * kk, accumulate);
                 else
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cin, hw, m * kk, 1.0f, flipped, m * kk,
-                                dcol, hw, 1.0f, din_b, hw);
+                                dcol, hw, accumulate ? 1.0f : 0.0f, din_b, hw);
                 continue;
             }
             const float *col_b = in_b;
@@ -1259,7 +1261,7 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
             }
             /* dW (m, k) += dout_b (m, n) . col_b^T (n, k) */
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, k, n, 1.0f, dout_b, n, col_b, n, 1.0f, dw_mine, k);
-            if (din) input_grad(din_b, dout_b, w, NULL, s, dcol, padded);
+            if (din) input_grad(din_b, dout_b, w, NULL, s, accumulate, dcol, padded);
         }
         if (layout.dw) {
 #pragma omp barrier
@@ -1389,7 +1391,7 @@ void groupnorm_forward(float *out, float *mean, float *rstd, const float *in, co
  * any number of threads. */
 void groupnorm_backward(float *din, float *dgamma, float *dbeta, const float *dout, const float *in,
                         const float *mean, const float *rstd, const float *gamma, int batch, int channels, int hw,
-                        int groups, const float *relu_out, float *sums) {
+                        int groups, const float *relu_out, int accumulate, float *sums) {
     const int cpg = channels / groups;
     const size_t group_size = (size_t)cpg * hw;
     float *sum_dy_xhat_of = sums, *sum_dy_of = sums + (size_t)batch * channels; /* (B, C) each */
@@ -1439,7 +1441,7 @@ void groupnorm_backward(float *din, float *dgamma, float *dbeta, const float *do
                     const float g = dy[i];
                     float d = (!y || y[i] > 0.0f) ? g : 0.0f;
                     float xhat = (xc[i] - mu) * r;
-                    dx[i] += r * (d * gm - mean_dxhat - xhat * mean_dxhat_xhat);
+                    dx[i] = (accumulate ? dx[i] : 0.0f) + r * (d * gm - mean_dxhat - xhat * mean_dxhat_xhat);
                 }
             }
         }

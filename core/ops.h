@@ -76,10 +76,11 @@ int conv_bf16_dw_group(const ConvShape *s);
  * transforms, the kernel), their products summed in float; dW and din are
  * float sums over the images as ever. The scratch must then be sized with
  * bf16 (conv_scratch_size). */
-void conv2d_backward(float *din,       /* (B, Cin, H, W) += ; may be NULL */
+void conv2d_backward(float *din,       /* (B, Cin, H, W) += (accumulate) or = ; may be NULL */
                      float *dw,        /* (Cout, Cin, KH, KW) += */
                      const float *dout,/* (B, Cout, Ho, Wo) */
-                     const float *in, const float *w, const ConvShape *s, int bf16, float *scratch);
+                     const float *in, const float *w, const ConvShape *s, int accumulate, int bf16,
+                     float *scratch);
 
 /* ---- weight standardization: per output channel over (Cin, KH, KW) ---- */
 #define WS_EPS 1e-10f
@@ -102,12 +103,12 @@ void groupnorm_forward(float *out,        /* (B, C, HW) */
                        const float *in,   /* (B, C, HW) */
                        const float *gamma, const float *beta, /* (C) */
                        int batch, int channels, int hw, int groups, int relu);
-void groupnorm_backward(float *din, float *dgamma, float *dbeta, /* += */
+void groupnorm_backward(float *din, float *dgamma, float *dbeta, /* +=; din = when not accumulate */
                         const float *dout, const float *in,
                         const float *mean, const float *rstd, const float *gamma,
                         int batch, int channels, int hw, int groups,
                         const float *relu_out, /* NULL: no ReLU */
-                        float *sums /* scratch: 2 x batch x channels floats */);
+                        int accumulate, float *sums /* scratch: 2 x batch x channels floats */);
 
 /* ---- ReLU ---- */
 void relu_forward(float *out, const float *in, size_t n);

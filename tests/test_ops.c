@@ -123,6 +123,20 @@ static void check_forward(const char *what, const float *got, const double *want
           bad ? got[first] : 0.0, bad ? want[first] : 0.0);
 }
 
+/* A gradient set (accumulate 0) onto garbage against the same gradient
+ * added (accumulate 1) onto GRAD_PREFILL: the same sums, within the add's
+ * rounding; NaN garbage would show through any read of it. */
+static void check_set(const char *what, const float *set, const float *added, size_t n) {
+    size_t bad = 0, first = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!(fabs((double)set[i] + GRAD_PREFILL - added[i]) <= 1e-6 * (1.0 + fabs(added[i])))) {
+            if (!bad) first = i;
+            bad++;
+        }
+    CHECK(bad == 0, "%s: %zu of %zu values off; first [%zu] set %.9g, added onto %g: %.9g", what, bad, n, first,
+          bad ? set[first] : 0.0, GRAD_PREFILL, bad ? added[first] : 0.0);
+}
+
 /* Two float results of the same computation (e.g. with and without din). */
 static void check_same(const char *what, const float *got, const float *want, size_t n) {
     size_t bad = 0, first = 0;
@@ -357,7 +371,7 @@ static void test_conv(const char *name, int batch, int in_channels, int in_h, in
     fill_constant(din, n_in, GRAD_PREFILL);
     fill_constant(dw, n_w, GRAD_PREFILL);
     if (scratch) fill_constant(scratch, n_scratch, OUT_GARBAGE); /* backward must not rely on forward's */
-    conv2d_backward(din, dw, r, in, w, &s, 0, scratch);
+    conv2d_backward(din, dw, r, in, w, &s, 1, 0, scratch);
     /* finite differences cost a convolution per input: small problems only;
      * they also vouch for the direct sums that check the large ones */
     if ((double)n_in * n_out * in_channels * kernel_h * kernel_w < 1e9) {
@@ -376,11 +390,17 @@ static void test_conv(const char *name, int batch, int in_channels, int in_h, in
      * with or without din) */
     float *dw_only = new_floats(n_w);
     fill_constant(dw_only, n_w, GRAD_PREFILL);
-    conv2d_backward(NULL, dw_only, r, in, w, &s, 0, scratch);
+    conv2d_backward(NULL, dw_only, r, in, w, &s, 1, 0, scratch);
     if (conv_input_grad_is_conv(&s))
         check_forward("conv d/d weight with din NULL", dw_only, dw_ref, n_w);
     else
         check_same("conv d/d weight with din NULL", dw_only, dw, n_w);
+    /* din set, not added to: whatever it held before */
+    float *din_set = new_floats(n_in);
+    fill_constant(din_set, n_in, NAN);
+    fill_constant(dw_only, n_w, GRAD_PREFILL);
+    conv2d_backward(din_set, dw_only, r, in, w, &s, 0, 0, scratch);
+    check_set("conv d/d input set", din_set, din, n_in);
 
     size_t overrun = 0;
     for (size_t i = 0; scratch && i < CANARY; i++) overrun += scratch[n_scratch + i] != -12345.0f;
@@ -540,8 +560,13 @@ static void test_conv_bf16(const char *name, int batch, int in_channels, int in_
     fill_constant(din, n_in, GRAD_PREFILL);
     fill_constant(dw, n_w, GRAD_PREFILL);
     fill_constant(dw_only, n_w, GRAD_PREFILL);
-    conv2d_backward(din, dw, r, in, w, &s, 1, big);
-    conv2d_backward(NULL, dw_only, r, in, w, &s, 1, big);
+    conv2d_backward(din, dw, r, in, w, &s, 1, 1, big);
+    conv2d_backward(NULL, dw_only, r, in, w, &s, 1, 1, big);
+    float *din_set = new_floats(n_in), *dw_set = new_floats(n_w);
+    fill_constant(din_set, n_in, NAN);
+    fill_constant(dw_set, n_w, GRAD_PREFILL);
+    conv2d_backward(din_set, dw_set, r, in, w, &s, 0, 1, big);
+    check_set("bf16 conv d/d input set", din_set, din, n_in);
     double *din_ref = new_doubles(n_in), *dw_ref = new_doubles(n_w);
     conv_reference_backward(din_ref, dw_ref, as_doubles(r, n_out), as_doubles(in, n_in), as_doubles(w, n_w), &s);
     const struct { const char *what; const float *got; const double *want; size_t n; } grads[] = {
@@ -704,7 +729,7 @@ static void test_groupnorm(const char *name, int batch, int channels, int hw, in
     fill_constant(dbeta, channels, GRAD_PREFILL);
     float *sums = new_floats((size_t)2 * batch * channels);
     groupnorm_backward(din, dgamma, dbeta, r, in, mean, rstd, gamma, batch, channels, hw, groups, relu ? out : NULL,
-                       sums);
+                       1, sums);
     check_gradient("groupnorm d/d input", groupnorm_objective, &p, p.in, n, din);
     check_gradient("groupnorm d/d gamma", groupnorm_objective, &p, p.gamma, channels, dgamma);
     check_gradient("groupnorm d/d beta", groupnorm_objective, &p, p.beta, channels, dbeta);
@@ -713,9 +738,16 @@ static void test_groupnorm(const char *name, int batch, int channels, int hw, in
     fill_constant(dgamma_only, channels, GRAD_PREFILL);
     fill_constant(dbeta_only, channels, GRAD_PREFILL);
     groupnorm_backward(NULL, dgamma_only, dbeta_only, r, in, mean, rstd, gamma, batch, channels, hw, groups,
-                       relu ? out : NULL, sums);
+                       relu ? out : NULL, 1, sums);
     check_same("groupnorm d/d gamma with din NULL", dgamma_only, dgamma, channels);
     check_same("groupnorm d/d beta with din NULL", dbeta_only, dbeta, channels);
+    float *din_set = new_floats(n); /* din set, not added to */
+    fill_constant(din_set, n, NAN);
+    fill_constant(dgamma_only, channels, GRAD_PREFILL);
+    fill_constant(dbeta_only, channels, GRAD_PREFILL);
+    groupnorm_backward(din_set, dgamma_only, dbeta_only, r, in, mean, rstd, gamma, batch, channels, hw, groups,
+                       relu ? out : NULL, 0, sums);
+    check_set("groupnorm d/d input set", din_set, din, n);
     /* the same bytes on 1 and 3 threads as on the default number */
     const int was = omp_get_max_threads();
     float *din_t = new_floats(n), *dgamma_t = new_floats(channels), *dbeta_t = new_floats(channels);
@@ -725,7 +757,7 @@ static void test_groupnorm(const char *name, int batch, int channels, int hw, in
         fill_constant(dbeta_t, channels, GRAD_PREFILL);
         omp_set_num_threads(threads);
         groupnorm_backward(din_t, dgamma_t, dbeta_t, r, in, mean, rstd, gamma, batch, channels, hw, groups,
-                           relu ? out : NULL, sums);
+                           relu ? out : NULL, 1, sums);
         CHECK(memcmp(din_t, din, n * sizeof(float)) == 0 && memcmp(dgamma_t, dgamma, channels * sizeof(float)) == 0 &&
                   memcmp(dbeta_t, dbeta, channels * sizeof(float)) == 0,
               "groupnorm backward on %d thread(s) differs from %d threads'", threads, was);
