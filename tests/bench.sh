@@ -10,8 +10,12 @@
 # (OPENBLAS_CORETYPE), distilld is also timed without the pin (OPENBLAS_CORETYPE and
 # OPENBLAS_L2_SIZE unset for that process alone), in two more columns: PyTorch's oneDNN never
 # reads the pin, so those columns compare the same instruction set on both sides.
-# Environment: BENCH_THREADS (default "1 2"), BENCH_BATCH (default 128), BENCH_QUICK=1 (one
-# warm-up and one timed step each: a smoke test of the script, not a measurement).
+# Each row's processes run BENCH_ROUNDS times (default 3), taking turns, and each side's median
+# round counts: the machine's speed drifts over minutes, and one slow stretch under one process
+# would otherwise decide a ratio.
+# Environment: BENCH_THREADS (default "1 2"), BENCH_BATCH (default 128), BENCH_ROUNDS (default 3),
+# BENCH_QUICK=1 (one round, one warm-up and one timed step each: a smoke test of the script, not a
+# measurement).
 # Raw JSON lines go to $BUILD/bench/results.jsonl. Exits 1 if any measurement process failed.
 set -u
 
@@ -20,6 +24,8 @@ PY=/usr/bin/python3
 THREADS=${BENCH_THREADS:-1 2}
 BATCH=${BENCH_BATCH:-128}
 QUICK=${BENCH_QUICK:-0}
+ROUNDS=${BENCH_ROUNDS:-3}
+[ "$QUICK" = 1 ] && ROUNDS=1
 cd "$(dirname "$0")/.." || exit 2
 BENCH=$BUILD/tests/bench
 OUT=$BUILD/bench
@@ -88,19 +94,19 @@ run() {
     local label=$1 impl=$2 threads=$3
     shift 3
     local log=$OUT/last.err out line
-    printf '  %-20s %-8s %-9s %s thread(s) ... ' "$label" "$kind" "$impl" "$threads" >&2
+    printf '  %-20s %-8s %-9s %s thread(s), round %s ... ' "$label" "$kind" "$impl" "$threads" "$round" >&2
     if out=$("$@" 2>"$log") && line=$(printf '%s\n' "$out" | tail -n 1) && [ "${line:0:1}" = "{" ]; then
-        echo "${line%\}}, \"label\": \"$label\", \"run\": \"$impl\"}" >> "$RESULTS"
+        echo "${line%\}}, \"label\": \"$label\", \"run\": \"$impl\", \"round\": $round}" >> "$RESULTS"
         echo "$line" | sed -n 's/.*"images_per_second": \([0-9.]*\).*/\1 img\/s/p' >&2
     else
         echo "FAILED" >&2
         sed 's/^/    /' "$log" >&2
-        echo "{\"impl\": \"$impl\", \"run\": \"$impl\", \"kind\": \"$kind\", \"threads\": $threads, \"label\": \"$label\", \"failed\": true}" >> "$RESULTS"
+        echo "{\"impl\": \"$impl\", \"run\": \"$impl\", \"kind\": \"$kind\", \"threads\": $threads, \"label\": \"$label\", \"round\": $round, \"failed\": true}" >> "$RESULTS"
         failed=1
     fi
 }
 
-echo "make bench: batch $BATCH, threads $THREADS; each line is one process (distilld, then PyTorch)" >&2
+echo "make bench: batch $BATCH, threads $THREADS, $ROUNDS round(s); each line is one process (distilld, then PyTorch)" >&2
 for threads in $THREADS; do
     for entry in "${PLAN[@]}"; do
         IFS='|' read -r label kind model teacher warmup iters flags <<< "$entry"
@@ -108,11 +114,13 @@ for threads in $THREADS; do
         args=("$kind" "$model")
         [ "$teacher" != "-" ] && args+=("$teacher")
         args+=(--batch "$BATCH" --threads "$threads" --iters "$iters" --warmup "$warmup" $flags)
-        run "$label" distilld "$threads" "$BENCH" "${args[@]}"
-        [ -n "$PINNED" ] && run "$label" unpinned "$threads" env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$BENCH" "${args[@]}"
-        # PyTorch in both memory formats: the peer is the faster of the two
-        run "$label" pytorch "$threads" env "${TORCH_ENV[@]}" "$PY" tests/bench_torch.py "${args[@]}"
-        run "$label" pytorch-cl "$threads" env "${TORCH_ENV[@]}" "$PY" tests/bench_torch.py "${args[@]}" --channels-last
+        for ((round = 1; round <= ROUNDS; round++)); do
+            run "$label" distilld "$threads" "$BENCH" "${args[@]}"
+            [ -n "$PINNED" ] && run "$label" unpinned "$threads" env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$BENCH" "${args[@]}"
+            # PyTorch in both memory formats: the peer is the faster of the two
+            run "$label" pytorch "$threads" env "${TORCH_ENV[@]}" "$PY" tests/bench_torch.py "${args[@]}"
+            run "$label" pytorch-cl "$threads" env "${TORCH_ENV[@]}" "$PY" tests/bench_torch.py "${args[@]}" --channels-last
+        done
     done
 done
 
@@ -274,13 +282,19 @@ end=$(date +%s)
 RESULTS=$RESULTS "$PY" - <<'EOF'
 import json, os
 rows = [json.loads(l) for l in open(os.environ["RESULTS"]) if l.strip()]
-keys, by = [], {}
+keys, rounds = [], {}
 for r in rows:
     k = (r["label"], r["kind"], r["threads"])
-    if k not in by:
+    if k not in rounds:
         keys.append(k)
-        by[k] = {}
-    by[k][r.get("run", r["impl"])] = r
+        rounds[k] = {}
+    rounds[k].setdefault(r.get("run", r["impl"]), []).append(r)
+def median(runs):
+    """the median round (the lower of the middle two); a failed round fails the measurement"""
+    if any(r.get("failed") for r in runs):
+        return next(r for r in runs if r.get("failed"))
+    return sorted(runs, key=lambda r: r["images_per_second"])[(len(runs) - 1) // 2]
+by = {k: {run: median(v) for run, v in runs.items()} for k, runs in rounds.items()}
 def f(r, key, fmt):
     if r is None or r.get("failed"):
         return "FAIL"
@@ -326,14 +340,15 @@ if blas:
 EOF
 
 echo
-echo "images/s: median over the timed steps; ratio > 1 means distilld is faster. batch $BATCH."
+echo "images/s: median over the timed steps, and of $ROUNDS round(s) of processes taking turns; ratio > 1 means distilld"
+echo "          is faster. batch $BATCH."
 echo "PyTorch:  the faster of its two memory formats (layout: NCHW, or NHWC = channels_last), each run separately."
 echo "bf16:     those rows run the teacher (distill) or the model (infer) in bfloat16, and a trained model marked"
 echo "          bf16 (train; the student of a distill) in mixed precision: bf16 convolutions, float weights and"
 echo "          optimizer. PyTorch ran it both so (torch.bfloat16; autocast) and in float (the row without bf16):"
 echo "          its faster run is the peer (layout says which)."
 echo "GFLOP/s: conv + head multiply-adds x2 (x3 for a training step, + teacher forward for distill), counted as"
-echo "  direct convolution: Winograd 3x3 convs do 4/9 of them, so this is an effective rate."
+echo "  direct convolution: Winograd 3x3 convs do 1/4 of them (bf16: 4/9), so this is an effective rate."
 echo "sgemm GFLOP/s: the FLOPs of the step's conv GEMMs over the time OpenBLAS alone takes for them at their own"
 echo "  shapes and threading (bench.c, best of 3); % of sgemm = that time over the step's: the share of the step"
 echo "  the GEMMs alone would take (100 = nothing but GEMMs). In bf16 rows the bfloat16 models' GEMMs are timed with"
