@@ -587,6 +587,14 @@ static inline void copy_row(float *restrict dst, const float *restrict src, int 
     for (int i = 0; i < n; i++) dst[i] = src[i];
 }
 
+/* dst[0..n) = or, when accumulate, += src[0..n): a transform's row of output */
+static inline void put_row(float *restrict dst, const float *restrict src, int n, int accumulate) {
+    if (accumulate)
+        for (int i = 0; i < n; i++) dst[i] += src[i];
+    else
+        copy_row(dst, src, n);
+}
+
 /* V[xi] (c, count*tiles), xi's matrices `sv` floats apart, from `count`
  * images (c, h, w): each plane copied inside a zero border (all its rows
  * first: a row read right after it is copied would wait on the copy's
@@ -655,11 +663,7 @@ static void wino2_output(float *out, const float *M, size_t sm, int count, const
                         const Block even = LOAD(s0 + j) + b1 + b2, odd = b1 - b2 - LOAD(s3 + j);
                         STORE(row + 2 * j, ZIP_LO(even, odd)), STORE(row + 2 * j + COPY_BLOCK, ZIP_HI(even, odd));
                     }
-                    float *dst = plane + (size_t)(2 * i + half) * w;
-                    if (accumulate)
-                        for (int x = 0; x < w; x++) dst[x] += row[x];
-                    else
-                        copy_row(dst, row, w);
+                    put_row(plane + (size_t)(2 * i + half) * w, row, w, accumulate);
                 }
         }
 }
@@ -745,8 +749,7 @@ static void wino2_input_grad(float *din, const float *dV, size_t sv, int count, 
                     const Block odd = LOAD(z0 + q + 1) - a0 + a1 + a2;
                     STORE(row + 2 * q, ZIP_LO(even, odd)), STORE(row + 2 * q + COPY_BLOCK, ZIP_HI(even, odd));
                 }
-                float *dst = plane + (size_t)y * w;
-                for (int p = 0; p < w; p++) dst[p] = (accumulate ? dst[p] : 0.0f) + row[p];
+                put_row(plane + (size_t)y * w, row, w, accumulate);
             }
         }
 }
@@ -874,11 +877,7 @@ static void wino4_output(float *out, const float *M, size_t sm, int count, const
                              LOAD(z + 3 * t.plane + j), LOAD(z + 4 * t.plane + j), LOAD(z + 5 * t.plane + j));
                         interleave_4(row + 4 * j, y[0], y[1], y[2], y[3]);
                     }
-                    float *dst = plane + (size_t)(4 * i + r) * w;
-                    if (accumulate)
-                        for (int x = 0; x < w; x++) dst[x] += row[x];
-                    else
-                        copy_row(dst, row, w);
+                    put_row(plane + (size_t)(4 * i + r) * w, row, w, accumulate);
                 }
         }
 }
@@ -962,8 +961,7 @@ static void wino4_input_grad(float *din, const float *dV, size_t sv, int count, 
                     const Block p0 = b[0] + (before[0] + before[1] + before[2] + before[3] + before[4]);
                     interleave_4(row + 4 * j, p0, b[1] + before[5], b[2], b[3]);
                 }
-                float *dst = plane + (size_t)y * w;
-                for (int q = 0; q < w; q++) dst[q] = (accumulate ? dst[q] : 0.0f) + row[q + 1];
+                put_row(plane + (size_t)y * w, row + 1, w, accumulate);
             }
         }
 }
