@@ -602,7 +602,7 @@ static inline void put_row(float *restrict dst, const float *restrict src, int n
  * transform (B^T along the row) into planes C[k][row parity], then per
  * plane pair the row transform. */
 static void wino2_input(float *restrict V, size_t sv, const float *img, int count, const ConvShape *s,
-                       float *restrict work) {
+                        float *restrict work) {
     const Tiles t = wino_tiles(s, 1);
     const int c = s->in_channels, h = s->in_h, w = s->in_w, tw = t.tw, n = count * t.tiles;
     float *C = work, *padded = work + 8 * t.plane; /* padded row r at r * t.row: 0, input row r - 1, 0... */
@@ -638,7 +638,7 @@ static void wino2_input(float *restrict V, size_t sv, const float *img, int coun
  * tile planes, then per row of tiles the column sums, interleaved into a
  * row buffer and copied or added to the two output rows. */
 static void wino2_output(float *out, const float *M, size_t sm, int count, const ConvShape *s, int accumulate,
-                        float *restrict work) {
+                         float *restrict work) {
     const Tiles t = wino_tiles(s, 1);
     const int m = s->out_channels, h = s->out_h, w = s->out_w, tw = t.tw, n = count * t.tiles;
     float *S = work, *row = work + 8 * t.plane;
@@ -670,7 +670,7 @@ static void wino2_output(float *out, const float *M, size_t sm, int count, const
 
 /* dM[xi] (m, count*tiles) = A dout_tile A^T, from `count` images of dout (m, h, w) */
 static void wino2_output_grad(float *restrict D, size_t sm, const float *dout, int count, const ConvShape *s,
-                             float *restrict work) {
+                              float *restrict work) {
     const Tiles t = wino_tiles(s, 1);
     const int m = s->out_channels, h = s->out_h, w = s->out_w, tw = t.tw, n = count * t.tiles;
     float *r0 = work + 8 * t.plane, *r1 = r0 + t.row;
