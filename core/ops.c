@@ -701,13 +701,13 @@ static void wino2_output_grad(float *restrict D, size_t sm, const float *dout, i
         }
 }
 
-/* din (count images of (c, h, w)) += B dV B^T, patches overlapping: per
- * padded row, the row sums of the tile rows that cover it (padded row 2i
- * takes row 0 of tile row i and row 2 of tile row i-1; 2i+1 rows 1 and 3)
- * into four zero-bordered rows z[k], one per tile column k; then, once all
- * rows have theirs (reads right after the stores would straddle them and
- * wait), per row the column sums, interleaved into a row buffer and added
- * to the image. */
+/* din (count images of (c, h, w)) += (or, not accumulating, =) B dV B^T,
+ * patches overlapping: per padded row, the row sums of the tile rows that
+ * cover it (padded row 2i takes row 0 of tile row i and row 2 of tile row
+ * i-1; 2i+1 rows 1 and 3) into four zero-bordered rows z[k], one per tile
+ * column k; then, once all rows have theirs (reads right after the stores
+ * would straddle them and wait), per row the column sums, interleaved into
+ * a row buffer and added to (or copied into) the image. */
 static void wino2_input_grad(float *din, const float *dV, size_t sv, int count, const ConvShape *s, int accumulate,
                              float *restrict work) {
     const Tiles t = wino_tiles(s, 1);
@@ -753,6 +753,7 @@ static void wino2_input_grad(float *din, const float *dV, size_t sv, int count, 
             }
         }
 }
+
 /* F(4x4, 3x3)'s transforms, on rows of eight tiles: B^T of six values
  * d0..d5 (BT_4), A^T of six (AT_4: four), A of four (A_4: six) and B of six
  * (B_4: six). B^T's rows (4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0),
@@ -918,13 +919,13 @@ static void wino4_output_grad(float *restrict D, size_t sm, const float *dout, i
         }
 }
 
-/* din (count images of (c, h, w)) += B dV B^T, patches overlapping by two:
+/* din (count images of (c, h, w)) += (or =) B dV B^T, patches overlapping by two:
  * per row of tiles and tile column k, B down the tiles' six rows, into the
  * zero-bordered rows z[k] of the six padded rows they cover (the first two
  * added to what the row of tiles before left there); once all rows have
  * theirs, per row B along it (padded column 4j + k takes column k of tile
  * j, and for k < 2 column k + 4 of tile j - 1), interleaved into a row
- * buffer and added to the image. */
+ * buffer and added to (or copied into) the image. */
 static void wino4_input_grad(float *din, const float *dV, size_t sv, int count, const ConvShape *s, int accumulate,
                              float *restrict work) {
     const Tiles t = wino_tiles(s, 0);
