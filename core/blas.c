@@ -72,6 +72,60 @@ void blas_warm_buffers(int threads) {
     }
 }
 
+/* OpenBLAS 0.3.21's rule for its small-matrix kernels (row-major terms):
+ * at most SMALL_MACS multiply-adds; not A^T . B^T; A . B^T only when C has
+ * at most SMALL_NT_C elements and k >= 32. Measured, one thread, per
+ * product in GFLOP/s, whole -> in pieces: 16x4096x147 63 -> 100 (columns by
+ * 256), 32x1024x64 73 -> 104 (by 256), 16x1024x64 A^T.B 62 -> 95 (by 256),
+ * 64x16x1024 A.B^T 57 -> 96 (inner by 512). Pieces narrower than
+ * SMALL_MIN_PIECE, or wider than the MAX, gained nothing. */
+#define SMALL_MACS 1e6
+#define SMALL_NT_C 1200
+#define SMALL_MIN_PIECE 32
+#define SMALL_MAX_COLUMNS 256
+#define SMALL_MAX_INNER 512
+
+/* 1 when the core has the small-matrix kernels: its AVX-512 ones */
+static int small_kernels(void) {
+    static _Atomic int known = -1;
+    if (known < 0) known = core_tier(openblas_get_corename()) == 3;
+    return known;
+}
+
+/* the widest piece, a power of two from SMALL_MIN_PIECE up to max, of at most
+ * SMALL_MACS multiply-adds; 0 if even the narrowest has more */
+static int piece(double macs_per_column, int max) {
+    int p = SMALL_MIN_PIECE;
+    if (macs_per_column * p > SMALL_MACS) return 0;
+    while (2 * p <= max && macs_per_column * 2 * p <= SMALL_MACS) p *= 2;
+    return p;
+}
+
+void blas_sgemm(int trans_a, int trans_b, int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+                float beta, float *c, int ldc) {
+    const enum CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
+    const int large = small_kernels() && (double)m * n * k > SMALL_MACS;
+    if (large && !trans_b) { /* column blocks of C and B */
+        const int w = piece((double)m * k, SMALL_MAX_COLUMNS);
+        if (w && w < n) {
+            for (int j = 0; j < n; j += w)
+                cblas_sgemm(CblasRowMajor, ta, tb, m, n - j < w ? n - j : w, k, 1.0f, a, lda, b + j, ldb, beta, c + j,
+                            ldc);
+            return;
+        }
+    }
+    if (large && trans_b && !trans_a && m * n <= SMALL_NT_C) { /* blocks of the inner dimension, summed */
+        const int w = piece((double)m * n, SMALL_MAX_INNER);
+        if (w && w < k) {
+            for (int p = 0; p < k; p += w)
+                cblas_sgemm(CblasRowMajor, ta, tb, m, n, k - p < w ? k - p : w, 1.0f, a + p, lda, b + p, ldb,
+                            p ? 1.0f : beta, c, ldc);
+            return;
+        }
+    }
+    cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+}
+
 const char *blas_describe(void) {
     static char text[256];
     const char *detected = getenv(REEXEC_MARK);

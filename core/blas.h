@@ -23,6 +23,16 @@ void blas_ensure_fast_core(char **argv);
  * count is set, before the work; it takes ~50 ms per thread. */
 void blas_warm_buffers(int threads);
 
+/* C (m, n) = op(A) . op(B) + beta C, row-major, alpha 1, through
+ * cblas_sgemm. OpenBLAS's AVX-512 cores multiply a product of at most 1e6
+ * multiply-adds straight from its operands ("small matrix" kernels); a
+ * larger one is first copied into packed buffers, which for a few dozen
+ * channels costs as much as the multiplying. So a larger product whose
+ * pieces would qualify goes in pieces: blocks of C's columns, or, when op(B)
+ * is B^T, blocks of the inner dimension, summed into C. */
+void blas_sgemm(int trans_a, int trans_b, int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+                float beta, float *c, int ldc);
+
 /* "OpenBLAS 0.3.21 core SkylakeX (chosen by distilld)" or similar. */
 const char *blas_describe(void);
 
