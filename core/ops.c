@@ -225,10 +225,11 @@ static int conv_gemm_reads_planes(const ConvShape *s) {
 /* Per thread: im2col of one image, or of a group of images side by side in
  * the forward pass; the column gradient, or the im2col of dout when the input
  * gradient is a convolution, or a group's output before it is scattered to
- * its images; a private dW when several threads share the batch or when dW
- * comes from the im2col of dout (then as (Cout, KH*KW reversed, Cin), put in
- * order when the partials are summed); and the phase planes, one set per
- * image of a group. Each column matrix has COPY_BLOCK floats of slack. */
+ * its images, or a group's column gradient and its dout side by side; a
+ * private dW when several threads share the batch, when dW comes from the
+ * im2col of dout (then as (Cout, KH*KW reversed, Cin)) or is summed
+ * transposed (conv_dw_transposed), put in order when the partials are summed;
+ * and the phase planes, one set per image of a group. Each column matrix has COPY_BLOCK floats of slack. */
 typedef struct {
     size_t col, dcol, dw, padded, rows, per_thread;
     int group; /* bf16, not Winograd: conv_bf16_dw_group */
@@ -285,7 +286,8 @@ static ConvScratch conv_scratch_layout(const ConvShape *s, int threads, int bf16
         l.dcol = s->out_channels * kk * s->in_h * s->in_w + COPY_BLOCK;
         if (conv_padded_plane(&t) > l.padded) l.padded = conv_padded_plane(&t);
     }
-    if (group > 1 && s->out_channels * n * group > l.dcol) l.dcol = s->out_channels * n * group;
+    if (group > 1 && (s->in_channels * kk + s->out_channels) * n * group + COPY_BLOCK > l.dcol)
+        l.dcol = (s->in_channels * kk + s->out_channels) * n * group + COPY_BLOCK;
     if (conv_gemm_reads_planes(s) && s->in_channels * conv_padded_plane(s) > l.padded) /* every channel's planes */
         l.padded = s->in_channels * conv_padded_plane(s);
     if (conv_is_3x3_stride2(s)) { /* col2im's row */
@@ -436,16 +438,16 @@ static void im2col(float *restrict col, const float *img, int count, const ConvS
  * added to the image in one contiguous pass, where the general loop adds
  * one float at a stride of two. Reads round up into the next column row or
  * col's slack; the one value of tap 0 read past a row's end is not used. */
-static void col2im_add_3x3_stride2(float *img, const float *col, const ConvShape *s, float *restrict row) {
-    const int ho = s->out_h, wo = s->out_w, n = ho * wo, w = s->in_w;
+static void col2im_add_3x3_stride2(float *img, const float *col, size_t ld, const ConvShape *s, float *restrict row) {
+    const int ho = s->out_h, wo = s->out_w, w = s->in_w;
     for (int c = 0; c < s->in_channels; c++) {
         float *plane = img + (size_t)c * s->in_h * w;
         for (int kh = 0; kh < 3; kh++) {
-            const float *taps = col + (size_t)(c * 3 + kh) * 3 * n;
+            const float *taps = col + (size_t)(c * 3 + kh) * 3 * ld;
             for (int oh = 0; oh < ho; oh++) {
                 const int ih = 2 * oh - 1 + kh;
                 if (ih < 0 || ih >= s->in_h) continue;
-                const float *t0 = taps + (size_t)oh * wo, *t1 = t0 + n, *t2 = t1 + n;
+                const float *t0 = taps + (size_t)oh * wo, *t1 = t0 + ld, *t2 = t1 + ld;
                 for (int q = 0; q < wo; q += COPY_BLOCK) {
                     const Block even = LOAD(t1 + q), odd = LOAD(t2 + q) + LOAD(t0 + q + 1);
                     STORE(row + 2 * q, ZIP_LO(even, odd)), STORE(row + 2 * q + COPY_BLOCK, ZIP_HI(even, odd));
@@ -458,14 +460,14 @@ static void col2im_add_3x3_stride2(float *img, const float *col, const ConvShape
     }
 }
 
-/* img += col2im(col) */
-static void col2im_add(float *img, const float *col, const ConvShape *s) {
+/* img += col2im(col), col's rows ld floats apart */
+static void col2im_add(float *img, const float *col, size_t ld, const ConvShape *s) {
     const int ho = s->out_h, wo = s->out_w, stride = s->stride;
     for (int c = 0; c < s->in_channels; c++) {
         float *plane = img + (size_t)c * s->in_h * s->in_w;
         for (int kh = 0; kh < s->kernel_h; kh++) {
             for (int kw = 0; kw < s->kernel_w; kw++) {
-                const float *row = col + (((size_t)c * s->kernel_h + kh) * s->kernel_w + kw) * ho * wo;
+                const float *row = col + (((size_t)c * s->kernel_h + kh) * s->kernel_w + kw) * ld;
                 int lo, hi;
                 conv_valid_columns(s, kw, &lo, &hi);
                 for (int oh = 0; oh < ho; oh++) {
@@ -1165,26 +1167,37 @@ void conv2d_forward_bf16(float *out, const float *in, const uint32_t *packed, co
     conv_forward_any(out, in, NULL, packed, s, accumulate, scratch);
 }
 
-/* One image's din += (or, not accumulating, =) the input gradient through
- * W^T (k, m) . dout (m, n): for a pointwise conv straight into din, else
- * into dcol (k, n) and scattered back by col2im. In bf16 with wt, W^T
- * packed (bf16_pack). */
-static void input_grad(float *din, const float *dout, const float *w, const uint32_t *wt, const ConvShape *s,
-                       int accumulate, float *dcol, float *padded) {
+/* The din of `count` consecutive images += (or, not accumulating, =) their
+ * input gradients, W^T (k, m) . dout (m, count*n), dout holding the images'
+ * columns side by side: for one image of a pointwise conv straight into
+ * din, else into dcol (k, count*n) and then to each image, its rows copied
+ * (pointwise) or scattered by col2im. In bf16 with wt, W^T packed
+ * (bf16_pack). */
+static void input_grad(float *din, const float *dout, int count, const float *w, const uint32_t *wt,
+                       const ConvShape *s, int accumulate, float *dcol, float *padded) {
     const int m = s->out_channels, n = s->out_h * s->out_w, k = s->in_channels * s->kernel_h * s->kernel_w;
-    const int pointwise = conv_is_pointwise(s);
-    float *to = pointwise ? din : dcol;
-    const int add = pointwise && accumulate;
+    const int cn = count * n, pointwise = conv_is_pointwise(s), direct = pointwise && count == 1;
+    const size_t in_size = (size_t)s->in_channels * s->in_h * s->in_w;
+    float *to = direct ? din : dcol;
+    const int add = direct && accumulate;
     if (wt)
-        bf16_gemm(to, n, wt, dout, n, k, n, m, add);
+        bf16_gemm(to, cn, wt, dout, cn, k, cn, m, add);
     else
-        blas_sgemm(1, 0, k, n, m, w, k, dout, n, add ? 1.0f : 0.0f, to, n);
-    if (pointwise) return;
-    if (!accumulate) memset(din, 0, (size_t)s->in_channels * s->in_h * s->in_w * sizeof(float));
-    if (conv_is_3x3_stride2(s))
-        col2im_add_3x3_stride2(din, dcol, s, padded);
-    else
-        col2im_add(din, dcol, s);
+        blas_sgemm(1, 0, k, cn, m, w, k, dout, cn, add ? 1.0f : 0.0f, to, cn);
+    if (direct) return;
+    for (int g = 0; g < count; g++) {
+        float *img = din + g * in_size;
+        const float *col = dcol + (size_t)g * n;
+        if (pointwise) {
+            for (int c = 0; c < k; c++) put_row(img + (size_t)c * n, col + (size_t)c * cn, n, accumulate);
+            continue;
+        }
+        if (!accumulate) memset(img, 0, in_size * sizeof(float));
+        if (conv_is_3x3_stride2(s))
+            col2im_add_3x3_stride2(img, col, cn, s, padded);
+        else
+            col2im_add(img, col, cn, s);
+    }
 }
 
 /* Images are split into one contiguous chunk per thread; each thread sums its
@@ -1200,7 +1213,7 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
     const int kk = s->kernel_h * s->kernel_w, k = cin * kk;
     const size_t in_size = (size_t)cin * hw, w_size = (size_t)m * k;
     const int pointwise = conv_is_pointwise(s), grad_conv = din && conv_input_grad_is_conv(s);
-    const int transposed = !bf16 && conv_dw_transposed(s);
+    const int transposed = !bf16 && conv_dw_transposed(s), group = conv_group(s, 1, 0);
     const int threads = omp_get_max_threads() < s->batch ? omp_get_max_threads() : s->batch;
     const ConvScratch layout = conv_scratch_layout(s, omp_get_max_threads(), bf16);
     const ConvShape t = conv_input_grad_shape(s);
@@ -1239,7 +1252,7 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
                 }
                 bf16_gemm_nt(dw_mine, k, (Bf16Runs){dout_b, n, (size_t)m * n}, m, cols, k, n, count, rows);
                 for (int g = 0; din && g < count; g++)
-                    input_grad(din_b + g * in_size, dout_b + (size_t)g * m * n, w, wt, s, accumulate, dcol, padded);
+                    input_grad(din_b + g * in_size, dout_b + (size_t)g * m * n, 1, w, wt, s, accumulate, dcol, padded);
                 continue;
             }
             if (grad_conv) {
@@ -1259,17 +1272,33 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
                     blas_sgemm(0, 0, cin, hw, m * kk, flipped, m * kk, dcol, hw, accumulate ? 1.0f : 0.0f, din_b, hw);
                 continue;
             }
-            const float *col_b = in_b;
+            /* images of few output pixels go several to a GEMM, as in the
+             * forward pass: their columns, and dout's, side by side */
+            count = b1 - b < group ? b1 - b : group;
+            const int cn = count * n;
+            const float *col_b = in_b, *dout_g = dout_b;
             if (!pointwise) {
-                im2col(col, in_b, 1, s, padded);
+                im2col(col, in_b, count, s, padded);
+                col_b = col;
+            } else if (count > 1) {
+                for (int c = 0; c < cin; c++)
+                    for (int g = 0; g < count; g++)
+                        copy_row(col + ((size_t)c * count + g) * n, in_b + g * in_size + (size_t)c * n, n);
                 col_b = col;
             }
-            /* dW (m, k) += dout_b (m, n) . col_b^T (n, k), or its transpose */
+            if (count > 1) {
+                float *gathered = dcol + (size_t)k * cn;
+                for (int o = 0; o < m; o++)
+                    for (int g = 0; g < count; g++)
+                        copy_row(gathered + ((size_t)o * count + g) * n, dout_b + ((size_t)g * m + o) * n, n);
+                dout_g = gathered;
+            }
+            /* dW (m, k) += dout_g (m, cn) . col_b^T (cn, k), or its transpose */
             if (transposed)
-                blas_sgemm(0, 1, k, m, n, col_b, n, dout_b, n, 1.0f, dw_mine, m);
+                blas_sgemm(0, 1, k, m, cn, col_b, cn, dout_g, cn, 1.0f, dw_mine, m);
             else
-                blas_sgemm(0, 1, m, k, n, dout_b, n, col_b, n, 1.0f, dw_mine, k);
-            if (din) input_grad(din_b, dout_b, w, NULL, s, accumulate, dcol, padded);
+                blas_sgemm(0, 1, m, k, cn, dout_g, cn, col_b, cn, 1.0f, dw_mine, k);
+            if (din) input_grad(din_b, dout_g, count, w, NULL, s, accumulate, dcol, padded);
         }
         if (layout.dw) {
 #pragma omp barrier
