@@ -1086,6 +1086,13 @@ static void wino_backward(float *din, float *dw, const float *dout, const float 
     }
 }
 
+/* to (rows, count*n) = `count` consecutive images (rows, n) side by side */
+static const float *side_by_side(float *to, const float *img, int count, int rows, int n) {
+    for (int r = 0; r < rows; r++)
+        for (int g = 0; g < count; g++) copy_row(to + ((size_t)r * count + g) * n, img + ((size_t)g * rows + r) * n, n);
+    return to;
+}
+
 /* conv2d_forward with float weights w, or conv2d_forward_bf16 with packed ones */
 static void conv_forward_any(float *out, const float *in, const float *w, const uint32_t *packed, const ConvShape *s,
                              int accumulate, float *scratch) {
@@ -1116,11 +1123,8 @@ static void conv_forward_any(float *out, const float *in, const float *w, const 
         if (!conv_is_pointwise(s)) {
             im2col(mine, col, count, s, mine + layout.col + layout.dcol + layout.dw);
             col = mine;
-        } else if (count > 1) { /* the images' (Cin, n) side by side */
-            for (int c = 0; c < s->in_channels; c++)
-                for (int g = 0; g < count; g++)
-                    memcpy(mine + ((size_t)c * count + g) * n, col + g * in_size + (size_t)c * n, n * sizeof(float));
-            col = mine;
+        } else if (count > 1) {
+            col = side_by_side(mine, col, count, s->in_channels, n);
         }
         if (count == 1) {
             forward_gemm(out_b, n, w, packed, col, m, n, k, accumulate);
@@ -1251,8 +1255,12 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
                     cols = (Bf16Runs){col, (size_t)count * n, n};
                 }
                 bf16_gemm_nt(dw_mine, k, (Bf16Runs){dout_b, n, (size_t)m * n}, m, cols, k, n, count, rows);
-                for (int g = 0; din && g < count; g++)
-                    input_grad(din_b + g * in_size, dout_b + (size_t)g * m * n, 1, w, wt, s, accumulate, dcol, padded);
+                for (int g = 0; din && g < count; g += group) { /* as many images as the float GEMMs take */
+                    const int c = count - g < group ? count - g : group;
+                    const float *dout_g = dout_b + (size_t)g * m * n;
+                    if (c > 1) dout_g = side_by_side(dcol + (size_t)k * c * n, dout_g, c, m, n);
+                    input_grad(din_b + g * in_size, dout_g, c, w, wt, s, accumulate, dcol, padded);
+                }
                 continue;
             }
             if (grad_conv) {
@@ -1281,18 +1289,9 @@ void conv2d_backward(float *din, float *dw, const float *dout, const float *in, 
                 im2col(col, in_b, count, s, padded);
                 col_b = col;
             } else if (count > 1) {
-                for (int c = 0; c < cin; c++)
-                    for (int g = 0; g < count; g++)
-                        copy_row(col + ((size_t)c * count + g) * n, in_b + g * in_size + (size_t)c * n, n);
-                col_b = col;
+                col_b = side_by_side(col, in_b, count, cin, n);
             }
-            if (count > 1) {
-                float *gathered = dcol + (size_t)k * cn;
-                for (int o = 0; o < m; o++)
-                    for (int g = 0; g < count; g++)
-                        copy_row(gathered + ((size_t)o * count + g) * n, dout_b + ((size_t)g * m + o) * n, n);
-                dout_g = gathered;
-            }
+            if (count > 1) dout_g = side_by_side(dcol + (size_t)k * cn, dout_b, count, m, n);
             /* dW (m, k) += dout_g (m, cn) . col_b^T (cn, k), or its transpose */
             if (transposed)
                 blas_sgemm(0, 1, k, m, cn, col_b, cn, dout_g, cn, 1.0f, dw_mine, m);

@@ -325,10 +325,12 @@ static void test_conv(const char *name, int batch, int in_channels, int in_h, in
     const size_t n_w = (size_t)out_channels * in_channels * kernel_h * kernel_w;
     const size_t n_out = (size_t)batch * out_channels * s.out_h * s.out_w;
     const size_t n_col = (size_t)in_channels * kernel_h * kernel_w * s.out_h * s.out_w;
-    /* read in place: pointwise, on images of at least 256 (GROUP_COLUMNS) pixels */
+    /* read in place: pointwise, on images of at least 256 (GROUP_COLUMNS)
+     * pixels; dW summed privately on several threads, or transposed (Cin > Cout) */
     const int pointwise = kernel_h == 1 && kernel_w == 1 && stride == 1 && pad == 0 && in_h * in_w >= 256;
+    const int private_dw = omp_get_max_threads() > 1 || in_channels > out_channels;
     const size_t n_scratch = conv_scratch_size(&s, 0);
-    if (pointwise && omp_get_max_threads() == 1)
+    if (pointwise && !private_dw)
         CHECK(n_scratch == 0, "pointwise conv on one thread must need no scratch, got %zu", n_scratch);
     else if (pointwise)
         CHECK(n_scratch == (size_t)omp_get_max_threads() * n_w, "pointwise conv needs one private dW per thread, got %zu",
@@ -1215,6 +1217,10 @@ int main(void) {
     test_conv("conv 3x3 s1 p1 on 3x4, 5 images (im2col side by side; on 2 threads 3 + 2)", 5, 2, 3, 4, 3, 3, 3,
               1, 1, 3, 4);
     test_conv("conv 1x1 s2 p0 (projection shortcut)", 2, 3, 5, 6, 2, 1, 1, 2, 0, 3, 3);
+    test_conv("conv 1x1 s1 p0 on 4x4, 20 images (backward in groups of 16 + 4)", 20, 3, 4, 4, 5, 1, 1, 1, 0, 4, 4);
+    test_conv("conv 3x3 s2 p1 to 4x4, 20 images (backward in groups of 16 + 4, dW transposed)", 20, 3, 8, 8, 4, 3, 3, 2,
+              1, 4, 4);
+    test_conv("conv 1x1 s1 p0, 24 -> 4 (pointwise, dW transposed)", 2, 24, 16, 16, 4, 1, 1, 1, 0, 16, 16);
     test_conv("conv 1x1 s2 p0 on 5x41 (projection, phase rows copied 8 at a time)", 2, 3, 5, 41, 2, 1, 1, 2, 0, 3, 21);
     test_conv("conv 1x1 s1 p1 (padded, not pointwise)", 2, 2, 3, 4, 3, 1, 1, 1, 1, 5, 6);
     test_conv("conv 3x3 s1 p1", 2, 2, 5, 4, 3, 3, 3, 1, 1, 5, 4);
@@ -1266,6 +1272,8 @@ int main(void) {
     test_conv_bf16("bf16 conv 3x3 s1 p1 to 6x16, 1 channel (small stem, B from the planes)", 2, 1, 6, 16, 16, 3, 1, 1);
     test_conv_bf16("bf16 conv 3x3 s2 p1 to 7x7, 6 images (odd pixels, dW of the group in one GEMM)", 6, 12, 13, 13, 10,
                    3, 2, 1);
+    test_conv_bf16("bf16 conv 3x3 s2 p1 to 4x4, 20 images (input gradients in groups of 16 + 4)", 20, 8, 8, 8, 12, 3, 2,
+                   1);
     test_conv_bf16("bf16 conv 3x3 s1 p1, 8 -> 12 at 7x5 (Winograd side by side)", 5, 8, 7, 5, 12, 3, 1, 1);
     test_conv_bf16("bf16 conv 3x3 s1 p1, 16 -> 8 at 2x2 (Winograd, groups of 16 + 4)", 20, 16, 2, 2, 8, 3, 1, 1);
     test_conv_bf16("bf16 conv 3x3 s1 p1, 40 -> 33 at 24x26 (Winograd, many tiles)", 2, 40, 24, 26, 33, 3, 1, 1);
