@@ -77,13 +77,17 @@ void blas_warm_buffers(int threads) {
  * at most SMALL_NT_C elements and k >= 32. Measured, one thread, per
  * product in GFLOP/s, whole -> in pieces: 16x4096x147 63 -> 100 (columns by
  * 256), 32x1024x64 73 -> 104 (by 256), 16x1024x64 A^T.B 62 -> 95 (by 256),
- * 64x16x1024 A.B^T 57 -> 96 (inner by 512). Pieces narrower than
- * SMALL_MIN_PIECE, or wider than the MAX, gained nothing. */
+ * 64x16x1024 A.B^T 57 -> 96 (inner by 512), 147x16x256 A.B^T 72 -> 100
+ * (rows by 74: C at most SMALL_NT_C; that lost on C wider than
+ * SMALL_NT_NARROW or an inner dimension shorter than SMALL_NT_LONG). Pieces
+ * narrower than SMALL_MIN_PIECE, or wider than the MAX, gained nothing. */
 #define SMALL_MACS 1e6
 #define SMALL_NT_C 1200
 #define SMALL_MIN_PIECE 32
 #define SMALL_MAX_COLUMNS 256
 #define SMALL_MAX_INNER 512
+#define SMALL_NT_NARROW 32
+#define SMALL_NT_LONG 256
 
 /* 1 when the core has the small-matrix kernels: its AVX-512 ones */
 static int small_kernels(void) {
@@ -104,8 +108,8 @@ static int piece(double macs_per_column, int max) {
 void blas_sgemm(int trans_a, int trans_b, int m, int n, int k, const float *a, int lda, const float *b, int ldb,
                 float beta, float *c, int ldc) {
     const enum CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans, tb = trans_b ? CblasTrans : CblasNoTrans;
-    const int large = small_kernels() && (double)m * n * k > SMALL_MACS;
-    if (large && !trans_b) { /* column blocks of C and B */
+    const int small = small_kernels(), large = (double)m * n * k > SMALL_MACS;
+    if (small && large && !trans_b) { /* column blocks of C and B */
         const int w = piece((double)m * k, SMALL_MAX_COLUMNS);
         if (w && w < n) {
             for (int j = 0; j < n; j += w)
@@ -114,12 +118,16 @@ void blas_sgemm(int trans_a, int trans_b, int m, int n, int k, const float *a, i
             return;
         }
     }
-    if (large && trans_b && !trans_a && m * n <= SMALL_NT_C) { /* blocks of the inner dimension, summed */
-        const int w = piece((double)m * n, SMALL_MAX_INNER);
-        if (w && w < k) {
-            for (int p = 0; p < k; p += w)
-                cblas_sgemm(CblasRowMajor, ta, tb, m, n, k - p < w ? k - p : w, 1.0f, a + p, lda, b + p, ldb,
-                            p ? 1.0f : beta, c, ldc);
+    if (small && trans_b && !trans_a) {
+        /* blocks of the inner dimension, summed; and of C's rows when C is
+         * narrow and the inner dimension long */
+        const int narrow = m * n > SMALL_NT_C && n <= SMALL_NT_NARROW && k >= SMALL_NT_LONG;
+        const int rows = narrow ? SMALL_NT_C / n : m, w = piece((double)rows * n, SMALL_MAX_INNER);
+        if (w && rows * n <= SMALL_NT_C && (narrow || (large && w < k))) {
+            for (int i = 0; i < m; i += rows)
+                for (int p = 0; p < k; p += w)
+                    cblas_sgemm(CblasRowMajor, ta, tb, m - i < rows ? m - i : rows, n, k - p < w ? k - p : w, 1.0f,
+                                a + (size_t)i * lda + p, lda, b + p, ldb, p ? 1.0f : beta, c + (size_t)i * ldc, ldc);
             return;
         }
     }

@@ -20,6 +20,7 @@
 #include <omp.h>
 
 #include "bf16.h"
+#include "blas.h"
 #include "ops.h"
 #include "test.h"
 
@@ -438,6 +439,33 @@ static void check_gemm(const char *what, const float *c, int ldc, const double *
     }
     check_forward(what, got, want, (size_t)m * n);
     CHECK(touched == 0, "%s wrote %zu values past the n columns of C", what, touched);
+}
+
+/* blas_sgemm, which may take a product in pieces (columns, inner blocks, row
+ * blocks), against the product in double, onto C holding 0.5 (beta 1) or
+ * NaN (beta 0), strides wider than the rows */
+static void test_blas_sgemm(const char *name, int trans_a, int trans_b, int m, int n, int k, float beta) {
+    TEST_CASE(name);
+    const int lda = (trans_a ? m : k) + 3, ldb = (trans_b ? k : n) + 2, ldc = n + 5;
+    float *a = new_floats((size_t)(trans_a ? k : m) * lda), *b = new_floats((size_t)(trans_b ? n : k) * ldb);
+    float *c = new_floats((size_t)m * ldc), *beyond = new_floats(m);
+    double *want = new_doubles((size_t)m * n);
+    fill_uniform(a, (size_t)(trans_a ? k : m) * lda, -1.0, 1.0);
+    fill_uniform(b, (size_t)(trans_b ? n : k) * ldb, -1.0, 1.0);
+    fill_constant(c, (size_t)m * ldc, beta == 0.0f ? NAN : 0.5f);
+    for (int i = 0; i < m; i++) {
+        beyond[i] = c[(size_t)i * ldc + n] = -7.0f;
+        for (int j = 0; j < n; j++) {
+            double acc = beta == 0.0f ? 0.0 : beta * 0.5;
+            for (int p = 0; p < k; p++)
+                acc += (double)(trans_a ? a[(size_t)p * lda + i] : a[(size_t)i * lda + p]) *
+                       (trans_b ? b[(size_t)j * ldb + p] : b[(size_t)p * ldb + j]);
+            want[(size_t)i * n + j] = acc;
+        }
+    }
+    blas_sgemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc);
+    check_gemm("blas_sgemm", c, ldc, want, m, n, beyond);
+    free_tracked();
 }
 
 /* C (+)= round(A) . round(B) in double, against the bf16 GEMM: the products
@@ -1279,6 +1307,12 @@ int main(void) {
     test_conv_bf16("bf16 conv 3x3 s1 p1, 40 -> 33 at 24x26 (Winograd, many tiles)", 2, 40, 24, 26, 33, 3, 1, 1);
     }
 
+    /*              name                                                   A^T B^T    m     n     k  beta */
+    test_blas_sgemm("blas_sgemm 16 x 4096 x 147 (column blocks)",               0, 0,   16, 4096, 147, 0.0f);
+    test_blas_sgemm("blas_sgemm A^T . B, 16 x 1000 x 64 (column blocks)",       1, 0,   16, 1000,  64, 1.0f);
+    test_blas_sgemm("blas_sgemm A . B^T, 64 x 16 x 1100 (inner blocks)",        0, 1,   64,   16, 1100, 1.0f);
+    test_blas_sgemm("blas_sgemm A . B^T, 147 x 16 x 700 (row and inner blocks)", 0, 1, 147,   16, 700, 0.0f);
+    test_blas_sgemm("blas_sgemm A . B^T, 40 x 150 x 300 (whole)",               0, 1,   40,  150, 300, 1.0f);
     test_bf16_round();
     /*             name                                          m    n    k  accumulate, A transposed */
     test_bf16_gemm("bf16 GEMM 8 x 32 x 2 (one block)",           8,  32,   2, 0, 0);
