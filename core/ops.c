@@ -269,7 +269,7 @@ int conv_bf16_dw_group(const ConvShape *s) {
  * A . B^T about twice as fast with the longer side as rows (one thread,
  * GFLOP/s: the stem's 16x147x4096 29 -> 59, 32x288x256 72 -> 93). The
  * private dW holds it, put in order when the partials are summed. */
-static int conv_dw_transposed(const ConvShape *s) {
+int conv_dw_transposed(const ConvShape *s) {
     return !conv_input_grad_is_conv(s) && s->in_channels * s->kernel_h * s->kernel_w > s->out_channels;
 }
 

@@ -71,6 +71,10 @@ int conv_input_grad_is_conv(const ConvShape *s);
 /* Images whose dW a bf16 conv2d_backward sums in one GEMM (not Winograd, not
  * an input gradient by convolution): enough for about 1,024 output pixels. */
 int conv_bf16_dw_group(const ConvShape *s);
+/* 1 when a float conv2d_backward sums dW transposed, as col . dout^T
+ * ((Cin*KH*KW) x Cout x pixels): more columns of dW than rows, and not an
+ * input gradient by convolution. */
+int conv_dw_transposed(const ConvShape *s);
 /* With bf16, the backward's GEMMs run in bfloat16 (bf16.h) as the forward's
  * do in conv2d_forward_bf16: their operands rounded (dout, the input or its
  * transforms, the kernel), their products summed in float; dW and din are

@@ -16,7 +16,6 @@
  * sgemm rate on the step's own GEMM shapes and the share of the step that
  * those GEMMs alone would take, and the peak resident memory of the
  * process. */
-#include <cblas.h>
 #include <jansson.h>
 #include <omp.h>
 #include <stdio.h>
@@ -69,10 +68,11 @@ static double forward_flops(const Model *m) {
 }
 
 /* Seconds that OpenBLAS alone needs for the GEMMs of a step's convolutions,
- * at the shapes the step runs them: per image (or group of images,
- * conv_group), the batch split over the threads as conv2d_forward/backward
- * split it, forward (W . col) and, for a training step, the backward products
- * conv2d_backward runs: dout . col^T and W^T . dout, or, where the input
+ * at the shapes the step runs them, through blas_sgemm as the step does: per
+ * image (or group of images, conv_group), the batch split over the threads as
+ * conv2d_forward/backward split it, forward (W . col) and, for a training
+ * step, the backward products conv2d_backward runs: dout . col^T (or its
+ * transpose, conv_dw_transposed) and W^T . dout, or, where the input
  * gradient is a convolution (conv_input_grad_is_conv), the two products on
  * the im2col of dout; the stem has no input gradient. A Winograd conv
  * (conv_winograd_tile) runs 36 GEMMs per group of images instead (bf16 or
@@ -123,8 +123,8 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
                             bf16_gemm(o + ((size_t)t * mats + x) * mat, n, packed + x * bf16_packed_size(M, cin),
                                       v + ((size_t)t * mats + x) * mat, n, M, n, cin, 0);
                         else
-                            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, n, cin, 1.0f, u + x * uw, cin,
-                                        v + ((size_t)t * mats + x) * mat, n, 0.0f, o + ((size_t)t * mats + x) * mat, n);
+                            blas_sgemm(0, 0, M, n, cin, u + x * uw, cin, v + ((size_t)t * mats + x) * mat, n, 0.0f,
+                                       o + ((size_t)t * mats + x) * mat, n);
                 }
 #pragma omp parallel for schedule(static)
                 for (int g = 0; g < (backward ? bgroups : 0); g++) {
@@ -138,11 +138,8 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
                             if (i > 0) bf16_gemm(vx, n, packed_t + x * bf16_packed_size(cin, M), ox, n, cin, n, M, 0);
                             continue;
                         }
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, cin, n, 1.0f, ox, n, vx, n, 1.0f,
-                                    du + ((size_t)t * mats + x) * uw, cin);
-                        if (i > 0)
-                            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cin, n, M, 1.0f, u + x * uw, cin, ox,
-                                        n, 0.0f, vx, n);
+                        blas_sgemm(0, 1, M, cin, n, ox, n, vx, n, 1.0f, du + ((size_t)t * mats + x) * uw, cin);
+                        if (i > 0) blas_sgemm(1, 0, cin, n, M, u + x * uw, cin, ox, n, 0.0f, vx, n);
                     }
                 }
                 double dt = now_seconds() - t0;
@@ -153,8 +150,10 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
             free(u), free(du), free(v), free(o), free(packed), free(packed_t), free(rows);
             continue;
         }
-        /* a bf16 backward takes dW of a group of images in one GEMM */
-        const int dw_group = bf16 && backward && !grad_conv ? conv_bf16_dw_group(s) : 1;
+        /* a backward takes dW of a group of images in one GEMM (bf16: conv_bf16_dw_group; float: as the forward
+         * groups them, with their input gradients), the input gradients of as many as a float GEMM takes */
+        const int in_group = conv_group(s, 1, 0), transposed = !bf16 && conv_dw_transposed(s);
+        const int dw_group = !backward || grad_conv ? 1 : bf16 ? conv_bf16_dw_group(s) : in_group;
         const int most = group > dw_group ? group : dw_group, dw_groups = (batch + dw_group - 1) / dw_group;
         size_t cols = grad_conv && (size_t)M * kk * hw > (size_t)K * N ? (size_t)M * kk * hw : (size_t)K * N;
         if ((size_t)K * N * most > cols) cols = (size_t)K * N * most;
@@ -185,8 +184,7 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
                 if (packed)
                     bf16_gemm(out + (size_t)t * M * N * most, n, packed, col + (size_t)t * cols, n, M, n, K, 0);
                 else
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, n, K, 1.0f, w, K, col + (size_t)t * cols,
-                                n, 0.0f, out + (size_t)t * M * N * most, n);
+                    blas_sgemm(0, 0, M, n, K, w, K, col + (size_t)t * cols, n, 0.0f, out + (size_t)t * M * N * most, n);
             }
 #pragma omp parallel for schedule(static)
             for (int b = 0; b < (backward ? dw_groups : 0); b++) { /* backward: per image (bf16: per dW group) */
@@ -202,21 +200,23 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
                 if (bf16) {
                     bf16_gemm_nt(dw + (size_t)t * M * K, K, (Bf16Runs){o, N, (size_t)M * N}, M,
                                  (Bf16Runs){c, (size_t)count * N, N}, K, N, count, rows + t * nrows);
-                    for (int g = 0; i > 0 && g < count; g++)
-                        bf16_gemm(d, N, packed_t, o + (size_t)g * M * N, N, K, N, M, 0);
+                    for (int g = 0; i > 0 && g < count; g += in_group) {
+                        const int n = (count - g < in_group ? count - g : in_group) * N;
+                        bf16_gemm(d, n, packed_t, o + (size_t)g * M * N, n, K, n, M, 0);
+                    }
                     continue;
                 }
                 if (grad_conv) { /* c stands for the im2col of dout, d for the input and its gradient */
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M * kk, cin, hw, 1.0f, c, hw, d, hw, 1.0f,
-                                dw + (size_t)t * M * K, cin);
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cin, hw, M * kk, 1.0f, w, M * kk, c, hw,
-                                1.0f, d, hw);
+                    blas_sgemm(0, 1, M * kk, cin, hw, c, hw, d, hw, 1.0f, dw + (size_t)t * M * K, cin);
+                    blas_sgemm(0, 0, cin, hw, M * kk, w, M * kk, c, hw, 1.0f, d, hw);
                     continue;
                 }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, K, N, 1.0f, o, N, c, N, 1.0f,
-                            dw + (size_t)t * M * K, K);
-                if (i > 0)
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, N, M, 1.0f, w, K, o, N, 0.0f, d, N);
+                const int n = count * N;
+                if (transposed)
+                    blas_sgemm(0, 1, K, M, n, c, n, o, n, 1.0f, dw + (size_t)t * M * K, M);
+                else
+                    blas_sgemm(0, 1, M, K, n, o, n, c, n, 1.0f, dw + (size_t)t * M * K, K);
+                if (i > 0) blas_sgemm(1, 0, K, n, M, w, K, o, n, 0.0f, d, n);
             }
             double dt = now_seconds() - t0;
             if (dt < best) best = dt;
