@@ -127,7 +127,8 @@ void blas_sgemm(int trans_a, int trans_b, int m, int n, int k, const float *a, i
             for (int i = 0; i < m; i += rows)
                 for (int p = 0; p < k; p += w)
                     cblas_sgemm(CblasRowMajor, ta, tb, m - i < rows ? m - i : rows, n, k - p < w ? k - p : w, 1.0f,
-                                a + (size_t)i * lda + p, lda, b + p, ldb, p ? 1.0f : beta, c + (size_t)i * ldc, ldc);
+                                a + (size_t)i * lda + p, lda, b + p, ldb, p ? 1.0f : beta, c + (size_t)i * ldc,
+                                ldc);
             return;
         }
     }

@@ -29,7 +29,8 @@ void blas_warm_buffers(int threads);
  * larger one is first copied into packed buffers, which for a few dozen
  * channels costs as much as the multiplying. So a larger product whose
  * pieces would qualify goes in pieces: blocks of C's columns, or, when op(B)
- * is B^T, blocks of the inner dimension, summed into C. */
+ * is B^T, blocks of the inner dimension, summed into C, and of C's rows when
+ * C is narrow and the inner dimension long. Other cores take it whole. */
 void blas_sgemm(int trans_a, int trans_b, int m, int n, int k, const float *a, int lda, const float *b, int ldb,
                 float beta, float *c, int ldc);
 

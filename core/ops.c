@@ -248,7 +248,8 @@ static int conv_band_rows(const ConvShape *s) {
  * private dW when several threads share the batch, when dW comes from the
  * im2col of dout (then as (Cout, KH*KW reversed, Cin)) or is summed
  * transposed (conv_dw_transposed), put in order when the partials are summed;
- * and the phase planes, one set per image of a group. Each column matrix has COPY_BLOCK floats of slack. */
+ * and the phase planes, one set per image of a group. Each column matrix has
+ * COPY_BLOCK floats of slack. */
 typedef struct {
     size_t col, dcol, dw, padded, rows, per_thread;
     int group; /* bf16, not Winograd: conv_bf16_dw_group */
