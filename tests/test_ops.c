@@ -1306,6 +1306,11 @@ int main(void) {
     test_conv_bf16("bf16 conv 3x3 s1 p1, 16 -> 8 at 2x2 (Winograd, groups of 16 + 4)", 20, 16, 2, 2, 8, 3, 1, 1);
     test_conv_bf16("bf16 conv 3x3 s1 p1, 40 -> 33 at 24x26 (Winograd, many tiles)", 2, 40, 24, 26, 33, 3, 1, 1);
     }
+    for (int threads = 1; threads <= 2; threads++) { /* a 128-px-like stem: its im2col in bands (conv_band_rows) */
+        omp_set_num_threads(threads);
+        test_conv("conv 7x7 s2 p3 on 96x88 (stem, im2col in bands of 5 rows; direct sums only)", 2, 3, 96, 88, 4, 7,
+                  7, 2, 3, 48, 44);
+    }
 
     /*              name                                                   A^T B^T    m     n     k  beta */
     test_blas_sgemm("blas_sgemm 16 x 4096 x 147 (column blocks)",               0, 0,   16, 4096, 147, 0.0f);
