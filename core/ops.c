@@ -1128,6 +1128,14 @@ static const float *side_by_side(float *to, const float *img, int count, int row
     return to;
 }
 
+/* The inverse: `count` consecutive images (rows, n) = (or += when accumulate)
+ * their columns of grouped (rows, count*n) */
+static void to_images(float *img, const float *grouped, int count, int rows, int n, int accumulate) {
+    for (int g = 0; g < count; g++)
+        for (int r = 0; r < rows; r++)
+            put_row(img + ((size_t)g * rows + r) * n, grouped + ((size_t)r * count + g) * n, n, accumulate);
+}
+
 /* conv2d_forward with float weights w, or conv2d_forward_bf16 with packed ones */
 static void conv_forward_any(float *out, const float *in, const float *w, const uint32_t *packed, const ConvShape *s,
                              int accumulate, float *scratch) {
@@ -1182,15 +1190,7 @@ static void conv_forward_any(float *out, const float *in, const float *w, const 
         /* the group's output (m, count*n), then to its images */
         float *res = mine + layout.col;
         forward_gemm(res, nn, w, packed, col, m, nn, k, 0);
-        for (int g = 0; g < count; g++)
-            for (int o = 0; o < m; o++) {
-                const float *src = res + (size_t)o * nn + (size_t)g * n;
-                float *dst = out_b + ((size_t)g * m + o) * n;
-                if (accumulate)
-                    for (int i = 0; i < n; i++) dst[i] += src[i];
-                else
-                    memcpy(dst, src, n * sizeof(float));
-            }
+        to_images(out_b, res, count, m, n, accumulate);
     }
 }
 
@@ -1238,13 +1238,13 @@ static void input_grad(float *din, const float *dout, int count, const float *w,
     else
         blas_sgemm(1, 0, k, cn, m, w, k, dout, cn, add ? 1.0f : 0.0f, to, cn);
     if (direct) return;
+    if (pointwise) {
+        to_images(din, dcol, count, k, n, accumulate);
+        return;
+    }
     for (int g = 0; g < count; g++) {
         float *img = din + g * in_size;
         const float *col = dcol + (size_t)g * n;
-        if (pointwise) {
-            for (int c = 0; c < k; c++) put_row(img + (size_t)c * n, col + (size_t)c * cn, n, accumulate);
-            continue;
-        }
         if (!accumulate) memset(img, 0, in_size * sizeof(float));
         if (conv_is_3x3_stride2(s))
             col2im_add_3x3_stride2(img, col, cn, s, padded);
