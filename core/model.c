@@ -90,16 +90,22 @@ int model_config_validate(const ModelConfig *c, char *err) {
  * convolution adds onto x, which nothing reads after gn_a. The stem conv
  * before a pool is read by nothing after the pool, so it is in region 3 in
  * every layout.
+ * An inference model with a front (see plan_front) lays out the input, the
+ * stem and the front's units for front_pass images, so one image's
+ * activations stay in the cache from layer to layer, and the rest for the
+ * batch capacity; the front's output, the p of the unit after it, is in
+ * region 4, where each of the front's passes writes its images.
  * Offsets are laid out region-relative (the region in the top bits), then
  * relocated. */
-enum { REGION_FIXED = 0, REGION_PING = 1, REGION_PONG = 2, REGION_UNIT = 3, REGION_SHIFT = 56 };
+enum { REGION_FIXED = 0, REGION_PING = 1, REGION_PONG = 2, REGION_UNIT = 3, REGION_FRONT = 4, REGIONS = 5,
+       REGION_SHIFT = 56 };
 
 typedef struct {
     Model *m;
     size_t params, acts, rstd, scratch;
     int capacity;
     int reuse, region;
-    size_t cursor[4], size[4];
+    size_t cursor[REGIONS], size[REGIONS];
 } Layout;
 
 static size_t add_param(Layout *l, ParamKind kind, const char *name, int d0, int d1, int d2, int d3) {
@@ -133,9 +139,9 @@ static void unit_rewind(Layout *l, size_t offset) {
 
 /* Region-relative offsets to absolute ones, regions one after another. */
 static void relocate(Layout *l) {
-    size_t base[4] = {0};
-    for (int r = 1; r < 4; r++) base[r] = base[r - 1] + l->size[r - 1];
-    l->acts = base[3] + l->size[3];
+    size_t base[REGIONS] = {0};
+    for (int r = 1; r < REGIONS; r++) base[r] = base[r - 1] + l->size[r - 1];
+    l->acts = base[REGIONS - 1] + l->size[REGIONS - 1];
     Model *m = l->m;
 #define RELOCATE(field) ((field) = base[(field) >> REGION_SHIFT] + ((field) & (((size_t)1 << REGION_SHIFT) - 1)))
     RELOCATE(m->act_input);
@@ -205,7 +211,8 @@ typedef struct { size_t rstd, scratch; } ScratchSizes;
 
 static ScratchSizes model_layout(Model *m, int capacity, int reuse, int in_place_shortcut) {
     const ModelConfig *c = &m->cfg;
-    Layout l = {.m = m, .capacity = capacity, .reuse = reuse, .region = REGION_FIXED};
+    const int front = m->front_pass > 0;
+    Layout l = {.m = m, .capacity = front ? m->front_pass : capacity, .reuse = reuse, .region = REGION_FIXED};
     m->num_params = 0;
     int size = c->image_size, channels = c->base_width * c->width;
     char prefix[96];
@@ -242,9 +249,12 @@ static ScratchSizes model_layout(Model *m, int capacity, int reuse, int in_place
             un->x = x;
             l.region = REGION_UNIT;
             l.cursor[REGION_UNIT] = 0;
+            const int front_end = front && u == m->front_units;
+            if (front_end) l.capacity = capacity;
             snprintf(prefix, sizeof prefix, "resnet/block%d/unit%02d/a/group_norm", s + 1, b + 1);
             un->gn_a = make_norm(&l, prefix, channels, hw);
-            un->p = add_act(&l, (size_t)channels * hw);
+            const size_t p_slot = add_act(&l, (size_t)channels * hw); /* q and r go over it */
+            un->p = front_end ? place(&l, REGION_FRONT, (size_t)channels * hw) : p_slot;
             un->has_proj = b == 0 && (stride != 1 || channels != out);
             if (un->has_proj) {
                 snprintf(prefix, sizeof prefix, "resnet/block%d/unit%02d/a/proj", s + 1, b + 1);
@@ -261,7 +271,7 @@ static ScratchSizes model_layout(Model *m, int capacity, int reuse, int in_place
             un->a = add_act(&l, (size_t)mid * hw);
             snprintf(prefix, sizeof prefix, "resnet/block%d/unit%02d/b/group_norm", s + 1, b + 1);
             un->gn_b = make_norm(&l, prefix, mid, hw);
-            unit_rewind(&l, un->p);
+            unit_rewind(&l, p_slot);
             un->q = add_act(&l, (size_t)mid * hw);
             snprintf(prefix, sizeof prefix, "resnet/block%d/unit%02d/b", s + 1, b + 1);
             if (basic) {
@@ -274,7 +284,7 @@ static ScratchSizes model_layout(Model *m, int capacity, int reuse, int in_place
                 un->b = add_act(&l, (size_t)mid * hw);
                 snprintf(prefix, sizeof prefix, "resnet/block%d/unit%02d/c/group_norm", s + 1, b + 1);
                 un->gn_c = make_norm(&l, prefix, mid, hw);
-                unit_rewind(&l, un->p);
+                unit_rewind(&l, p_slot);
                 un->r = add_act(&l, (size_t)mid * hw);
                 snprintf(prefix, sizeof prefix, "resnet/block%d/unit%02d/c", s + 1, b + 1);
                 un->conv_c = make_conv(&l, prefix, mid, out, 1, 1, 0, size, size);
@@ -319,6 +329,55 @@ size_t model_config_param_count(const ModelConfig *c) {
     return m.num_floats;
 }
 
+/* The floats of a conv's largest activation per image, and of its kernel. */
+static size_t conv_act_floats(const ConvShape *s) {
+    const size_t in = (size_t)s->in_channels * s->in_h * s->in_w, out = (size_t)s->out_channels * s->out_h * s->out_w;
+    return in > out ? in : out;
+}
+
+static size_t conv_kernel_floats(const ConvShape *s) {
+    return (size_t)s->out_channels * s->in_channels * s->kernel_h * s->kernel_w;
+}
+
+/* An inference model's front (model_forward). Its early units have large
+ * activations and small kernels: in passes of many images each layer's
+ * output leaves the cache before the next layer reads it, and in passes of
+ * one or two images it stays there (the bit128 teacher's first four units
+ * 1.75 -> 1.32 s in all, one thread, passes of 32 images -> 2). Its late
+ * units have small activations and large kernels, which a pass reads
+ * whole: those are faster in large passes. The front is the units up to a
+ * stage's start (its input then has no other reader) whose activations
+ * outweigh their kernels read once per pass: 2 x the pass's images x the
+ * largest activation per image (written once and read once) at least the
+ * kernels' floats. Its passes hold FRONT_FLOATS of their largest activation
+ * (at least one image). Lays out nothing: needs the shapes of a layout. */
+enum { FRONT_FLOATS = 1 << 17 }; /* 512 KB: half of an L2 cache of 1 MB */
+
+static void plan_front(Model *m, int capacity) {
+    const ConvShape *stem = &m->stem.shape;
+    size_t largest = (size_t)stem->out_channels * stem->out_h * stem->out_w, front_largest = 0;
+    int front_units = 0;
+    for (int i = 0; i < m->num_units; i++) {
+        const Unit *u = &m->units[i];
+        if (i > 0 && u->has_proj) front_units = i, front_largest = largest;
+        const ConvShape *convs[4] = {&u->conv_a.shape, &u->conv_b.shape,
+                                     m->cfg.block == BLOCK_BOTTLENECK ? &u->conv_c.shape : NULL,
+                                     u->has_proj ? &u->proj.shape : NULL};
+        size_t act = 0, kernels = 0;
+        for (int k = 0; k < 4; k++) {
+            if (!convs[k]) continue;
+            if (conv_act_floats(convs[k]) > act) act = conv_act_floats(convs[k]);
+            kernels += conv_kernel_floats(convs[k]);
+        }
+        if (act > largest) largest = act;
+        const size_t pass = largest < FRONT_FLOATS ? FRONT_FLOATS / largest : 1;
+        if (2 * pass * act < kernels) break;
+    }
+    const size_t pass = front_largest < FRONT_FLOATS ? FRONT_FLOATS / front_largest : 1;
+    m->front_units = front_units;
+    m->front_pass = front_units > 0 && pass < (size_t)capacity ? (int)pass : 0;
+}
+
 /* inference: weights, standardized kernels and activations only */
 static int model_build(Model **out, const ModelConfig *c, int batch_capacity, int inference, char *err) {
     *out = NULL;
@@ -339,6 +398,10 @@ static int model_build(Model **out, const ModelConfig *c, int batch_capacity, in
         m->grad_stem_out = m->act_stem_out;
         m->grad_head = m->act_head;
         m->grad_pooled = m->act_pooled;
+    }
+    if (inference) { /* the shapes first, then the front's layout */
+        model_layout(m, batch_capacity, 1, 1);
+        plan_front(m, batch_capacity);
     }
     ScratchSizes sizes = model_layout(m, batch_capacity, inference, inference);
     m->convs = xcalloc((size_t)m->num_units * 4 + 1, sizeof *m->convs);
@@ -564,11 +627,10 @@ int model_set_bf16(Model *m, char *err) {
     return 0;
 }
 
-float *model_forward(Model *m, const float *images, int batch) {
-    omp_set_num_threads(m->threads); /* the scratch was sized for this many */
+/* The input copied in, the stem and its pool. */
+static void stem_forward(Model *m, const float *images, int batch) {
     float *a = m->acts;
     const ModelConfig *c = &m->cfg;
-    standardize_all(m);
     bulk_copy(a + m->act_input, images, (size_t)batch * c->in_channels * c->image_size * c->image_size);
     conv_forward(m, &m->stem, a + m->act_stem_conv, a + m->act_input, 0, batch);
     if (m->has_pool) {
@@ -576,26 +638,52 @@ float *model_forward(Model *m, const float *images, int batch) {
         ps.batch = batch;
         maxpool_forward(a + m->act_stem_out, m->pool_argmax, a + m->act_stem_conv, &ps);
     }
-    const int basic = c->block == BLOCK_BASIC;
-    for (int i = 0; i < m->num_units; i++) {
-        const Unit *u = &m->units[i];
-        size_t out_size = unit_out_size(m, u, batch);
-        norm_relu_forward(m, &u->gn_a, a + u->p, a + u->x, batch);
-        /* out starts as the shortcut, and the unit's last conv adds to it */
-        if (u->has_proj)
-            conv_forward(m, &u->proj, a + u->out, a + u->p, 0, batch);
-        else if (u->out != u->x) /* an inference model adds onto x in place */
-            bulk_copy(a + u->out, a + u->x, out_size);
-        conv_forward(m, &u->conv_a, a + u->a, a + u->p, 0, batch);
-        norm_relu_forward(m, &u->gn_b, a + u->q, a + u->a, batch);
-        if (basic) {
-            conv_forward(m, &u->conv_b, a + u->out, a + u->q, 1, batch);
-            continue;
-        }
-        conv_forward(m, &u->conv_b, a + u->b, a + u->q, 0, batch);
-        norm_relu_forward(m, &u->gn_c, a + u->r, a + u->b, batch);
-        conv_forward(m, &u->conv_c, a + u->out, a + u->r, 1, batch);
+}
+
+/* A unit from x to out; from its p when gn_a has run (the front's end). */
+static void unit_forward(Model *m, const Unit *u, int batch, int from_p) {
+    float *a = m->acts;
+    if (!from_p) norm_relu_forward(m, &u->gn_a, a + u->p, a + u->x, batch);
+    /* out starts as the shortcut, and the unit's last conv adds to it */
+    if (u->has_proj)
+        conv_forward(m, &u->proj, a + u->out, a + u->p, 0, batch);
+    else if (u->out != u->x) /* an inference model adds onto x in place */
+        bulk_copy(a + u->out, a + u->x, unit_out_size(m, u, batch));
+    conv_forward(m, &u->conv_a, a + u->a, a + u->p, 0, batch);
+    norm_relu_forward(m, &u->gn_b, a + u->q, a + u->a, batch);
+    if (m->cfg.block == BLOCK_BASIC) {
+        conv_forward(m, &u->conv_b, a + u->out, a + u->q, 1, batch);
+        return;
     }
+    conv_forward(m, &u->conv_b, a + u->b, a + u->q, 0, batch);
+    norm_relu_forward(m, &u->gn_c, a + u->r, a + u->b, batch);
+    conv_forward(m, &u->conv_c, a + u->out, a + u->r, 1, batch);
+}
+
+float *model_forward(Model *m, const float *images, int batch) {
+    omp_set_num_threads(m->threads); /* the scratch was sized for this many */
+    float *a = m->acts;
+    const ModelConfig *c = &m->cfg;
+    standardize_all(m);
+    int first = 0;
+    if (m->front_pass) { /* the front in passes of front_pass images, each onto its images of the next p */
+        const Unit *next = &m->units[m->front_units];
+        const Norm *n = &next->gn_a;
+        const size_t image = (size_t)c->in_channels * c->image_size * c->image_size, p = (size_t)n->channels * n->hw;
+        const int groups = c->gn_groups;
+        for (int start = 0; start < batch; start += m->front_pass) {
+            const int images_now = batch - start < m->front_pass ? batch - start : m->front_pass;
+            stem_forward(m, images + start * image, images_now);
+            for (int i = 0; i < m->front_units; i++) unit_forward(m, &m->units[i], images_now, 0);
+            groupnorm_forward(a + next->p + start * p, a + n->mean + start * groups, a + n->rstd + start * groups,
+                              a + next->x, m->weights + n->gamma, m->weights + n->beta, images_now, n->channels,
+                              n->hw, groups, 1);
+        }
+        first = m->front_units;
+    } else {
+        stem_forward(m, images, batch);
+    }
+    for (int i = first; i < m->num_units; i++) unit_forward(m, &m->units[i], batch, m->front_pass && i == first);
     size_t last = m->num_units ? m->units[m->num_units - 1].out : m->act_stem_out;
     norm_relu_forward(m, &m->head_norm, a + m->act_head, a + last, batch);
     avgpool_forward(a + m->act_pooled, a + m->act_head, batch, m->head_channels, m->head_norm.hw);

@@ -121,6 +121,10 @@ typedef struct Model {
      * memory was not there (the passes then run one after another). */
     struct Model *lanes;
     int num_lanes;
+    /* An inference model's front: the stem, its first front_units units and
+     * the next unit's gn_a, run front_pass images at a time (model_forward);
+     * front_pass 0 when it has none (see plan_front in model.c). */
+    int front_units, front_pass;
 } Model;
 
 /* The default configuration values (BiT normalization: mean 0.5, std 0.5). */

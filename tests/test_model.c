@@ -1529,6 +1529,19 @@ static void test_inference_model(void) {
     c.block = BLOCK_BASIC;
     c.depth[0] = 2;
     inference_matches(&c, 23);
+    /* 160 px: the stem's and the first stage's activations (100 K floats an
+     * image) outweigh their kernels, so the first stage runs image by image
+     * and the second in passes of the capacity */
+    TEST_CASE("inference model with a front (stem=bit, 160 px): the first stage image by image, the same logits");
+    bit_config(&c);
+    c.image_size = 160;
+    Model *m = NULL;
+    char err[ERR_LEN] = "";
+    CHECK(model_create_inference(&m, &c, 3, err) == 0 && m, "model_create_inference: %s", err);
+    if (m) CHECK(m->front_units == 2 && m->front_pass == 1, "front: %d units in passes of %d images, expected 2 in 1",
+                 m->front_units, m->front_pass);
+    model_free(m);
+    inference_matches(&c, 24);
 }
 
 /* |a - b| / |b| over whole vectors (L2) */
