@@ -343,7 +343,8 @@ static size_t conv_kernel_floats(const ConvShape *s) {
  * activations and small kernels: in passes of many images each layer's
  * output leaves the cache before the next layer reads it, and in passes of
  * one or two images it stays there (the bit128 teacher's first four units
- * 1.75 -> 1.32 s in all, one thread, passes of 32 images -> 2). Its late
+ * took 1.75 s in one lane's passes of 32 images, 1.32 s in passes of 2; the
+ * same images, 2 lanes). Its late
  * units have small activations and large kernels, which a pass reads
  * whole: those are faster in large passes. The front is the units up to a
  * stage's start (its input then has no other reader) whose activations
@@ -351,7 +352,7 @@ static size_t conv_kernel_floats(const ConvShape *s) {
  * largest activation per image (written once and read once) at least the
  * kernels' floats. Its passes hold FRONT_FLOATS of their largest activation
  * (at least one image). Lays out nothing: needs the shapes of a layout. */
-enum { FRONT_FLOATS = 1 << 17 }; /* 512 KB: half of an L2 cache of 1 MB */
+enum { FRONT_FLOATS = 1 << 16 }; /* 256 KB: a quarter of an L2 cache of 1 MB */
 
 static void plan_front(Model *m, int capacity) {
     const ConvShape *stem = &m->stem.shape;

@@ -176,7 +176,9 @@ float *model_forward(Model *m, const float *images, int batch);
  * MODEL_PASS_IMAGES_BF16, whose activations stay in the caches between its
  * layers: the bit128 teacher of docs/PERFORMANCE.md 686 -> 771 images/s on
  * 2 threads, 405 -> 495 on 1; in float, smaller passes were slower (370 ->
- * 342 images/s). */
+ * 342 images/s). Within a pass, the model's front (the stem and the first
+ * units, whose activations outweigh their kernels: plan_front in model.c)
+ * runs one image or a few at a time. */
 #define MODEL_PASS_IMAGES 32
 #define MODEL_PASS_IMAGES_BF16 8
 void model_predict(Model *m, float *logits, const float *images, int batch);
