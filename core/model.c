@@ -94,7 +94,9 @@ int model_config_validate(const ModelConfig *c, char *err) {
  * stem and the front's units for front_pass images, so one image's
  * activations stay in the cache from layer to layer, and the rest for the
  * batch capacity; the front's output, the p of the unit after it, is in
- * region 4, where each of the front's passes writes its images.
+ * region 4, where each of the front's passes writes its images. A training
+ * model's front views (see Model) have their activation gradients in a
+ * layout of their own, for front_pass images.
  * Offsets are laid out region-relative (the region in the top bits), then
  * relocated. */
 enum { REGION_FIXED = 0, REGION_PING = 1, REGION_PONG = 2, REGION_UNIT = 3, REGION_FRONT = 4, REGIONS = 5,
@@ -211,7 +213,7 @@ typedef struct { size_t rstd, scratch; } ScratchSizes;
 
 static ScratchSizes model_layout(Model *m, int capacity, int reuse, int in_place_shortcut) {
     const ModelConfig *c = &m->cfg;
-    const int front = m->front_pass > 0;
+    const int front = m->inference && m->front_pass > 0;
     Layout l = {.m = m, .capacity = front ? m->front_pass : capacity, .reuse = reuse, .region = REGION_FIXED};
     m->num_params = 0;
     int size = c->image_size, channels = c->base_width * c->width;
@@ -329,17 +331,16 @@ size_t model_config_param_count(const ModelConfig *c) {
     return m.num_floats;
 }
 
-/* The floats of a conv's largest activation per image, and of its kernel. */
-static size_t conv_act_floats(const ConvShape *s) {
-    const size_t in = (size_t)s->in_channels * s->in_h * s->in_w, out = (size_t)s->out_channels * s->out_h * s->out_w;
-    return in > out ? in : out;
-}
+/* The floats of a conv's input and output per image, and of its kernel. */
+static size_t in_floats(const ConvShape *s) { return (size_t)s->in_channels * s->in_h * s->in_w; }
+static size_t out_floats(const ConvShape *s) { return (size_t)s->out_channels * s->out_h * s->out_w; }
+static size_t conv_act_floats(const ConvShape *s) { return in_floats(s) > out_floats(s) ? in_floats(s) : out_floats(s); }
 
 static size_t conv_kernel_floats(const ConvShape *s) {
     return (size_t)s->out_channels * s->in_channels * s->kernel_h * s->kernel_w;
 }
 
-/* An inference model's front (model_forward). Its early units have large
+/* The front (model_forward, model_backward). A model's early units have large
  * activations and small kernels: in passes of many images each layer's
  * output leaves the cache before the next layer reads it, and in passes of
  * one or two images it stays there (the bit128 teacher's first four units
@@ -351,8 +352,15 @@ static size_t conv_kernel_floats(const ConvShape *s) {
  * outweigh their kernels read once per pass: 2 x the pass's images x the
  * largest activation per image (written once and read once) at least the
  * kernels' floats. Its passes hold FRONT_FLOATS of their largest activation
- * (at least one image). Lays out nothing: needs the shapes of a layout. */
-enum { FRONT_FLOATS = 1 << 16 }; /* 256 KB: a quarter of an L2 cache of 1 MB */
+ * (at least one image). A training model keeps every activation for the
+ * backward pass, so its front saves only the reads of the next layer, and
+ * those only when a layer's activations for the whole batch would not stay
+ * in the last-level cache: it has a front when they pass TRAIN_FRONT_FLOATS
+ * (the bit128 student, 128 images: 541 -> 607 images/s on 2 threads; the
+ * fmnist student, whose 6 MB do stay there, 1163 -> 1119 on 1).
+ * Lays out nothing: needs the shapes of a layout. */
+enum { FRONT_FLOATS = 1 << 16,      /* 256 KB: a quarter of an L2 cache of 1 MB */
+       TRAIN_FRONT_FLOATS = 1 << 22 /* 16 MB: half of an L3 cache of 32 MB */ };
 
 static void plan_front(Model *m, int capacity) {
     const ConvShape *stem = &m->stem.shape;
@@ -375,8 +383,44 @@ static void plan_front(Model *m, int capacity) {
         if (2 * pass * act < kernels) break;
     }
     const size_t pass = front_largest < FRONT_FLOATS ? FRONT_FLOATS / front_largest : 1;
+    const int worth = m->inference || (size_t)capacity * front_largest >= TRAIN_FRONT_FLOATS;
     m->front_units = front_units;
-    m->front_pass = front_units > 0 && pass < (size_t)capacity ? (int)pass : 0;
+    m->front_pass = front_units > 0 && pass < (size_t)capacity && worth ? (int)pass : 0;
+}
+
+/* A training model's front views (see Model), one per thread, with scratch
+ * for a bf16 backward too; 0 if their memory is not there. */
+static size_t convs_scratch_size(const Model *m, int bf16_backward);
+
+static int make_front_views(Model *m) {
+    if (!m->front_pass) return 1;
+    omp_set_num_threads(1);
+    size_t scratch = convs_scratch_size(m, 1);
+    omp_set_num_threads(m->threads);
+    for (int i = 0; i <= m->front_units; i++) { /* groupnorm_backward's per-image sums, 2 x (B, C) */
+        const ConvShape *sa = &m->units[i].conv_a.shape, *sb = &m->units[i].conv_b.shape;
+        int most = sa->in_channels > sa->out_channels ? sa->in_channels : sa->out_channels;
+        if (sb->out_channels > most) most = sb->out_channels;
+        const size_t sums = (size_t)2 * m->front_pass * most;
+        if (sums > scratch) scratch = sums;
+    }
+    const Norm *end = &m->units[m->front_units].gn_a; /* the last parameters the front's backward sums */
+    m->front_params = end->beta + end->channels;
+    if (!(m->front_views = calloc(m->threads, sizeof *m->front_views))) return 0;
+    int ok = 1;
+    for (int t = 0; t < m->threads; t++) {
+        Model *v = &m->front_views[t];
+        v->scratch = calloc(scratch, sizeof(float));
+        v->scratch_size = scratch;
+        v->dw_hat = calloc(m->front_params, sizeof(float));
+        v->grads = calloc(m->front_params, sizeof(float));
+        v->grad_acts = calloc(m->front_grad_acts, sizeof(float));
+        v->grad_units = m->front_grad_units;
+        v->grad_stem_conv = m->front_grad_stem_conv;
+        v->grad_stem_out = m->front_grad_stem_out;
+        ok = ok && v->scratch && v->dw_hat && v->grads && v->grad_acts;
+    }
+    return ok;
 }
 
 /* inference: weights, standardized kernels and activations only */
@@ -390,6 +434,17 @@ static int model_build(Model **out, const ModelConfig *c, int batch_capacity, in
     for (int s = 0; s < c->num_stages; s++) m->num_units += c->depth[s];
     m->units = xcalloc(m->num_units, sizeof *m->units);
     m->params = xcalloc(count_params(c), sizeof *m->params);
+    m->threads = omp_get_max_threads(); /* forward and backward run on this many */
+    model_layout(m, batch_capacity, 1, inference); /* the shapes, for the front's plan */
+    plan_front(m, batch_capacity);
+    if (!inference && m->front_pass) { /* the front views' gradients: a layout for a pass */
+        model_layout(m, m->front_pass, 1, 0);
+        m->front_grad_units = xcalloc(m->num_units, sizeof *m->front_grad_units);
+        memcpy(m->front_grad_units, m->units, m->num_units * sizeof *m->units);
+        m->front_grad_acts = m->num_acts;
+        m->front_grad_stem_conv = m->act_stem_conv;
+        m->front_grad_stem_out = m->act_stem_out;
+    }
     if (!inference) { /* the gradients' layout first: the activations' is the model's */
         model_layout(m, batch_capacity, 1, 0);
         m->grad_units = xcalloc(m->num_units, sizeof *m->grad_units);
@@ -399,10 +454,6 @@ static int model_build(Model **out, const ModelConfig *c, int batch_capacity, in
         m->grad_stem_out = m->act_stem_out;
         m->grad_head = m->act_head;
         m->grad_pooled = m->act_pooled;
-    }
-    if (inference) { /* the shapes first, then the front's layout */
-        model_layout(m, batch_capacity, 1, 1);
-        plan_front(m, batch_capacity);
     }
     ScratchSizes sizes = model_layout(m, batch_capacity, inference, inference);
     m->convs = xcalloc((size_t)m->num_units * 4 + 1, sizeof *m->convs);
@@ -415,7 +466,6 @@ static int model_build(Model **out, const ModelConfig *c, int batch_capacity, in
         if (c->block == BLOCK_BOTTLENECK) m->convs[m->num_convs++] = &u->conv_c;
     }
     /* the big blocks may not fit: a job asking too much must fail, not abort the process */
-    m->threads = omp_get_max_threads();
     size_t argmax = m->has_pool ? (size_t)batch_capacity * m->pool.channels * m->pool.out_h * m->pool.out_w : 1;
     m->weights = calloc(m->num_floats, sizeof(float));
     m->w_hat = calloc(m->num_floats, sizeof(float));
@@ -431,7 +481,7 @@ static int model_build(Model **out, const ModelConfig *c, int batch_capacity, in
         m->adam_v = calloc(m->num_floats, sizeof(float));
         m->dw_hat = calloc(m->num_floats, sizeof(float));
         m->grad_acts = calloc(m->num_grad_acts, sizeof(float));
-        training_ok = m->grads && m->adam_m && m->adam_v && m->dw_hat && m->grad_acts;
+        training_ok = m->grads && m->adam_m && m->adam_v && m->dw_hat && m->grad_acts && make_front_views(m);
     }
     if (!m->weights || !m->w_hat || !m->ws_rstd || !m->scratch || !m->acts || !m->pool_argmax || !training_ok) {
         double blocks = inference ? 2.0 * m->num_floats + m->num_acts : 6.0 * m->num_floats + m->num_acts + m->num_grad_acts;
@@ -451,6 +501,19 @@ int model_create_inference(Model **out, const ModelConfig *c, int batch_capacity
     return model_build(out, c, batch_capacity, 1, err);
 }
 
+static void free_front_views(Model *m) {
+    for (int t = 0; m->front_views && t < m->threads; t++) {
+        free(m->front_views[t].scratch);
+        free(m->front_views[t].dw_hat);
+        free(m->front_views[t].grads);
+        free(m->front_views[t].grad_acts);
+    }
+    free(m->front_views);
+    m->front_views = NULL;
+    free(m->front_grad_units);
+    m->front_grad_units = NULL;
+}
+
 static void free_lanes(Model *m) {
     for (int i = 1; i < m->num_lanes; i++) { /* lane 0 uses the model's own buffers */
         free(m->lanes[i].acts);
@@ -465,6 +528,7 @@ static void free_lanes(Model *m) {
 void model_free(Model *m) {
     if (!m) return;
     free_lanes(m);
+    free_front_views(m);
     free(m->units);
     free(m->grad_units);
     free(m->convs);
@@ -556,25 +620,41 @@ static void conv_backward(Model *m, const Conv *c, float *din, int accumulate, c
                     m->scratch);
 }
 
-/* out = relu(gn(in)), fused */
-static void norm_relu_forward(Model *m, const Norm *n, float *out, const float *in, int batch) {
+/* out = relu(gn(in)), fused; its statistics from image `first` */
+static void norm_relu_forward(Model *m, const Norm *n, float *out, const float *in, int first, int batch) {
     float *a = m->acts;
-    groupnorm_forward(out, a + n->mean, a + n->rstd, in, m->weights + n->gamma, m->weights + n->beta, batch,
-                      n->channels, n->hw, m->cfg.gn_groups, 1);
+    const size_t stats = (size_t)first * m->cfg.gn_groups;
+    groupnorm_forward(out, a + n->mean + stats, a + n->rstd + stats, in, m->weights + n->gamma, m->weights + n->beta,
+                      batch, n->channels, n->hw, m->cfg.gn_groups, 1);
 }
 
 /* din = the input gradient, or += it when accumulate */
 static void norm_relu_backward(Model *m, const Norm *n, float *din, int accumulate, const float *dout,
-                               const float *out, const float *in, int batch) {
-    groupnorm_backward(din, m->grads + n->gamma, m->grads + n->beta, dout, in, m->acts + n->mean, m->acts + n->rstd,
-                       m->weights + n->gamma, batch, n->channels, n->hw, m->cfg.gn_groups, out, accumulate,
-                       m->scratch);
+                               const float *out, const float *in, int first, int batch) {
+    const size_t stats = (size_t)first * m->cfg.gn_groups;
+    groupnorm_backward(din, m->grads + n->gamma, m->grads + n->beta, dout, in, m->acts + n->mean + stats,
+                       m->acts + n->rstd + stats, m->weights + n->gamma, batch, n->channels, n->hw, m->cfg.gn_groups,
+                       out, accumulate, m->scratch);
 }
 
-/* The number of floats of a unit's output for `batch` images. */
-static size_t unit_out_size(const Model *m, const Unit *u, int batch) {
-    const ConvShape *s = m->cfg.block == BLOCK_BASIC ? &u->conv_b.shape : &u->conv_c.shape;
-    return (size_t)batch * s->out_channels * s->out_h * s->out_w;
+/* A unit's activations (or their gradients) from image `first` of `base`. */
+typedef struct {
+    float *x, *p, *a, *q, *b, *r, *out;
+} UnitAt;
+
+/* The floats of a unit's output per image. */
+static size_t unit_out_floats(const Model *m, const Unit *u) {
+    return out_floats(m->cfg.block == BLOCK_BASIC ? &u->conv_b.shape : &u->conv_c.shape);
+}
+
+static UnitAt unit_at(const Model *m, float *base, const Unit *u, int first) {
+    const int basic = m->cfg.block == BLOCK_BASIC;
+    const ConvShape *sa = &u->conv_a.shape, *sb = &u->conv_b.shape;
+    const size_t x = (size_t)first * in_floats(sa), a = (size_t)first * out_floats(sa);
+    const size_t b = (size_t)first * out_floats(sb), out = (size_t)first * unit_out_floats(m, u);
+    return (UnitAt){.x = base + u->x + x, .p = base + u->p + x, .a = base + u->a + a, .q = base + u->q + a,
+                    .b = basic ? NULL : base + u->b + b, .r = basic ? NULL : base + u->r + b,
+                    .out = base + u->out + out};
 }
 
 static void standardize_all(Model *m) {
@@ -628,37 +708,73 @@ int model_set_bf16(Model *m, char *err) {
     return 0;
 }
 
-/* The input copied in, the stem and its pool. */
-static void stem_forward(Model *m, const float *images, int batch) {
+/* The input copied in, the stem and its pool, for `batch` images from image
+ * `first` of the activations. */
+static void stem_forward(Model *m, const float *images, int first, int batch) {
     float *a = m->acts;
-    const ModelConfig *c = &m->cfg;
-    bulk_copy(a + m->act_input, images, (size_t)batch * c->in_channels * c->image_size * c->image_size);
-    conv_forward(m, &m->stem, a + m->act_stem_conv, a + m->act_input, 0, batch);
+    const size_t in = in_floats(&m->stem.shape), conv = out_floats(&m->stem.shape);
+    float *input = bulk_copy(a + m->act_input + first * in, images, batch * in);
+    conv_forward(m, &m->stem, a + m->act_stem_conv + first * conv, input, 0, batch);
     if (m->has_pool) {
         PoolShape ps = m->pool;
         ps.batch = batch;
-        maxpool_forward(a + m->act_stem_out, m->pool_argmax, a + m->act_stem_conv, &ps);
+        const size_t pooled = (size_t)ps.channels * ps.out_h * ps.out_w;
+        maxpool_forward(a + m->act_stem_out + first * pooled, m->pool_argmax + first * pooled,
+                        a + m->act_stem_conv + first * conv, &ps);
     }
 }
 
-/* A unit from x to out; from its p when gn_a has run (the front's end). */
-static void unit_forward(Model *m, const Unit *u, int batch, int from_p) {
-    float *a = m->acts;
-    if (!from_p) norm_relu_forward(m, &u->gn_a, a + u->p, a + u->x, batch);
+/* A unit from x to out for `batch` images from image `first`; from its p when
+ * gn_a has run (the front's end). */
+static void unit_forward(Model *m, const Unit *u, int first, int batch, int from_p) {
+    const UnitAt at = unit_at(m, m->acts, u, first);
+    if (!from_p) norm_relu_forward(m, &u->gn_a, at.p, at.x, first, batch);
     /* out starts as the shortcut, and the unit's last conv adds to it */
     if (u->has_proj)
-        conv_forward(m, &u->proj, a + u->out, a + u->p, 0, batch);
-    else if (u->out != u->x) /* an inference model adds onto x in place */
-        bulk_copy(a + u->out, a + u->x, unit_out_size(m, u, batch));
-    conv_forward(m, &u->conv_a, a + u->a, a + u->p, 0, batch);
-    norm_relu_forward(m, &u->gn_b, a + u->q, a + u->a, batch);
+        conv_forward(m, &u->proj, at.out, at.p, 0, batch);
+    else if (at.out != at.x) /* an inference model adds onto x in place */
+        bulk_copy(at.out, at.x, batch * unit_out_floats(m, u));
+    conv_forward(m, &u->conv_a, at.a, at.p, 0, batch);
+    norm_relu_forward(m, &u->gn_b, at.q, at.a, first, batch);
     if (m->cfg.block == BLOCK_BASIC) {
-        conv_forward(m, &u->conv_b, a + u->out, a + u->q, 1, batch);
+        conv_forward(m, &u->conv_b, at.out, at.q, 1, batch);
         return;
     }
-    conv_forward(m, &u->conv_b, a + u->b, a + u->q, 0, batch);
-    norm_relu_forward(m, &u->gn_c, a + u->r, a + u->b, batch);
-    conv_forward(m, &u->conv_c, a + u->out, a + u->r, 1, batch);
+    conv_forward(m, &u->conv_b, at.b, at.q, 0, batch);
+    norm_relu_forward(m, &u->gn_c, at.r, at.b, first, batch);
+    conv_forward(m, &u->conv_c, at.out, at.r, 1, batch);
+}
+
+/* The front (plan_front) for `batch` images from image `first`: the stem and
+ * the front's units in the activations from image `slot` (an inference
+ * model's front holds only its pass: 0; a training model's, the batch:
+ * first), then the next unit's gn_a onto its p from image `first`. */
+static void front_forward(Model *m, const float *images, int first, int slot, int batch) {
+    stem_forward(m, images, slot, batch);
+    for (int i = 0; i < m->front_units; i++) unit_forward(m, &m->units[i], slot, batch, 0);
+    const Unit *next = &m->units[m->front_units];
+    norm_relu_forward(m, &next->gn_a, unit_at(m, m->acts, next, first).p, unit_at(m, m->acts, next, slot).x, first,
+                      batch);
+}
+
+/* A training model's view for thread t: the model, with the thread's own
+ * scratch and its own sums of the front's gradients (see Model). */
+static Model *front_view(Model *m, int t) {
+    Model *v = &m->front_views[t], own = *v;
+    *v = *m;
+    v->scratch = own.scratch, v->scratch_size = own.scratch_size;
+    v->dw_hat = own.dw_hat, v->grads = own.grads;
+    v->grad_acts = own.grad_acts, v->grad_units = own.grad_units;
+    v->grad_stem_conv = own.grad_stem_conv, v->grad_stem_out = own.grad_stem_out;
+    v->threads = 1, v->front_views = NULL, v->lanes = NULL, v->num_lanes = 0;
+    omp_set_num_threads(1); /* the view's scratch is for one thread */
+    return v;
+}
+
+/* Thread t's share of `batch` images: [*lo, *hi). */
+static void share(int batch, int t, int threads, int *lo, int *hi) {
+    *lo = (int)((long)batch * t / threads);
+    *hi = (int)((long)batch * (t + 1) / threads);
 }
 
 float *model_forward(Model *m, const float *images, int batch) {
@@ -666,27 +782,28 @@ float *model_forward(Model *m, const float *images, int batch) {
     float *a = m->acts;
     const ModelConfig *c = &m->cfg;
     standardize_all(m);
-    int first = 0;
-    if (m->front_pass) { /* the front in passes of front_pass images, each onto its images of the next p */
-        const Unit *next = &m->units[m->front_units];
-        const Norm *n = &next->gn_a;
-        const size_t image = (size_t)c->in_channels * c->image_size * c->image_size, p = (size_t)n->channels * n->hw;
-        const int groups = c->gn_groups;
-        for (int start = 0; start < batch; start += m->front_pass) {
-            const int images_now = batch - start < m->front_pass ? batch - start : m->front_pass;
-            stem_forward(m, images + start * image, images_now);
-            for (int i = 0; i < m->front_units; i++) unit_forward(m, &m->units[i], images_now, 0);
-            groupnorm_forward(a + next->p + start * p, a + n->mean + start * groups, a + n->rstd + start * groups,
-                              a + next->x, m->weights + n->gamma, m->weights + n->beta, images_now, n->channels,
-                              n->hw, groups, 1);
+    const size_t image = in_floats(&m->stem.shape);
+    const int pass = m->front_pass;
+    if (pass && m->inference) { /* one pass after another, in the front's buffers */
+        for (int first = 0; first < batch; first += pass)
+            front_forward(m, images + first * image, first, 0, batch - first < pass ? batch - first : pass);
+    } else if (pass) { /* each thread its share of the images, a pass at a time */
+#pragma omp parallel num_threads(m->threads)
+        {
+            const int t = omp_get_thread_num();
+            Model *v = front_view(m, t);
+            int lo, hi;
+            share(batch, t, omp_get_num_threads(), &lo, &hi);
+            for (int first = lo; first < hi; first += pass)
+                front_forward(v, images + first * image, first, first, hi - first < pass ? hi - first : pass);
         }
-        first = m->front_units;
     } else {
-        stem_forward(m, images, batch);
+        stem_forward(m, images, 0, batch);
     }
-    for (int i = first; i < m->num_units; i++) unit_forward(m, &m->units[i], batch, m->front_pass && i == first);
+    for (int i = pass ? m->front_units : 0; i < m->num_units; i++)
+        unit_forward(m, &m->units[i], 0, batch, pass && i == m->front_units);
     size_t last = m->num_units ? m->units[m->num_units - 1].out : m->act_stem_out;
-    norm_relu_forward(m, &m->head_norm, a + m->act_head, a + last, batch);
+    norm_relu_forward(m, &m->head_norm, a + m->act_head, a + last, 0, batch);
     avgpool_forward(a + m->act_pooled, a + m->act_head, batch, m->head_channels, m->head_norm.hw);
     dense_forward(a + m->act_logits, a + m->act_pooled, m->weights + m->head_kernel, m->weights + m->head_bias, batch,
                   m->head_channels, c->num_classes);
@@ -775,6 +892,57 @@ static float *zeroed(float *p, size_t n) {
     return bulk_copy(p, NULL, n);
 }
 
+/* Unit i's backward for `batch` images from image `first` of the activations
+ * and `slot` of their gradients (the same but in the front); to its p's
+ * gradient when to_p (the front's end: the front takes gn_a). */
+static void unit_backward(Model *m, int i, int first, int slot, int batch, int to_p) {
+    const Unit *u = &m->units[i];
+    const UnitAt a = unit_at(m, m->acts, u, first), d = unit_at(m, m->grad_acts, &m->grad_units[i], slot);
+    /* dr, dq and dp share one slot, db and da another (see model_layout);
+     * each gradient is set by the first op that writes it, added to by a second */
+    if (!u->has_proj) /* identity shortcut: the residual add passes dout to x unchanged */
+        bulk_copy(d.x, d.out, batch * unit_out_floats(m, u));
+    if (m->cfg.block == BLOCK_BASIC) {
+        conv_backward(m, &u->conv_b, d.q, 0, d.out, a.q, batch);
+    } else {
+        conv_backward(m, &u->conv_c, d.r, 0, d.out, a.r, batch);
+        norm_relu_backward(m, &u->gn_c, d.b, 0, d.r, a.r, a.b, first, batch);
+        conv_backward(m, &u->conv_b, d.q, 0, d.b, a.q, batch);
+    }
+    norm_relu_backward(m, &u->gn_b, d.a, 0, d.q, a.q, a.a, first, batch);
+    conv_backward(m, &u->conv_a, d.p, 0, d.a, a.p, batch);
+    if (u->has_proj) conv_backward(m, &u->proj, d.p, 1, d.out, a.p, batch);
+    if (!to_p) norm_relu_backward(m, &u->gn_a, d.x, !u->has_proj, d.p, a.p, a.x, first, batch);
+}
+
+/* The pool's and the stem's backward, images as unit_backward. */
+static void stem_backward(Model *m, int first, int slot, int batch) {
+    float *d = m->grad_acts;
+    const size_t in = in_floats(&m->stem.shape), conv = out_floats(&m->stem.shape);
+    if (m->has_pool) {
+        PoolShape ps = m->pool;
+        ps.batch = batch;
+        const size_t pooled = (size_t)ps.channels * ps.out_h * ps.out_w;
+        maxpool_backward(zeroed(d + m->grad_stem_conv + slot * conv, batch * conv), d + m->grad_stem_out + slot * pooled,
+                         m->pool_argmax + first * pooled, &ps);
+    }
+    conv_backward(m, &m->stem, NULL, 0, d + m->grad_stem_conv + slot * conv, m->acts + m->act_input + first * in,
+                  batch);
+}
+
+/* A front view's backward (see Model) for `batch` images from image
+ * `first`, from dp, the gradient of the next unit's p for the batch; its
+ * own gradients for those images from image 0 of its own. */
+static void front_backward(Model *v, const float *dp, int first, int batch) {
+    const int next = v->front_units;
+    const Unit *u = &v->units[next];
+    const UnitAt a = unit_at(v, v->acts, u, first);
+    norm_relu_backward(v, &u->gn_a, unit_at(v, v->grad_acts, &v->grad_units[next], 0).x, 0,
+                       dp + (size_t)first * in_floats(&u->conv_a.shape), a.p, a.x, first, batch);
+    for (int i = next - 1; i >= 0; i--) unit_backward(v, i, first, 0, batch, 0);
+    stem_backward(v, first, 0, batch);
+}
+
 void model_backward(Model *m, const float *dlogits, int batch) {
     require_training(m, "model_backward");
     omp_set_num_threads(m->threads);
@@ -790,36 +958,33 @@ void model_backward(Model *m, const float *dlogits, int batch) {
     dense_backward(dpooled, m->grads + m->head_kernel, m->grads + m->head_bias, dlogits, a + m->act_pooled,
                    m->weights + m->head_kernel, batch, m->head_channels, c->num_classes);
     avgpool_backward(zeroed(d + m->grad_head, head_size), dpooled, batch, m->head_channels, m->head_norm.hw);
-    norm_relu_backward(m, &m->head_norm, d + dlast, 0, d + m->grad_head, a + m->act_head, a + last, batch);
+    norm_relu_backward(m, &m->head_norm, d + dlast, 0, d + m->grad_head, a + m->act_head, a + last, 0, batch);
 
-    const int basic = c->block == BLOCK_BASIC;
-    for (int i = m->num_units - 1; i >= 0; i--) {
-        const Unit *u = &m->units[i], *g = &m->grad_units[i];
-        size_t out_size = unit_out_size(m, u, batch);
-        /* dr, dq and dp share one slot, db and da another (see model_layout);
-         * each gradient is set by the first op that writes it, added to by a second */
-        float *dout = d + g->out, *dx = d + g->x, *dp = d + g->p;
-        if (!u->has_proj) /* identity shortcut: the residual add passes dout to x unchanged */
-            bulk_copy(dx, dout, out_size);
-        if (basic) {
-            conv_backward(m, &u->conv_b, d + g->q, 0, dout, a + u->q, batch);
-        } else {
-            conv_backward(m, &u->conv_c, d + g->r, 0, dout, a + u->r, batch);
-            norm_relu_backward(m, &u->gn_c, d + g->b, 0, d + g->r, a + u->r, a + u->b, batch);
-            conv_backward(m, &u->conv_b, d + g->q, 0, d + g->b, a + u->q, batch);
+    const int pass = m->front_pass;
+    for (int i = m->num_units - 1; i >= (pass ? m->front_units : 0); i--)
+        unit_backward(m, i, 0, 0, batch, pass && i == m->front_units);
+    if (!pass) {
+        stem_backward(m, 0, 0, batch);
+    } else { /* the front: each thread its share of the images, as forward, into its own sums */
+        const size_t n = m->front_params;
+#pragma omp parallel num_threads(m->threads)
+        {
+            const int t = omp_get_thread_num();
+            Model *v = front_view(m, t);
+            memset(v->dw_hat, 0, n * sizeof(float));
+            memset(v->grads, 0, n * sizeof(float));
+            int lo, hi;
+            share(batch, t, omp_get_num_threads(), &lo, &hi);
+            for (int first = lo; first < hi; first += pass)
+                front_backward(v, d + m->grad_units[m->front_units].p, first, hi - first < pass ? hi - first : pass);
         }
-        norm_relu_backward(m, &u->gn_b, d + g->a, 0, d + g->q, a + u->q, a + u->a, batch);
-        conv_backward(m, &u->conv_a, dp, 0, d + g->a, a + u->p, batch);
-        if (u->has_proj) conv_backward(m, &u->proj, dp, 1, dout, a + u->p, batch);
-        norm_relu_backward(m, &u->gn_a, dx, !u->has_proj, dp, a + u->p, a + u->x, batch);
+#pragma omp parallel for schedule(static)
+        for (size_t k = 0; k < n; k++) /* the threads' sums, in thread order */
+            for (int t = 0; t < m->threads; t++) {
+                m->dw_hat[k] += m->front_views[t].dw_hat[k];
+                m->grads[k] += m->front_views[t].grads[k];
+            }
     }
-    if (m->has_pool) {
-        PoolShape ps = m->pool;
-        ps.batch = batch;
-        size_t conv_size = (size_t)batch * ps.channels * ps.in_h * ps.in_w;
-        maxpool_backward(zeroed(d + m->grad_stem_conv, conv_size), d + m->grad_stem_out, m->pool_argmax, &ps);
-    }
-    conv_backward(m, &m->stem, NULL, 0, d + m->grad_stem_conv, a + m->act_input, batch);
 
     /* chain the kernels' gradients through weight standardization */
     for (int i = 0; i < m->num_convs; i++) {

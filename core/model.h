@@ -121,10 +121,23 @@ typedef struct Model {
      * memory was not there (the passes then run one after another). */
     struct Model *lanes;
     int num_lanes;
-    /* An inference model's front: the stem, its first front_units units and
-     * the next unit's gn_a, run front_pass images at a time (model_forward);
-     * front_pass 0 when it has none (see plan_front in model.c). */
+    /* The front: the stem, the first front_units units and the next unit's
+     * gn_a, run front_pass images at a time, so that an image's activations
+     * stay in the cache from layer to layer (see plan_front in model.c);
+     * front_pass 0 when the model has none. An inference model runs its
+     * passes' fronts one after another, in activations laid out for
+     * front_pass images. A training model's threads each run the front on
+     * their share of the batch, forward and backward, side by side, each in
+     * a view (front_views): the model with the thread's own scratch, its own
+     * activation gradients for a pass (laid out as front_grad_units and
+     * front_grad_stem_*, front_grad_acts floats), and its own dw_hat and
+     * grads for the parameters up to the front's end (the first
+     * front_params), added up after the backward pass in thread order. */
     int front_units, front_pass;
+    struct Model *front_views;
+    size_t front_params;
+    Unit *front_grad_units;
+    size_t front_grad_acts, front_grad_stem_conv, front_grad_stem_out;
 } Model;
 
 /* The default configuration values (BiT normalization: mean 0.5, std 0.5). */

@@ -1612,6 +1612,79 @@ static void test_bf16_training(void) {
     model_free(b16);
 }
 
+/* A training model's front (plan_front) changes only the order of the work:
+ * a model with one gives the logits of a batch, and the gradients to
+ * rounding (each thread sums the front's kernel and GroupNorm gradients of
+ * its own images), of the same model built for half the batch, which has
+ * none, run on its two halves. On 2 threads, in float or bf16. */
+static void training_front_matches(const ModelConfig *c, int batch, int bf16, uint64_t seed) {
+    char err[ERR_LEN] = "";
+    const int threads = omp_get_max_threads(), half = batch / 2;
+    omp_set_num_threads(2);
+    Model *m = new_model(c, batch), *h = new_model(c, half);
+    CHECK(m->front_pass > 0 && m->front_views && m->front_params > 0, "no front (%d units in passes of %d images)",
+          m->front_units, m->front_pass);
+    CHECK(h->front_pass == 0, "the model for %d images has a front too: nothing to compare with", half);
+    if (bf16 && (model_set_bf16(m, err) != 0 || model_set_bf16(h, err) != 0)) {
+        CHECK(0, "model_set_bf16: %s", err);
+        bf16 = 0;
+    }
+    model_init_bit(m, seed);
+    Rng rng = rng_derive(seed, 9, 0);
+    for (size_t i = 0; i < m->num_floats; i++) m->weights[i] += 0.05f * (float)rng_normal(&rng);
+    memcpy(h->weights, m->weights, m->num_floats * sizeof(float));
+    const size_t image = (size_t)c->in_channels * c->image_size * c->image_size, k = (size_t)batch * c->num_classes;
+    float *x = xcalloc(batch * image, sizeof(float)), *dlogits = xcalloc(k, sizeof(float));
+    for (size_t i = 0; i < batch * image; i++) x[i] = (float)rng_normal(&rng);
+    for (size_t i = 0; i < k; i++) dlogits[i] = (float)rng_normal(&rng);
+    float *got = xcalloc(k, sizeof(float)), *want = xcalloc(k, sizeof(float));
+    model_zero_grad(m);
+    memcpy(got, model_forward(m, x, batch), k * sizeof(float));
+    model_backward(m, dlogits, batch);
+    model_zero_grad(h); /* the halves' gradients add up */
+    for (int part = 0; part < 2; part++) {
+        const size_t at = (size_t)part * half;
+        memcpy(want + at * c->num_classes, model_forward(h, x + at * image, half),
+               (size_t)half * c->num_classes * sizeof(float));
+        model_backward(h, dlogits + at * c->num_classes, half);
+    }
+    const double logit_err = relative_error(got, want, k);
+    const double front_err = relative_error(m->grads, h->grads, m->front_params);
+    const double rest_err =
+        relative_error(m->grads + m->front_params, h->grads + m->front_params, m->num_floats - m->front_params);
+    CHECK(logit_err <= 1e-6, "logits with and without the front differ by %.3g", logit_err);
+    for (int i = 0; i < m->num_params && getenv("DBG"); i++) { const ParamInfo *pi = &m->params[i]; if (pi->offset > m->front_params) break;
+        printf("%s %.3g\n", pi->name, relative_error(m->grads + pi->offset, h->grads + pi->offset, pi->size)); }
+    CHECK(front_err <= 1e-5 && rest_err <= 1e-5, "gradients with and without the front differ by %.3g (the front's "
+          "parameters) and %.3g (the rest)", front_err, rest_err);
+    double norm = 0;
+    for (size_t i = 0; i < m->front_params; i++) norm += (double)h->grads[i] * h->grads[i];
+    CHECK(norm > 1e-6, "the front's gradients are all near zero (%g): the comparison would prove nothing", norm);
+    free(x), free(dlogits), free(got), free(want);
+    model_free(m);
+    model_free(h);
+    omp_set_num_threads(threads);
+}
+
+static void test_training_front(void) {
+    ModelConfig c;
+    TEST_CASE("training model with a front (stem=bit, 160 px, 48 images): the same logits and gradients without it");
+    bit_config(&c);
+    c.image_size = 160;
+    training_front_matches(&c, 48, 0, 31);
+    if (bf16_fast()) {
+        TEST_CASE("training model with a front in bf16 (mixed precision): the same logits and gradients without it");
+        training_front_matches(&c, 48, 1, 32);
+    }
+    TEST_CASE("training model with a front (block=basic, 96 px, 40 images): the same logits and gradients without "
+              "it");
+    small_config(&c);
+    c.block = BLOCK_BASIC;
+    c.base_width = 16;
+    c.image_size = 96;
+    training_front_matches(&c, 40, 0, 33);
+}
+
 int main(void) {
     if (!mkdtemp(tmp_dir)) die("mkdtemp", tmp_dir);
     test_round_trip();
@@ -1620,6 +1693,7 @@ int main(void) {
     test_checkpoints();
     test_inference_model();
     test_bf16_training();
+    test_training_front();
     test_init();
     test_schedule();
     test_optimizer();
