@@ -382,10 +382,12 @@ static void plan_front(Model *m, int capacity) {
         const size_t pass = largest < FRONT_FLOATS ? FRONT_FLOATS / largest : 1;
         if (2 * pass * act < kernels) break;
     }
+    m->front_units = m->front_pass = 0;
+    if (front_units == 0) return;
     const size_t pass = front_largest < FRONT_FLOATS ? FRONT_FLOATS / front_largest : 1;
-    const int worth = m->inference || (size_t)capacity * front_largest >= TRAIN_FRONT_FLOATS;
+    if (pass >= (size_t)capacity || (!m->inference && (size_t)capacity * front_largest < TRAIN_FRONT_FLOATS)) return;
     m->front_units = front_units;
-    m->front_pass = front_units > 0 && pass < (size_t)capacity && worth ? (int)pass : 0;
+    m->front_pass = (int)pass;
 }
 
 /* A training model's front views (see Model), one per thread, with scratch
