@@ -519,6 +519,12 @@ static void col2im_add(float *img, const float *col, size_t ld, const ConvShape 
 
 /* --------------------------------------------------- Winograd transforms */
 
+/* The 3x3 kernels w[o][i .. i + 7] as nine rows of eight lanes, one row per tap. */
+static void kernel_lanes(float lanes[9][COPY_BLOCK], const float *w, int o, int c, int i) {
+    for (int l = 0; l < COPY_BLOCK; l++)
+        for (int k = 0; k < 9; k++) lanes[k][l] = w[((size_t)o * c + i + l) * 9 + k];
+}
+
 /* F(2x2, 3x3)'s G applied to three values: G's rows (1, 0, 0),
  * (1, 1, 1)/2, (1, -1, 1)/2, (0, 0, 1) */
 static inline void g_2(Block *u, Block g0, Block g1, Block g2) {
@@ -534,8 +540,7 @@ static void wino2_weights(float *U, const float *w, int m, int c) {
         for (int i0 = 0; i0 < c; i0 += COPY_BLOCK) {
             const int i = i0 + COPY_BLOCK <= c ? i0 : c - COPY_BLOCK;
             float lanes[9][COPY_BLOCK];
-            for (int l = 0; l < COPY_BLOCK; l++)
-                for (int k = 0; k < 9; k++) lanes[k][l] = w[((size_t)o * c + i + l) * 9 + k];
+            kernel_lanes(lanes, w, o, c, i);
             Block t[3][4], u[4];
             for (int k = 0; k < 3; k++) g_2(t[k], LOAD(lanes[k]), LOAD(lanes[3 + k]), LOAD(lanes[6 + k]));
             for (int r = 0; r < 4; r++) {
@@ -592,8 +597,7 @@ static void wino4_weights(float *U, const float *w, int m, int c) {
         for (int i0 = 0; i0 < c; i0 += COPY_BLOCK) {
             const int i = i0 + COPY_BLOCK <= c ? i0 : c - COPY_BLOCK;
             float lanes[9][COPY_BLOCK];
-            for (int l = 0; l < COPY_BLOCK; l++)
-                for (int k = 0; k < 9; k++) lanes[k][l] = w[((size_t)o * c + i + l) * 9 + k];
+            kernel_lanes(lanes, w, o, c, i);
             Block t[3][6], u[6];
             for (int k = 0; k < 3; k++) g_4(t[k], LOAD(lanes[k]), LOAD(lanes[3 + k]), LOAD(lanes[6 + k]));
             for (int r = 0; r < 6; r++) {
