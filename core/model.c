@@ -353,14 +353,11 @@ static size_t conv_kernel_floats(const ConvShape *s) {
  * largest activation per image (written once and read once) at least the
  * kernels' floats. Its passes hold FRONT_FLOATS of their largest activation
  * (at least one image). A training model keeps every activation for the
- * backward pass, so its front saves only the reads of the next layer, and
- * those only when a layer's activations for the whole batch would not stay
- * in the last-level cache: it has a front when they pass TRAIN_FRONT_FLOATS
- * (the bit128 student, 128 images: 541 -> 607 images/s on 2 threads; the
- * fmnist student, whose 6 MB do stay there, 1163 -> 1119 on 1).
- * Lays out nothing: needs the shapes of a layout. */
-enum { FRONT_FLOATS = 1 << 16,      /* 256 KB: a quarter of an L2 cache of 1 MB */
-       TRAIN_FRONT_FLOATS = 1 << 22 /* 16 MB: half of an L3 cache of 32 MB */ };
+ * backward pass, so its front saves the next layer's reads of them, and
+ * its threads' waits for one another between the front's layers (the
+ * bit128 student 541 -> 607 images/s on 2 threads, the fmnist student
+ * 1876 -> 1968). Lays out nothing: needs the shapes of a layout. */
+enum { FRONT_FLOATS = 1 << 16 }; /* 256 KB: a quarter of an L2 cache of 1 MB */
 
 static void plan_front(Model *m, int capacity) {
     const ConvShape *stem = &m->stem.shape;
@@ -385,7 +382,7 @@ static void plan_front(Model *m, int capacity) {
     m->front_units = m->front_pass = 0;
     if (front_units == 0) return;
     const size_t pass = front_largest < FRONT_FLOATS ? FRONT_FLOATS / front_largest : 1;
-    if (pass >= (size_t)capacity || (!m->inference && (size_t)capacity * front_largest < TRAIN_FRONT_FLOATS)) return;
+    if (pass >= (size_t)capacity) return;
     m->front_units = front_units;
     m->front_pass = (int)pass;
 }
