@@ -334,7 +334,9 @@ size_t model_config_param_count(const ModelConfig *c) {
 /* The floats of a conv's input and output per image, and of its kernel. */
 static size_t in_floats(const ConvShape *s) { return (size_t)s->in_channels * s->in_h * s->in_w; }
 static size_t out_floats(const ConvShape *s) { return (size_t)s->out_channels * s->out_h * s->out_w; }
-static size_t conv_act_floats(const ConvShape *s) { return in_floats(s) > out_floats(s) ? in_floats(s) : out_floats(s); }
+static size_t conv_act_floats(const ConvShape *s) {
+    return in_floats(s) > out_floats(s) ? in_floats(s) : out_floats(s);
+}
 
 static size_t conv_kernel_floats(const ConvShape *s) {
     return (size_t)s->out_channels * s->in_channels * s->kernel_h * s->kernel_w;
@@ -757,7 +759,8 @@ static void front_forward(Model *m, const float *images, int first, int slot, in
 }
 
 /* A training model's view for thread t: the model, with the thread's own
- * scratch and its own sums of the front's gradients (see Model). */
+ * scratch, pass of activation gradients and sums of the front's gradients
+ * (see Model). */
 static Model *front_view(Model *m, int t) {
     Model *v = &m->front_views[t], own = *v;
     *v = *m;
@@ -892,8 +895,8 @@ static float *zeroed(float *p, size_t n) {
 }
 
 /* Unit i's backward for `batch` images from image `first` of the activations
- * and `slot` of their gradients (the same but in the front); to its p's
- * gradient when to_p (the front's end: the front takes gn_a). */
+ * and `slot` of their gradients (first, but for a front view's own: 0); to
+ * its p's gradient when to_p (the front's end: the front takes gn_a). */
 static void unit_backward(Model *m, int i, int first, int slot, int batch, int to_p) {
     const Unit *u = &m->units[i];
     const UnitAt a = unit_at(m, m->acts, u, first), d = unit_at(m, m->grad_acts, &m->grad_units[i], slot);
@@ -922,8 +925,8 @@ static void stem_backward(Model *m, int first, int slot, int batch) {
         PoolShape ps = m->pool;
         ps.batch = batch;
         const size_t pooled = (size_t)ps.channels * ps.out_h * ps.out_w;
-        maxpool_backward(zeroed(d + m->grad_stem_conv + slot * conv, batch * conv), d + m->grad_stem_out + slot * pooled,
-                         m->pool_argmax + first * pooled, &ps);
+        maxpool_backward(zeroed(d + m->grad_stem_conv + slot * conv, batch * conv),
+                         d + m->grad_stem_out + slot * pooled, m->pool_argmax + first * pooled, &ps);
     }
     conv_backward(m, &m->stem, NULL, 0, d + m->grad_stem_conv + slot * conv, m->acts + m->act_input + first * in,
                   batch);
@@ -966,6 +969,7 @@ void model_backward(Model *m, const float *dlogits, int batch) {
         stem_backward(m, 0, 0, batch);
     } else { /* the front: each thread its share of the images, as forward, into its own sums */
         const size_t n = m->front_params;
+        int ran = 1; /* the threads (views) that ran: at most m->threads */
 #pragma omp parallel num_threads(m->threads)
         {
             const int t = omp_get_thread_num();
@@ -973,13 +977,14 @@ void model_backward(Model *m, const float *dlogits, int batch) {
             memset(v->dw_hat, 0, n * sizeof(float));
             memset(v->grads, 0, n * sizeof(float));
             int lo, hi;
+            if (t == 0) ran = omp_get_num_threads();
             share(batch, t, omp_get_num_threads(), &lo, &hi);
             for (int first = lo; first < hi; first += pass)
                 front_backward(v, d + m->grad_units[m->front_units].p, first, hi - first < pass ? hi - first : pass);
         }
 #pragma omp parallel for schedule(static)
         for (size_t k = 0; k < n; k++) /* the threads' sums, in thread order */
-            for (int t = 0; t < m->threads; t++) {
+            for (int t = 0; t < ran; t++) {
                 m->dw_hat[k] += m->front_views[t].dw_hat[k];
                 m->grads[k] += m->front_views[t].grads[k];
             }

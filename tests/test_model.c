@@ -1656,8 +1656,6 @@ static void training_front_matches(const ModelConfig *c, int batch, int bf16, ui
     const double rest_err =
         relative_error(m->grads + m->front_params, h->grads + m->front_params, m->num_floats - m->front_params);
     CHECK(logit_err <= 1e-6, "logits with and without the front differ by %.3g", logit_err);
-    for (int i = 0; i < m->num_params && getenv("DBG"); i++) { const ParamInfo *pi = &m->params[i]; if (pi->offset > m->front_params) break;
-        printf("%s %.3g\n", pi->name, relative_error(m->grads + pi->offset, h->grads + pi->offset, pi->size)); }
     CHECK(front_err <= 1e-5 && rest_err <= 1e-5, "gradients with and without the front differ by %.3g (the front's "
           "parameters) and %.3g (the rest)", front_err, rest_err);
     double norm = 0;
