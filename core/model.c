@@ -361,6 +361,9 @@ static size_t conv_kernel_floats(const ConvShape *s) {
  * 1876 -> 1968). Lays out nothing: needs the shapes of a layout. */
 enum { FRONT_FLOATS = 1 << 16 }; /* 256 KB: a quarter of an L2 cache of 1 MB */
 
+/* The images of a front's pass whose largest activation is `largest` floats. */
+static size_t front_images(size_t largest) { return largest < FRONT_FLOATS ? FRONT_FLOATS / largest : 1; }
+
 static void plan_front(Model *m, int capacity) {
     const ConvShape *stem = &m->stem.shape;
     size_t largest = (size_t)stem->out_channels * stem->out_h * stem->out_w, front_largest = 0;
@@ -378,12 +381,11 @@ static void plan_front(Model *m, int capacity) {
             kernels += conv_kernel_floats(convs[k]);
         }
         if (act > largest) largest = act;
-        const size_t pass = largest < FRONT_FLOATS ? FRONT_FLOATS / largest : 1;
-        if (2 * pass * act < kernels) break;
+        if (2 * front_images(largest) * act < kernels) break;
     }
     m->front_units = m->front_pass = 0;
     if (front_units == 0) return;
-    const size_t pass = front_largest < FRONT_FLOATS ? FRONT_FLOATS / front_largest : 1;
+    const size_t pass = front_images(front_largest);
     if (pass >= (size_t)capacity) return;
     m->front_units = front_units;
     m->front_pass = (int)pass;
