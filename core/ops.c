@@ -365,16 +365,47 @@ static void conv_valid_columns(const ConvShape *s, int kw, int *lo, int *hi) {
  * than the stride reads only some of them (and only some rows). */
 static int conv_phase_count(const ConvShape *s) { return s->kernel_w < s->stride ? s->kernel_w : s->stride; }
 
+/* fill_phase_planes for stride 2 and rows shorter than two blocks (14 or 7
+ * pixels; the vector loop of fill_phase_planes would not run): the plane's
+ * rows copied first between zeros (a load right after a row's copy would
+ * wait on its stores), then each phase row one block of evens, which past
+ * the row's end holds zeros: the border, the next row's start (written
+ * after it) or the slack. */
+#define SHORT_PLANE_ROWS 16
+static void fill_short_phase_planes(float *restrict mine, const float *plane, const ConvShape *s) {
+    const int pad = s->pad, w = s->in_w;
+    const Phases ph = conv_phases(s);
+    _Alignas(32) float rows[SHORT_PLANE_ROWS][3 * COPY_BLOCK];
+    for (int h = 0; h < s->in_h; h++) {
+        const Block zero = {0};
+        for (int i = 0; i < 3; i++) STORE(rows[h] + i * COPY_BLOCK, zero);
+        memcpy(rows[h] + 1, plane + (size_t)h * w, sizeof(float) * w); /* input column x at 1 + x */
+    }
+    for (int p = 0; p < conv_phase_count(s); p++) {
+        const int lo = p >= pad ? 0 : (pad - p + 1) / 2, off = p - pad; /* 2 lo + off is 0 or 1 */
+        float *to = mine + (size_t)p * ph.plane + (size_t)pad * ph.cols;
+        for (int h = 0, r = pad % 2; h < s->in_h; h++, to += ph.cols, r ^= 1) {
+            if (r >= s->kernel_h) continue; /* padded row h + pad is read by no tap */
+            const float *from = rows[h] + 1 + 2 * lo + off;
+            STORE(to + lo, EVENS(LOAD(from), LOAD(from + COPY_BLOCK)));
+        }
+    }
+}
+
 /* One input plane into `mine`, inside a zero border and split into its
  * column phases (conv_phases): phase p's column j is input column
- * j * stride + p - pad. Only what the kernel reads is written; the border
- * must be zero already. */
+ * j * stride + p - pad. Only what the kernel reads is written (and zeros,
+ * fill_short_phase_planes); the border must be zero already. */
 static void fill_phase_planes(float *restrict mine, const float *plane, const ConvShape *s) {
     const int stride = s->stride, pad = s->pad, w = s->in_w;
     const Phases ph = conv_phases(s);
     if (stride == 1) {
         for (int h = 0; h < s->in_h; h++)
             memcpy(mine + (size_t)(h + pad) * ph.cols + pad, plane + (size_t)h * w, sizeof(float) * w);
+        return;
+    }
+    if (stride == 2 && w < 2 * COPY_BLOCK && s->in_h <= SHORT_PLANE_ROWS) {
+        fill_short_phase_planes(mine, plane, s);
         return;
     }
     for (int p = 0; p < conv_phase_count(s); p++) {
@@ -472,9 +503,11 @@ static void im2col_band(float *restrict col, const float *const *rows, const Con
  * in `row` (2 * out_w rounded up, plus COPY_BLOCK) with whole vectors and
  * added to the image in one contiguous pass, where the general loop adds
  * one float at a stride of two. Reads round up into the next column row or
- * col's slack; the one value of tap 0 read past a row's end is not used. */
+ * col's slack; tap 0 read past a row's end is masked off (a float stored
+ * alone into `row` would stall the vector loads that read it back). */
 static void col2im_add_3x3_stride2(float *img, const float *col, size_t ld, const ConvShape *s, float *restrict row) {
     const int ho = s->out_h, wo = s->out_w, w = s->in_w;
+    const BlockMask next = {1, 2, 3, 4, 5, 6, 7, 8}; /* the output columns whose tap 0 a block adds */
     for (int c = 0; c < s->in_channels; c++) {
         float *plane = img + (size_t)c * s->in_h * w;
         for (int kh = 0; kh < 3; kh++) {
@@ -484,12 +517,15 @@ static void col2im_add_3x3_stride2(float *img, const float *col, size_t ld, cons
                 if (ih < 0 || ih >= s->in_h) continue;
                 const float *t0 = taps + (size_t)oh * wo, *t1 = t0 + ld, *t2 = t1 + ld;
                 for (int q = 0; q < wo; q += COPY_BLOCK) {
-                    const Block even = LOAD(t1 + q), odd = LOAD(t2 + q) + LOAD(t0 + q + 1);
+                    const BlockMask real = next + q < wo; /* no tap 0 of column wo */
+                    const Block tap0 = (Block)((BlockMask)LOAD(t0 + q + 1) & real);
+                    const Block even = LOAD(t1 + q), odd = LOAD(t2 + q) + tap0;
                     STORE(row + 2 * q, ZIP_LO(even, odd)), STORE(row + 2 * q + COPY_BLOCK, ZIP_HI(even, odd));
                 }
-                row[2 * wo - 1] = t2[wo - 1]; /* no tap 0 of column wo */
                 float *dst = plane + (size_t)ih * w;
-                for (int x = 0; x < w; x++) dst[x] += row[x];
+                int x = 0;
+                for (; x + COPY_BLOCK <= w; x += COPY_BLOCK) STORE(dst + x, LOAD(dst + x) + LOAD(row + x));
+                for (; x < w; x++) dst[x] += row[x];
             }
         }
     }
@@ -1435,30 +1471,33 @@ void weight_standardize_backward(float *dw, const float *dw_hat, const float *w_
  * plane cost more than its sum). */
 #define GN_CHUNK 256
 
-static double group_sum(const float *x, size_t n, size_t chunk) {
-    double sum = 0.0;
-    for (size_t at = 0; at < n; at += chunk) {
-        const float *c = x + at;
-        float part = 0.0f;
-#pragma omp simd reduction(+ : part)
-        for (size_t i = 0; i < chunk; i++) part += c[i];
-        sum += part;
+/* The float sum of c[0..n) - mu (squared when square): four
+ * vectors of partial sums, whose adds do not wait on one another. */
+static float chunk_sum(const float *c, size_t n, float mu, int square) {
+    const Block m = {mu, mu, mu, mu, mu, mu, mu, mu}, one = {1, 1, 1, 1, 1, 1, 1, 1};
+    Block acc[4] = {{0}};
+    size_t i = 0;
+    for (; i + 4 * COPY_BLOCK <= n; i += 4 * COPY_BLOCK)
+        for (int k = 0; k < 4; k++) {
+            const Block d = LOAD(c + i + k * COPY_BLOCK) - m;
+            acc[k] += d * (square ? d : one);
+        }
+    for (; i + COPY_BLOCK <= n; i += COPY_BLOCK) {
+        const Block d = LOAD(c + i) - m;
+        acc[0] += d * (square ? d : one);
     }
-    return sum;
+    const Block all = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    float part = 0.0f;
+    for (int k = 0; k < COPY_BLOCK; k++) part += all[k];
+    for (; i < n; i++) part += square ? (c[i] - mu) * (c[i] - mu) : c[i] - mu;
+    return part;
 }
 
-static double group_squared_deviation(const float *x, size_t n, size_t chunk, float mu) {
+/* The sum over a group of n floats (squared deviations from mu when square),
+ * chunk by chunk in float, the chunks' sums added in double. */
+static double group_sum(const float *x, size_t n, size_t chunk, float mu, int square) {
     double sum = 0.0;
-    for (size_t at = 0; at < n; at += chunk) {
-        const float *c = x + at;
-        float part = 0.0f;
-#pragma omp simd reduction(+ : part)
-        for (size_t i = 0; i < chunk; i++) {
-            const float d = c[i] - mu;
-            part += d * d;
-        }
-        sum += part;
-    }
+    for (size_t at = 0; at < n; at += chunk) sum += chunk_sum(x + at, chunk, mu, square);
     return sum;
 }
 
@@ -1475,8 +1514,8 @@ void groupnorm_forward(float *out, float *mean, float *rstd, const float *in, co
         const size_t base = ((size_t)b * channels + (size_t)g * cpg) * hw;
         const float *x = in + base;
         /* two passes: the mean, then the squared deviations from it */
-        const float mu = (float)(group_sum(x, group_size, chunk) / group_size);
-        const double sumsq = group_squared_deviation(x, group_size, chunk, mu);
+        const float mu = (float)(group_sum(x, group_size, chunk, 0.0f, 0) / group_size); /* mu 0: the plain sum */
+        const double sumsq = group_sum(x, group_size, chunk, mu, 1);
         const float r = (float)(1.0 / sqrt(sumsq / group_size + GN_EPS));
         mean[bg] = mu;
         rstd[bg] = r;
