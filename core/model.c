@@ -468,10 +468,16 @@ static int model_build(Model **out, const ModelConfig *c, int batch_capacity, in
         m->convs[m->num_convs++] = &u->conv_b;
         if (c->block == BLOCK_BOTTLENECK) m->convs[m->num_convs++] = &u->conv_c;
     }
+    size_t wino = 0;
+    for (int i = 0; i < m->num_convs; i++) {
+        m->convs[i]->wino = wino;
+        wino += conv_winograd_u_size(&m->convs[i]->shape);
+    }
     /* the big blocks may not fit: a job asking too much must fail, not abort the process */
     size_t argmax = m->has_pool ? (size_t)batch_capacity * m->pool.channels * m->pool.out_h * m->pool.out_w : 1;
     m->weights = calloc(m->num_floats, sizeof(float));
     m->w_hat = calloc(m->num_floats, sizeof(float));
+    m->w_wino = wino ? calloc(wino, sizeof(float)) : NULL;
     m->ws_rstd = calloc(sizes.rstd, sizeof(float));
     m->scratch_size = sizes.scratch ? sizes.scratch : 1;
     m->scratch = calloc(m->scratch_size, sizeof(float));
@@ -486,8 +492,10 @@ static int model_build(Model **out, const ModelConfig *c, int batch_capacity, in
         m->grad_acts = calloc(m->num_grad_acts, sizeof(float));
         training_ok = m->grads && m->adam_m && m->adam_v && m->dw_hat && m->grad_acts && make_front_views(m);
     }
-    if (!m->weights || !m->w_hat || !m->ws_rstd || !m->scratch || !m->acts || !m->pool_argmax || !training_ok) {
-        double blocks = inference ? 2.0 * m->num_floats + m->num_acts : 6.0 * m->num_floats + m->num_acts + m->num_grad_acts;
+    if (!m->weights || !m->w_hat || (wino && !m->w_wino) || !m->ws_rstd || !m->scratch || !m->acts ||
+        !m->pool_argmax || !training_ok) {
+        double blocks = (inference ? 2.0 * m->num_floats + m->num_acts
+                                   : 6.0 * m->num_floats + m->num_acts + m->num_grad_acts) + wino;
         double mb = ((blocks + sizes.scratch) * sizeof(float)) / (1024.0 * 1024.0);
         model_free(m);
         return set_error(err, "not enough memory for this model at batch size %d (%.0f MB)", batch_capacity, mb);
@@ -542,6 +550,7 @@ void model_free(Model *m) {
     free(m->adam_v);
     free(m->w_hat);
     free(m->w_bf16);
+    free(m->w_wino);
     free(m->dw_hat);
     free(m->ws_rstd);
     free(m->scratch);
@@ -607,20 +616,25 @@ static ConvShape at_batch(const Conv *c, int batch) {
     return s;
 }
 
+/* c's Winograd U, or NULL: not Winograd, or in bf16 */
+static const float *wino_u(const Model *m, const Conv *c) {
+    return m->w_wino && conv_is_winograd(&c->shape) ? m->w_wino + c->wino : NULL;
+}
+
 static void conv_forward(Model *m, const Conv *c, float *out, const float *in, int accumulate, int batch) {
     ConvShape s = at_batch(c, batch);
     if (m->w_bf16)
         conv2d_forward_bf16(out, in, m->w_bf16 + c->packed, &s, accumulate, m->scratch);
     else
-        conv2d_forward(out, in, m->w_hat + c->weight, &s, accumulate, m->scratch);
+        conv2d_forward(out, in, m->w_hat + c->weight, wino_u(m, c), &s, accumulate, m->scratch);
 }
 
 /* din = the input gradient, or += it when accumulate */
 static void conv_backward(Model *m, const Conv *c, float *din, int accumulate, const float *dout, const float *in,
                           int batch) {
     ConvShape s = at_batch(c, batch);
-    conv2d_backward(din, m->dw_hat + c->weight, dout, in, m->w_hat + c->weight, &s, accumulate, m->w_bf16 != NULL,
-                    m->scratch);
+    conv2d_backward(din, m->dw_hat + c->weight, dout, in, m->w_hat + c->weight, wino_u(m, c), &s, accumulate,
+                    m->w_bf16 != NULL, m->scratch);
 }
 
 /* out = relu(gn(in)), fused; its statistics from image `first` */
@@ -668,6 +682,7 @@ static void standardize_all(Model *m) {
         weight_standardize_forward(m->w_hat + cv->weight, m->ws_rstd + cv->rstd, m->weights + cv->weight,
                                    s->out_channels, s->in_channels * s->kernel_h * s->kernel_w);
         if (m->w_bf16) conv_bf16_pack(m->w_bf16 + cv->packed, m->w_hat + cv->weight, s, m->scratch);
+        if (wino_u(m, cv)) conv_winograd_u(m->w_wino + cv->wino, m->w_hat + cv->weight, s);
     }
     m->w_hat_valid = 1;
 }
@@ -707,6 +722,8 @@ int model_set_bf16(Model *m, char *err) {
     if (!(m->w_bf16 = calloc(total, sizeof(uint32_t))))
         return set_error(err, "bfloat16: not enough memory for the packed kernels (%.0f MB)",
                          total * sizeof(uint32_t) / (1024.0 * 1024.0));
+    free(m->w_wino); /* bf16 convolutions transform their kernels as they pack them */
+    m->w_wino = NULL;
     m->w_hat_valid = 0; /* the next forward standardizes and packs */
     return 0;
 }

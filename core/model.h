@@ -46,6 +46,7 @@ typedef struct {
     size_t weight;     /* offset of the kernel in the parameter block (and w_hat block) */
     size_t rstd;       /* offset of its per-channel 1/std in the standardization cache */
     size_t packed;     /* offset of its bf16-packed kernel in w_bf16 (model_set_bf16) */
+    size_t wino;       /* offset of its Winograd U in w_wino (conv_winograd_u_size floats) */
 } Conv;
 
 typedef struct {
@@ -84,6 +85,7 @@ typedef struct Model {
     float *ws_rstd;         /* (sum of Cout over standardized convs) */
     int w_hat_valid;        /* 0 after the weights change */
     uint32_t *w_bf16;       /* NULL, or (model_set_bf16) the standardized kernels packed for the bf16 GEMM */
+    float *w_wino;          /* the float Winograd convs' U (conv_winograd_u), with w_hat; NULL in bf16 or if none */
 
     Conv stem;
     int has_pool;

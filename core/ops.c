@@ -1068,18 +1068,36 @@ static void forward_gemm(float *out, int ldo, const float *w, const uint32_t *pa
         blas_sgemm(0, 0, m, n, k, w, k, col, n, accumulate ? 1.0f : 0.0f, out, ldo);
 }
 
-static void wino_forward(float *out, const float *in, const float *w, const uint32_t *packed, const ConvShape *s,
-                         int accumulate, float *scratch) {
+/* U (Winograd's kernel transform) for F(tile x tile, 3x3) */
+static void wino_weights(float *U, const float *w, const ConvShape *s, int tile) {
+    if (tile == 4)
+        wino4_weights(U, w, s->out_channels, s->in_channels);
+    else
+        wino2_weights(U, w, s->out_channels, s->in_channels);
+}
+
+size_t conv_winograd_u_size(const ConvShape *s) {
+    const int tile = conv_winograd_tile(s, 0);
+    return tile ? (size_t)(tile + 2) * (tile + 2) * s->out_channels * s->in_channels : 0;
+}
+
+void conv_winograd_u(float *u, const float *w, const ConvShape *s) {
+    wino_weights(u, w, s, conv_winograd_tile(s, 0));
+}
+
+static void wino_forward(float *out, const float *in, const float *w, const float *u, const uint32_t *packed,
+                         const ConvShape *s, int accumulate, float *scratch) {
     const int m = s->out_channels, c = s->in_channels, threads = omp_get_max_threads(), bf16 = packed != NULL;
     const size_t in_size = (size_t)c * s->in_h * s->in_w, out_size = (size_t)m * s->out_h * s->out_w;
     const ConvScratch layout = conv_scratch_layout(s, threads, 0);
     const Tiles t = wino_tiles(s, bf16);
     const size_t sv = wino_stride(s, c, bf16), sm = wino_stride(s, m, bf16), su = bf16 ? bf16_packed_size(m, c) : 0;
-    float *U = scratch + (size_t)threads * layout.per_thread;
-    if (!bf16 && t.m == 4)
-        wino4_weights(U, w, m, c);
-    else if (!bf16)
-        wino2_weights(U, w, m, c);
+    const float *U = u;
+    if (!bf16 && !u) {
+        float *own = scratch + (size_t)threads * layout.per_thread;
+        wino_weights(own, w, s, t.m);
+        U = own;
+    }
     const int group = conv_group(s, threads, bf16), groups = (s->batch + group - 1) / group;
 #pragma omp parallel for schedule(static)
     for (int gi = 0; gi < groups; gi++) {
@@ -1102,7 +1120,7 @@ static void wino_forward(float *out, const float *in, const float *w, const uint
 /* As conv2d_backward: a contiguous chunk of images per thread, dU summed
  * privately, the partials added in thread order. F(4x4, 3x3) in float,
  * F(2x2, 3x3) in bf16. */
-static void wino_backward(float *din, float *dw, const float *dout, const float *in, const float *w,
+static void wino_backward(float *din, float *dw, const float *dout, const float *in, const float *w, const float *u,
                           const ConvShape *s, int accumulate, int bf16, float *scratch) {
     const int m = s->out_channels, c = s->in_channels, threads = omp_get_max_threads();
     const size_t in_size = (size_t)c * s->in_h * s->in_w, out_size = (size_t)m * s->out_h * s->out_w;
@@ -1110,10 +1128,10 @@ static void wino_backward(float *din, float *dw, const float *dout, const float 
     const Tiles t = wino_tiles(s, bf16);
     const size_t sv = wino_stride(s, c, bf16), sm = wino_stride(s, m, bf16), su = bf16_packed_size(c, m);
     const int used = threads < s->batch ? threads : s->batch;
-    float *U = scratch + (size_t)threads * layout.per_thread;
-    uint32_t *ut = (uint32_t *)(U + (size_t)16 * m * c); /* bf16: the 16 U^T, packed */
-    if (din && t.m == 2) wino2_weights(U, w, m, c);
-    if (din && t.m == 4) wino4_weights(U, w, m, c);
+    float *own = scratch + (size_t)threads * layout.per_thread;
+    uint32_t *ut = (uint32_t *)(own + (size_t)16 * m * c); /* bf16: the 16 U^T, packed */
+    const float *U = u && !bf16 ? u : own;
+    if (din && U == own) wino_weights(own, w, s, t.m);
     if (din && bf16) {
 #pragma omp parallel for schedule(static)
         for (int x = 0; x < 16; x++) bf16_pack(ut + x * su, U + (size_t)x * m * c, c, m, 1, c);
@@ -1180,10 +1198,10 @@ static void to_images(float *img, const float *grouped, int count, int rows, int
 }
 
 /* conv2d_forward with float weights w, or conv2d_forward_bf16 with packed ones */
-static void conv_forward_any(float *out, const float *in, const float *w, const uint32_t *packed, const ConvShape *s,
-                             int accumulate, float *scratch) {
+static void conv_forward_any(float *out, const float *in, const float *w, const float *u, const uint32_t *packed,
+                             const ConvShape *s, int accumulate, float *scratch) {
     if (conv_is_winograd(s)) {
-        wino_forward(out, in, w, packed, s, accumulate, scratch);
+        wino_forward(out, in, w, u, packed, s, accumulate, scratch);
         return;
     }
     const int m = s->out_channels, n = s->out_h * s->out_w;
@@ -1237,8 +1255,9 @@ static void conv_forward_any(float *out, const float *in, const float *w, const 
     }
 }
 
-void conv2d_forward(float *out, const float *in, const float *w, const ConvShape *s, int accumulate, float *scratch) {
-    conv_forward_any(out, in, w, NULL, s, accumulate, scratch);
+void conv2d_forward(float *out, const float *in, const float *w, const float *u, const ConvShape *s, int accumulate,
+                    float *scratch) {
+    conv_forward_any(out, in, w, u, NULL, s, accumulate, scratch);
 }
 
 size_t conv_bf16_packed_size(const ConvShape *s) {
@@ -1260,7 +1279,7 @@ void conv_bf16_pack(uint32_t *packed, const float *w, const ConvShape *s, float 
 
 void conv2d_forward_bf16(float *out, const float *in, const uint32_t *packed, const ConvShape *s, int accumulate,
                          float *scratch) {
-    conv_forward_any(out, in, NULL, packed, s, accumulate, scratch);
+    conv_forward_any(out, in, NULL, NULL, packed, s, accumulate, scratch);
 }
 
 /* The din of `count` consecutive images += (or, not accumulating, =) their
@@ -1299,10 +1318,10 @@ static void input_grad(float *din, const float *dout, int count, const float *w,
 /* Images are split into one contiguous chunk per thread; each thread sums its
  * chunk's dW privately and the partial sums are added in thread order, so the
  * result depends only on the thread count. */
-void conv2d_backward(float *din, float *dw, const float *dout, const float *in, const float *w,
+void conv2d_backward(float *din, float *dw, const float *dout, const float *in, const float *w, const float *u,
                      const ConvShape *s, int accumulate, int bf16, float *scratch) {
     if (conv_is_winograd(s)) {
-        wino_backward(din, dw, dout, in, w, s, accumulate, bf16, scratch);
+        wino_backward(din, dw, dout, in, w, u, s, accumulate, bf16, scratch);
         return;
     }
     const int m = s->out_channels, n = s->out_h * s->out_w, cin = s->in_channels, hw = s->in_h * s->in_w;

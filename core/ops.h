@@ -42,7 +42,14 @@ int conv_group(const ConvShape *s, int threads, int bf16);
 void conv2d_forward(float *out,        /* (B, Cout, Ho, Wo); += when accumulate (a residual unit's last conv) */
                     const float *in,   /* (B, Cin, H, W) */
                     const float *w,    /* (Cout, Cin, KH, KW) */
+                    const float *u,    /* a Winograd conv's conv_winograd_u of w, or NULL: computed in scratch */
                     const ConvShape *s, int accumulate, float *scratch);
+/* A float Winograd conv's transformed kernel (its (m+2)^2 matrices U_xi,
+ * conv_winograd_tile(s, 0)): conv_winograd_u_size floats, 0 when the conv
+ * is not Winograd. Kept per weight change, it spares conv2d_forward and
+ * conv2d_backward computing it on every call. */
+size_t conv_winograd_u_size(const ConvShape *s);
+void conv_winograd_u(float *u, const float *w, const ConvShape *s);
 /* The same forward pass in bfloat16 (bf16.h): conv_bf16_pack rounds the
  * kernel once per weight change - for a Winograd conv
  * its 16 transformed matrices, computed in float first - and
@@ -83,8 +90,9 @@ int conv_dw_transposed(const ConvShape *s);
 void conv2d_backward(float *din,       /* (B, Cin, H, W) += (accumulate) or = ; may be NULL */
                      float *dw,        /* (Cout, Cin, KH, KW) += */
                      const float *dout,/* (B, Cout, Ho, Wo) */
-                     const float *in, const float *w, const ConvShape *s, int accumulate, int bf16,
-                     float *scratch);
+                     const float *in, const float *w,
+                     const float *u,   /* as conv2d_forward's; NULL with bf16 */
+                     const ConvShape *s, int accumulate, int bf16, float *scratch);
 
 /* ---- weight standardization: per output channel over (Cin, KH, KW) ---- */
 #define WS_EPS 1e-10f

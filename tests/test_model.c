@@ -1561,6 +1561,44 @@ static double relative_error(const float *a, const float *b, size_t n) {
  * exact sums. Wrong backward GEMMs give errors of 100 % and more. */
 #define BF16_LOGITS_MAX 2e-2 /* measured 6.3e-3 */
 #define BF16_GRADS_MAX 0.35  /* measured 0.17 over all parameters */
+/* A float model's kernels as its convolutions use them (standardized, and a
+ * Winograd conv's U, w_wino) follow its weights: after a step, its logits
+ * are a fresh model's given the stepped weights. */
+static void test_weights_change(void) {
+    TEST_CASE("after a step a model's logits are those of its new weights: no stale standardized or Winograd kernels");
+    ModelConfig c;
+    bit_config(&c);
+    const int batch = 4;
+    Model *m = new_model(&c, batch);
+    model_init_bit(m, 37);
+    Rng rng = rng_derive(37, 1, 0);
+    for (size_t i = 0; i < m->num_floats; i++) m->weights[i] += 0.05f * (float)rng_normal(&rng); /* not a zero head */
+    int winograd = 0;
+    for (int i = 0; i < m->num_convs; i++) winograd += conv_winograd_u_size(&m->convs[i]->shape) > 0;
+    CHECK(winograd > 0 && m->w_wino, "the test model has no float Winograd conv with a kept U (%d)", winograd);
+    const size_t image = (size_t)c.in_channels * c.image_size * c.image_size, k = (size_t)batch * c.num_classes;
+    float *x = xcalloc(batch * image, sizeof(float)), *dlogits = xcalloc(k, sizeof(float));
+    float *before = xcalloc(k, sizeof(float)), *after = xcalloc(k, sizeof(float));
+    for (size_t i = 0; i < batch * image; i++) x[i] = (float)rng_normal(&rng);
+    for (size_t i = 0; i < k; i++) dlogits[i] = (float)rng_normal(&rng);
+    memcpy(before, model_forward(m, x, batch), k * sizeof(float));
+    const float u_before = m->w_wino[0];
+    model_zero_grad(m);
+    model_backward(m, dlogits, batch);
+    OptimConfig opt = {.lr = 1e-2f, .weight_decay = 0, .clip_norm = 0, .warmup_steps = 0, .total_steps = 10};
+    optimizer_step(m, &opt, 1);
+    memcpy(after, model_forward(m, x, batch), k * sizeof(float));
+    Model *fresh = new_model(&c, batch);
+    memcpy(fresh->weights, m->weights, m->num_floats * sizeof(float));
+    CHECK(same_bits(model_forward(fresh, x, batch), after, k), "after a step the model's logits are not those of its "
+          "new weights: stale kernels");
+    CHECK(!same_bits(after, before, k), "the step changed nothing");
+    CHECK(fresh->w_wino[0] != u_before, "the step left the first Winograd conv's U as it was");
+    model_free(fresh);
+    free(x), free(dlogits), free(before), free(after);
+    model_free(m);
+}
+
 static void test_bf16_training(void) {
     TEST_CASE("mixed precision: a training model in bf16 has float's logits and gradients within bf16 rounding");
     if (!bf16_fast()) {
@@ -1693,6 +1731,7 @@ int main(void) {
     test_bad_files();
     test_checkpoints();
     test_inference_model();
+    test_weights_change();
     test_bf16_training();
     test_training_front();
     test_init();

@@ -356,7 +356,7 @@ static void test_conv(const char *name, int batch, int in_channels, int in_h, in
 
     fill_constant(out, n_out, OUT_GARBAGE);
     if (scratch) fill_constant(scratch, n_scratch, OUT_GARBAGE);
-    conv2d_forward(out, in, w, &s, 0, scratch);
+    conv2d_forward(out, in, w, NULL, &s, 0, scratch);
     ConvProblem p = {s, as_doubles(in, n_in), as_doubles(w, n_w), as_doubles(r, n_out), new_doubles(n_out), n_out};
     conv_reference(p.out, p.in, p.w, &s);
     check_forward("conv forward", out, p.out, n_out);
@@ -367,14 +367,14 @@ static void test_conv(const char *name, int batch, int in_channels, int in_h, in
         out[i] = r[i];
         sum[i] = p.out[i] + (double)r[i];
     }
-    conv2d_forward(out, in, w, &s, 1, scratch);
+    conv2d_forward(out, in, w, NULL, &s, 1, scratch);
     check_forward("conv forward, accumulated", out, sum, n_out);
 
     float *din = new_floats(n_in), *dw = new_floats(n_w);
     fill_constant(din, n_in, GRAD_PREFILL);
     fill_constant(dw, n_w, GRAD_PREFILL);
     if (scratch) fill_constant(scratch, n_scratch, OUT_GARBAGE); /* backward must not rely on forward's */
-    conv2d_backward(din, dw, r, in, w, &s, 1, 0, scratch);
+    conv2d_backward(din, dw, r, in, w, NULL, &s, 1, 0, scratch);
     /* finite differences cost a convolution per input: small problems only;
      * they also vouch for the direct sums that check the large ones */
     if ((double)n_in * n_out * in_channels * kernel_h * kernel_w < 1e9) {
@@ -393,7 +393,7 @@ static void test_conv(const char *name, int batch, int in_channels, int in_h, in
      * with or without din) */
     float *dw_only = new_floats(n_w);
     fill_constant(dw_only, n_w, GRAD_PREFILL);
-    conv2d_backward(NULL, dw_only, r, in, w, &s, 1, 0, scratch);
+    conv2d_backward(NULL, dw_only, r, in, w, NULL, &s, 1, 0, scratch);
     if (conv_input_grad_is_conv(&s))
         check_forward("conv d/d weight with din NULL", dw_only, dw_ref, n_w);
     else
@@ -402,8 +402,27 @@ static void test_conv(const char *name, int batch, int in_channels, int in_h, in
     float *din_set = new_floats(n_in);
     fill_constant(din_set, n_in, NAN);
     fill_constant(dw_only, n_w, GRAD_PREFILL);
-    conv2d_backward(din_set, dw_only, r, in, w, &s, 0, 0, scratch);
+    conv2d_backward(din_set, dw_only, r, in, w, NULL, &s, 0, 0, scratch);
     check_set("conv d/d input set", din_set, din, n_in);
+
+    /* a kept Winograd U (conv_winograd_u) is what the op multiplies by: U of
+     * another kernel w2 (w reversed: the random stream of the tests after
+     * this one stays as it was), passed with w, gives w2's output and input
+     * gradient (dW does not read the kernel) */
+    const size_t n_u = conv_winograd_u_size(&s);
+    CHECK((n_u > 0) == conv_is_winograd(&s), "conv_winograd_u_size %zu, Winograd %d", n_u, conv_is_winograd(&s));
+    if (n_u) {
+        float *u2 = new_floats(n_u), *w2 = new_floats(n_w), *want = new_floats(n_out), *got = new_floats(n_out);
+        float *din_want = new_floats(n_in), *din_got = new_floats(n_in);
+        for (size_t i = 0; i < n_w; i++) w2[i] = w[n_w - 1 - i];
+        conv_winograd_u(u2, w2, &s);
+        conv2d_forward(want, in, w2, NULL, &s, 0, scratch);
+        conv2d_forward(got, in, w, u2, &s, 0, scratch);
+        check_same("conv forward with a kept U", got, want, n_out);
+        conv2d_backward(din_want, dw_only, r, in, w2, NULL, &s, 0, 0, scratch);
+        conv2d_backward(din_got, dw_only, r, in, w, u2, &s, 0, 0, scratch);
+        check_same("conv d/d input with a kept U", din_got, din_want, n_in);
+    }
 
     size_t overrun = 0;
     for (size_t i = 0; scratch && i < CANARY; i++) overrun += scratch[n_scratch + i] != -12345.0f;
@@ -590,12 +609,12 @@ static void test_conv_bf16(const char *name, int batch, int in_channels, int in_
     fill_constant(din, n_in, GRAD_PREFILL);
     fill_constant(dw, n_w, GRAD_PREFILL);
     fill_constant(dw_only, n_w, GRAD_PREFILL);
-    conv2d_backward(din, dw, r, in, w, &s, 1, 1, big);
-    conv2d_backward(NULL, dw_only, r, in, w, &s, 1, 1, big);
+    conv2d_backward(din, dw, r, in, w, NULL, &s, 1, 1, big);
+    conv2d_backward(NULL, dw_only, r, in, w, NULL, &s, 1, 1, big);
     float *din_set = new_floats(n_in), *dw_set = new_floats(n_w);
     fill_constant(din_set, n_in, NAN);
     fill_constant(dw_set, n_w, GRAD_PREFILL);
-    conv2d_backward(din_set, dw_set, r, in, w, &s, 0, 1, big);
+    conv2d_backward(din_set, dw_set, r, in, w, NULL, &s, 0, 1, big);
     check_set("bf16 conv d/d input set", din_set, din, n_in);
     double *din_ref = new_doubles(n_in), *dw_ref = new_doubles(n_w);
     conv_reference_backward(din_ref, dw_ref, as_doubles(r, n_out), as_doubles(in, n_in), as_doubles(w, n_w), &s);
