@@ -81,6 +81,14 @@ typedef int BlockMask __attribute__((vector_size(COPY_BLOCK * sizeof(int))));
 #define LOAD(p) (*(const Block *)(p))
 #define STORE(p, v) (*(Block *)(p) = (v))
 
+/* v's first n lanes, the rest zero: a block that runs past a row's end.
+ * (Zeroing the float past the row with a store of its own makes the vector
+ * loads that later read it wait on that store.) */
+static inline Block first_lanes(Block v, int n) {
+    const BlockMask lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    return (Block)((BlockMask)v & (lane < n));
+}
+
 /* The zero-bordered input plane im2col reads from, split by column into
  * `stride` phase planes (phase p holds the padded columns p, p+stride, ...),
  * so that every row of the column matrix is a contiguous copy: tap kw of
@@ -503,11 +511,9 @@ static void im2col_band(float *restrict col, const float *const *rows, const Con
  * in `row` (2 * out_w rounded up, plus COPY_BLOCK) with whole vectors and
  * added to the image in one contiguous pass, where the general loop adds
  * one float at a stride of two. Reads round up into the next column row or
- * col's slack; tap 0 read past a row's end is masked off (a float stored
- * alone into `row` would stall the vector loads that read it back). */
+ * col's slack; tap 0 read past a row's end is masked off (first_lanes). */
 static void col2im_add_3x3_stride2(float *img, const float *col, size_t ld, const ConvShape *s, float *restrict row) {
     const int ho = s->out_h, wo = s->out_w, w = s->in_w;
-    const BlockMask next = {1, 2, 3, 4, 5, 6, 7, 8}; /* the output columns whose tap 0 a block adds */
     for (int c = 0; c < s->in_channels; c++) {
         float *plane = img + (size_t)c * s->in_h * w;
         for (int kh = 0; kh < 3; kh++) {
@@ -517,8 +523,7 @@ static void col2im_add_3x3_stride2(float *img, const float *col, size_t ld, cons
                 if (ih < 0 || ih >= s->in_h) continue;
                 const float *t0 = taps + (size_t)oh * wo, *t1 = t0 + ld, *t2 = t1 + ld;
                 for (int q = 0; q < wo; q += COPY_BLOCK) {
-                    const BlockMask real = next + q < wo; /* no tap 0 of column wo */
-                    const Block tap0 = (Block)((BlockMask)LOAD(t0 + q + 1) & real);
+                    const Block tap0 = first_lanes(LOAD(t0 + q + 1), wo - 1 - q); /* none of column wo */
                     const Block even = LOAD(t1 + q), odd = LOAD(t2 + q) + tap0;
                     STORE(row + 2 * q, ZIP_LO(even, odd)), STORE(row + 2 * q + COPY_BLOCK, ZIP_HI(even, odd));
                 }
@@ -835,9 +840,8 @@ static void wino2_input_grad(float *din, const float *dV, size_t sv, int count, 
                             if (i < t.th) v = LOAD(x0 + cur + j);
                             v = v + LOAD(x1 + prev + j) + LOAD(x2 + prev + j) - LOAD(x0 + prev + j);
                         }
-                        STORE(zk + j, v);
+                        STORE(zk + j, first_lanes(v, tw - j)); /* zk[tw] stays 0 */
                     }
-                    zk[tw] = 0.0f; /* the last block wrote past the row */
                 }
             }
             float *plane = din + ((size_t)g * c + ci) * h * w;
@@ -1048,11 +1052,10 @@ static void wino4_input_grad(float *din, const float *dV, size_t sv, int count, 
                             const int y = 4 * i + p - 1;
                             if (y < 0 || y >= h) continue;
                             float *zr = z + (size_t)(6 * y + k) * zs + 1 + j;
-                            STORE(zr, p < 2 && i > 0 ? (Block)(LOAD(zr) + b[p]) : b[p]);
+                            STORE(zr, first_lanes(p < 2 && i > 0 ? (Block)(LOAD(zr) + b[p]) : b[p], tw - j));
                         }
                     }
                 }
-            for (int y = 0; y < 6 * h; y++) z[(size_t)y * zs + 1 + tw] = 0.0f; /* the last blocks wrote past the rows */
             float *plane = din + ((size_t)g * c + ci) * h * w;
             for (int y = 0; y < h; y++) {
                 const float *zy = z + (size_t)6 * y * zs + 1;
