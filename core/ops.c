@@ -89,6 +89,34 @@ static inline Block first_lanes(Block v, int n) {
     return (Block)((BlockMask)v & (lane < n));
 }
 
+#pragma GCC push_options
+#pragma GCC optimize("no-tree-loop-distribute-patterns")
+/* dst[0..n) = src[0..n), in line: the transforms copy one image row at a
+ * time, where a call to memcpy costs more than the copy (as for im2col).
+ * In blocks, the last one overlapping the one before: rows of 28 or 14
+ * floats copied by gcc's own loop took 16 at once and the rest one by one,
+ * and the copy was half of F(4x4)'s input transform on 16 channels. */
+static inline void copy_row(float *restrict dst, const float *restrict src, int n) {
+    if (n < COPY_BLOCK) {
+        for (int i = 0; i < n; i++) dst[i] = src[i];
+        return;
+    }
+    for (int i = 0; i + COPY_BLOCK < n; i += COPY_BLOCK) STORE(dst + i, LOAD(src + i));
+    STORE(dst + n - COPY_BLOCK, LOAD(src + n - COPY_BLOCK));
+}
+
+/* dst[0..n) = or, when accumulate, += src[0..n): a transform's row of output */
+static inline void put_row(float *restrict dst, const float *restrict src, int n, int accumulate) {
+    if (!accumulate) {
+        copy_row(dst, src, n);
+        return;
+    }
+    int i = 0;
+    for (; i + COPY_BLOCK <= n; i += COPY_BLOCK) STORE(dst + i, LOAD(dst + i) + LOAD(src + i));
+    for (; i < n; i++) dst[i] += src[i];
+}
+#pragma GCC pop_options
+
 /* The zero-bordered input plane im2col reads from, split by column into
  * `stride` phase planes (phase p holds the padded columns p, p+stride, ...),
  * so that every row of the column matrix is a contiguous copy: tap kw of
@@ -387,7 +415,7 @@ static void fill_short_phase_planes(float *restrict mine, const float *plane, co
     for (int h = 0; h < s->in_h; h++) {
         const Block zero = {0};
         for (int i = 0; i < 3; i++) STORE(rows[h] + i * COPY_BLOCK, zero);
-        memcpy(rows[h] + 1, plane + (size_t)h * w, sizeof(float) * w); /* input column x at 1 + x */
+        copy_row(rows[h] + 1, plane + (size_t)h * w, w); /* input column x at 1 + x */
     }
     for (int p = 0; p < conv_phase_count(s); p++) {
         const int lo = p >= pad ? 0 : (pad - p + 1) / 2, off = p - pad; /* 2 lo + off is 0 or 1 */
@@ -684,31 +712,6 @@ static void wino4_weight_grad(float *dw, const float *const *parts, int nparts, 
 
 #pragma GCC push_options
 #pragma GCC optimize("no-tree-loop-distribute-patterns")
-/* dst[0..n) = src[0..n), in line: the transforms copy one image row at a
- * time, where a call to memcpy costs more than the copy (as for im2col).
- * In blocks, the last one overlapping the one before: rows of 28 or 14
- * floats copied by gcc's own loop took 16 at once and the rest one by one,
- * and the copy was half of F(4x4)'s input transform on 16 channels. */
-static inline void copy_row(float *restrict dst, const float *restrict src, int n) {
-    if (n < COPY_BLOCK) {
-        for (int i = 0; i < n; i++) dst[i] = src[i];
-        return;
-    }
-    for (int i = 0; i + COPY_BLOCK < n; i += COPY_BLOCK) STORE(dst + i, LOAD(src + i));
-    STORE(dst + n - COPY_BLOCK, LOAD(src + n - COPY_BLOCK));
-}
-
-/* dst[0..n) = or, when accumulate, += src[0..n): a transform's row of output */
-static inline void put_row(float *restrict dst, const float *restrict src, int n, int accumulate) {
-    if (!accumulate) {
-        copy_row(dst, src, n);
-        return;
-    }
-    int i = 0;
-    for (; i + COPY_BLOCK <= n; i += COPY_BLOCK) STORE(dst + i, LOAD(dst + i) + LOAD(src + i));
-    for (; i < n; i++) dst[i] += src[i];
-}
-
 /* V[xi] (c, count*tiles), xi's matrices `sv` floats apart, from `count`
  * images (c, h, w): each plane copied inside a zero border (all its rows
  * first: a row read right after it is copied would wait on the copy's
