@@ -1561,9 +1561,36 @@ static double relative_error(const float *a, const float *b, size_t n) {
  * exact sums. Wrong backward GEMMs give errors of 100 % and more. */
 #define BF16_LOGITS_MAX 2e-2 /* measured 6.3e-3 */
 #define BF16_GRADS_MAX 0.35  /* measured 0.17 over all parameters */
-/* A float model's kernels as its convolutions use them (standardized, and a
- * Winograd conv's U, w_wino) follow its weights: after a step, its logits
- * are a fresh model's given the stepped weights. */
+/* A batch of normal images and logit gradients for c, x then dlogits. */
+static void random_batch(Rng *rng, const ModelConfig *c, int batch, float **x, float **dlogits) {
+    const size_t image = (size_t)c->in_channels * c->image_size * c->image_size, k = (size_t)batch * c->num_classes;
+    *x = xcalloc(batch * image, sizeof(float));
+    *dlogits = xcalloc(k, sizeof(float));
+    for (size_t i = 0; i < batch * image; i++) (*x)[i] = (float)rng_normal(rng);
+    for (size_t i = 0; i < k; i++) (*dlogits)[i] = (float)rng_normal(rng);
+}
+
+/* After an Adam step on its gradients, m's logits on x are a fresh model's
+ * given the new weights (in bf16 if m is): the kernels as the convolutions
+ * use them (standardized, packed, Winograd's U) follow the weights. */
+static void check_step(Model *m, const ModelConfig *c, const float *x, int batch, const float *before,
+                       const char *what) {
+    char err[ERR_LEN] = "";
+    const size_t k = (size_t)batch * c->num_classes;
+    OptimConfig opt = {.lr = 1e-2f, .weight_decay = 0, .clip_norm = 0, .warmup_steps = 0, .total_steps = 10};
+    optimizer_step(m, &opt, 1);
+    float *after = xcalloc(k, sizeof(float));
+    memcpy(after, model_forward(m, x, batch), k * sizeof(float));
+    Model *fresh = new_model(c, batch);
+    memcpy(fresh->weights, m->weights, m->num_floats * sizeof(float));
+    if (m->w_bf16) CHECK(model_set_bf16(fresh, err) == 0, "model_set_bf16: %s", err);
+    CHECK(same_bits(model_forward(fresh, x, batch), after, k), "%s: after a step the logits are not those of the "
+          "new weights: stale kernels", what);
+    CHECK(!same_bits(after, before, k), "%s: the step changed nothing", what);
+    model_free(fresh);
+    free(after);
+}
+
 static void test_weights_change(void) {
     TEST_CASE("after a step a model's logits are those of its new weights: no stale standardized or Winograd kernels");
     ModelConfig c;
@@ -1576,26 +1603,15 @@ static void test_weights_change(void) {
     int winograd = 0;
     for (int i = 0; i < m->num_convs; i++) winograd += conv_winograd_u_size(&m->convs[i]->shape) > 0;
     CHECK(winograd > 0 && m->w_wino, "the test model has no float Winograd conv with a kept U (%d)", winograd);
-    const size_t image = (size_t)c.in_channels * c.image_size * c.image_size, k = (size_t)batch * c.num_classes;
-    float *x = xcalloc(batch * image, sizeof(float)), *dlogits = xcalloc(k, sizeof(float));
-    float *before = xcalloc(k, sizeof(float)), *after = xcalloc(k, sizeof(float));
-    for (size_t i = 0; i < batch * image; i++) x[i] = (float)rng_normal(&rng);
-    for (size_t i = 0; i < k; i++) dlogits[i] = (float)rng_normal(&rng);
-    memcpy(before, model_forward(m, x, batch), k * sizeof(float));
+    float *x, *dlogits, *before = xcalloc((size_t)batch * c.num_classes, sizeof(float));
+    random_batch(&rng, &c, batch, &x, &dlogits);
+    memcpy(before, model_forward(m, x, batch), (size_t)batch * c.num_classes * sizeof(float));
     const float u_before = m->w_wino[0];
     model_zero_grad(m);
     model_backward(m, dlogits, batch);
-    OptimConfig opt = {.lr = 1e-2f, .weight_decay = 0, .clip_norm = 0, .warmup_steps = 0, .total_steps = 10};
-    optimizer_step(m, &opt, 1);
-    memcpy(after, model_forward(m, x, batch), k * sizeof(float));
-    Model *fresh = new_model(&c, batch);
-    memcpy(fresh->weights, m->weights, m->num_floats * sizeof(float));
-    CHECK(same_bits(model_forward(fresh, x, batch), after, k), "after a step the model's logits are not those of its "
-          "new weights: stale kernels");
-    CHECK(!same_bits(after, before, k), "the step changed nothing");
-    CHECK(fresh->w_wino[0] != u_before, "the step left the first Winograd conv's U as it was");
-    model_free(fresh);
-    free(x), free(dlogits), free(before), free(after);
+    check_step(m, &c, x, batch, before, "float");
+    CHECK(m->w_wino[0] != u_before, "the step left the first Winograd conv's U as it was: the test tests nothing");
+    free(x), free(dlogits), free(before);
     model_free(m);
 }
 
@@ -1615,11 +1631,9 @@ static void test_bf16_training(void) {
     for (size_t i = 0; i < f32->num_floats; i++) f32->weights[i] += 0.05f * (float)rng_normal(&rng);
     memcpy(b16->weights, f32->weights, f32->num_floats * sizeof(float));
     CHECK(model_set_bf16(b16, err) == 0, "model_set_bf16 on a training model: %s", err);
-    const size_t image = (size_t)c.in_channels * c.image_size * c.image_size, k = (size_t)batch * c.num_classes;
-    float *x = xcalloc(batch * image, sizeof(float)), *dlogits = xcalloc(k, sizeof(float));
-    float *want = xcalloc(k, sizeof(float)), *got = xcalloc(k, sizeof(float));
-    for (size_t i = 0; i < batch * image; i++) x[i] = (float)rng_normal(&rng);
-    for (size_t i = 0; i < k; i++) dlogits[i] = (float)rng_normal(&rng);
+    const size_t k = (size_t)batch * c.num_classes;
+    float *x, *dlogits, *want = xcalloc(k, sizeof(float)), *got = xcalloc(k, sizeof(float));
+    random_batch(&rng, &c, batch, &x, &dlogits);
     memcpy(want, model_forward(f32, x, batch), k * sizeof(float));
     memcpy(got, model_forward(b16, x, batch), k * sizeof(float));
     const double logit_err = relative_error(got, want, k);
@@ -1633,18 +1647,8 @@ static void test_bf16_training(void) {
           logit_err, BF16_LOGITS_MAX);
     CHECK(grad_err < BF16_GRADS_MAX && grad_err > 1e-5, "gradients off by %.3g: want bf16 rounding (1e-5 .. %g)",
           grad_err, BF16_GRADS_MAX);
-    /* a step changes the weights, so the next forward packs them again: the
-     * same as a fresh bf16 model given the stepped weights */
-    OptimConfig opt = {.lr = 1e-2f, .weight_decay = 0, .clip_norm = 0, .warmup_steps = 0, .total_steps = 10};
-    optimizer_step(b16, &opt, 1);
-    Model *fresh = new_model(&c, batch);
-    memcpy(fresh->weights, b16->weights, b16->num_floats * sizeof(float));
-    CHECK(model_set_bf16(fresh, err) == 0, "model_set_bf16: %s", err);
-    memcpy(got, model_forward(b16, x, batch), k * sizeof(float));
-    CHECK(same_bits(model_forward(fresh, x, batch), got, k), "after a step the bf16 model's logits are not those of "
-          "its new weights: stale packed kernels");
-    CHECK(!same_bits(got, want, k), "the step changed nothing");
-    model_free(fresh);
+    /* a step changes the weights, so the next forward packs them again */
+    check_step(b16, &c, x, batch, got, "bf16");
     free(x), free(dlogits), free(want), free(got);
     model_free(f32);
     model_free(b16);
