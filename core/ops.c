@@ -619,19 +619,36 @@ static void wino2_weights(float *U, const float *w, int m, int c) {
         }
 }
 
+/* The weight gradients' transforms take the (o, i) pairs [lo, hi) eight at
+ * a time, the last eight overlapping the eight before (m * c >= 64): the
+ * block from p0 starts at pair_block(p0, hi), its dU summed over `parts`
+ * (sum_parts: d[x] for each of the `mats` matrices), and add_pairs adds
+ * only its new pairs' nine kernel taps g to dw. */
+static size_t pair_block(size_t p0, size_t hi) {
+    return p0 + COPY_BLOCK <= hi || hi < COPY_BLOCK ? p0 : hi - COPY_BLOCK;
+}
+
+static void sum_parts(Block *d, int mats, const float *const *parts, int nparts, size_t mc, size_t p) {
+    for (int x = 0; x < mats; x++) {
+        d[x] = LOAD(parts[0] + x * mc + p);
+        for (int u = 1; u < nparts; u++) d[x] += LOAD(parts[u] + x * mc + p);
+    }
+}
+
+static void add_pairs(float *dw, float g[9][COPY_BLOCK], size_t p0, size_t p, size_t hi) {
+    for (size_t l = p0 - p; l < COPY_BLOCK && p + l < hi; l++)
+        for (int k = 0; k < 9; k++) dw[(p + l) * 9 + k] += g[k][l];
+}
+
 /* dw[o][i] += G^T dU[o][i] G for the (o, i) pairs [lo, hi), dU summed over
  * `parts`: eight pairs at a time, as wino4_weight_grad (one pair at a time,
  * its 16 loads 16 KB apart on 64 channels, it was a fifth of a bf16
  * backward pass of 64 channels at 7x7) */
 static void wino2_weight_grad(float *dw, const float *const *parts, int nparts, int m, int c, size_t lo, size_t hi) {
-    const size_t mc = (size_t)m * c;
     for (size_t p0 = lo; p0 < hi; p0 += COPY_BLOCK) {
-        const size_t p = p0 + COPY_BLOCK <= hi || hi < COPY_BLOCK ? p0 : hi - COPY_BLOCK;
+        const size_t p = pair_block(p0, hi);
         Block d[16], t[3][4];
-        for (int x = 0; x < 16; x++) {
-            d[x] = LOAD(parts[0] + x * mc + p);
-            for (int u = 1; u < nparts; u++) d[x] += LOAD(parts[u] + x * mc + p);
-        }
+        sum_parts(d, 16, parts, nparts, (size_t)m * c, p);
         for (int k = 0; k < 4; k++) {
             t[0][k] = d[k] + 0.5f * (d[4 + k] + d[8 + k]);
             t[1][k] = 0.5f * (d[4 + k] - d[8 + k]);
@@ -643,8 +660,7 @@ static void wino2_weight_grad(float *dw, const float *const *parts, int nparts, 
             STORE(g[3 * r + 1], 0.5f * (t[r][1] - t[r][2]));
             STORE(g[3 * r + 2], 0.5f * (t[r][1] + t[r][2]) + t[r][3]);
         }
-        for (size_t l = p0 - p; l < COPY_BLOCK && p + l < hi; l++)
-            for (int k = 0; k < 9; k++) dw[(p + l) * 9 + k] += g[k][l];
+        add_pairs(dw, g, p0, p, hi);
     }
 }
 
@@ -685,17 +701,12 @@ static void wino4_weights(float *U, const float *w, int m, int c) {
 }
 
 /* dw[o][i] += G^T dU[o][i] G for the (o, i) pairs [lo, hi), dU summed over
- * `parts`: eight pairs at a time, the last eight overlapping the eight
- * before and adding only their new pairs (m * c >= 64) */
+ * `parts`: eight pairs at a time (pair_block) */
 static void wino4_weight_grad(float *dw, const float *const *parts, int nparts, int m, int c, size_t lo, size_t hi) {
-    const size_t mc = (size_t)m * c;
     for (size_t p0 = lo; p0 < hi; p0 += COPY_BLOCK) {
-        const size_t p = p0 + COPY_BLOCK <= hi || hi < COPY_BLOCK ? p0 : hi - COPY_BLOCK;
+        const size_t p = pair_block(p0, hi);
         Block d[36], t[3][6], e[3];
-        for (int x = 0; x < 36; x++) {
-            d[x] = LOAD(parts[0] + x * mc + p);
-            for (int u = 1; u < nparts; u++) d[x] += LOAD(parts[u] + x * mc + p);
-        }
+        sum_parts(d, 36, parts, nparts, (size_t)m * c, p);
         for (int k = 0; k < 6; k++) { /* down column k */
             gt_4(e, d + k, 6);
             t[0][k] = e[0], t[1][k] = e[1], t[2][k] = e[2];
@@ -705,8 +716,7 @@ static void wino4_weight_grad(float *dw, const float *const *parts, int nparts, 
             gt_4(e, t[r], 1);
             STORE(g[3 * r], e[0]), STORE(g[3 * r + 1], e[1]), STORE(g[3 * r + 2], e[2]);
         }
-        for (size_t l = p0 - p; l < COPY_BLOCK && p + l < hi; l++)
-            for (int k = 0; k < 9; k++) dw[(p + l) * 9 + k] += g[k][l];
+        add_pairs(dw, g, p0, p, hi);
     }
 }
 
