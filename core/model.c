@@ -616,14 +616,19 @@ static ConvShape at_batch(const Conv *c, int batch) {
     return s;
 }
 
+/* whether c runs in bf16: the model does, and c is faster so (conv_bf16_faster) */
+static int in_bf16(const Model *m, const Conv *c) {
+    return m->w_bf16 && conv_bf16_faster(&c->shape);
+}
+
 /* c's Winograd U, or NULL: not Winograd, or in bf16 */
 static const float *wino_u(const Model *m, const Conv *c) {
-    return m->w_wino && conv_is_winograd(&c->shape) ? m->w_wino + c->wino : NULL;
+    return conv_is_winograd(&c->shape) && !in_bf16(m, c) ? m->w_wino + c->wino : NULL;
 }
 
 static void conv_forward(Model *m, const Conv *c, float *out, const float *in, int accumulate, int batch) {
     ConvShape s = at_batch(c, batch);
-    if (m->w_bf16)
+    if (in_bf16(m, c))
         conv2d_forward_bf16(out, in, m->w_bf16 + c->packed, &s, accumulate, m->scratch);
     else
         conv2d_forward(out, in, m->w_hat + c->weight, wino_u(m, c), &s, accumulate, m->scratch);
@@ -634,7 +639,7 @@ static void conv_backward(Model *m, const Conv *c, float *din, int accumulate, c
                           int batch) {
     ConvShape s = at_batch(c, batch);
     conv2d_backward(din, m->dw_hat + c->weight, dout, in, m->w_hat + c->weight, wino_u(m, c), &s, accumulate,
-                    m->w_bf16 != NULL, m->scratch);
+                    in_bf16(m, c), m->scratch);
 }
 
 /* out = relu(gn(in)), fused; its statistics from image `first` */
@@ -681,7 +686,7 @@ static void standardize_all(Model *m) {
         const ConvShape *s = &cv->shape;
         weight_standardize_forward(m->w_hat + cv->weight, m->ws_rstd + cv->rstd, m->weights + cv->weight,
                                    s->out_channels, s->in_channels * s->kernel_h * s->kernel_w);
-        if (m->w_bf16) conv_bf16_pack(m->w_bf16 + cv->packed, m->w_hat + cv->weight, s, m->scratch);
+        if (in_bf16(m, cv)) conv_bf16_pack(m->w_bf16 + cv->packed, m->w_hat + cv->weight, s, m->scratch);
         if (wino_u(m, cv)) conv_winograd_u(m->w_wino + cv->wino, m->w_hat + cv->weight, s);
     }
     m->w_hat_valid = 1;
@@ -692,7 +697,8 @@ static void standardize_all(Model *m) {
 static size_t convs_scratch_size(const Model *m, int bf16_backward) {
     size_t most = 1;
     for (int i = 0; i < m->num_convs; i++) {
-        const size_t need = conv_scratch_size(&m->convs[i]->shape, bf16_backward);
+        const ConvShape *s = &m->convs[i]->shape;
+        const size_t need = conv_scratch_size(s, bf16_backward && conv_bf16_faster(s));
         if (need > most) most = need;
     }
     return most;
@@ -707,7 +713,7 @@ int model_set_bf16(Model *m, char *err) {
     size_t total = 0;
     for (int i = 0; i < m->num_convs; i++) {
         m->convs[i]->packed = total;
-        total += conv_bf16_packed_size(&m->convs[i]->shape);
+        if (conv_bf16_faster(&m->convs[i]->shape)) total += conv_bf16_packed_size(&m->convs[i]->shape);
     }
     const size_t scratch = convs_scratch_size(m, !m->inference);
     if (scratch > m->scratch_size) { /* a training model's backward in bf16 needs more */
@@ -722,8 +728,6 @@ int model_set_bf16(Model *m, char *err) {
     if (!(m->w_bf16 = calloc(total, sizeof(uint32_t))))
         return set_error(err, "bfloat16: not enough memory for the packed kernels (%.0f MB)",
                          total * sizeof(uint32_t) / (1024.0 * 1024.0));
-    free(m->w_wino); /* bf16 convolutions transform their kernels as they pack them */
-    m->w_wino = NULL;
     m->w_hat_valid = 0; /* the next forward standardizes and packs */
     return 0;
 }

@@ -166,7 +166,9 @@ void model_free(Model *m);
  * (conv2d_forward_bf16) and, for a training model, their backwards
  * (conv2d_backward with bf16): products of bf16-rounded kernels, activations
  * and gradients, summed in float. Weights, their gradients, the optimizer
- * and GroupNorm, pooling and the head stay float (mixed precision). Refused
+ * and GroupNorm, pooling and the head stay float (mixed precision), and so
+ * do the convolutions that are no faster in bf16 (conv_bf16_faster: the
+ * Winograd ones that float runs as F(4x4, 3x3)). Refused
  * by a build without the AVX512-BF16 kernel (bf16_fast), which would be
  * slower than float. */
 int model_set_bf16(Model *m, char *err);

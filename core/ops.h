@@ -70,6 +70,11 @@ void conv2d_forward_bf16(float *out, const float *in, const uint32_t *packed, co
  * (conv_group), in place of the im2col GEMM. */
 int conv_is_winograd(const ConvShape *s);
 int conv_winograd_tile(const ConvShape *s, int bf16 /* the GEMMs in bfloat16 */);
+/* 1 when the convolution is faster in bfloat16 than in float, so that a
+ * bfloat16 model runs it so: every one but a Winograd conv that float runs
+ * as F(4x4, 3x3), whose 2.25 products per output pixel against F(2x2,
+ * 3x3)'s 4 make up for the bf16 GEMM's double rate (ops.c). */
+int conv_bf16_faster(const ConvShape *s);
 /* 1 when conv2d_backward takes the input gradient as a convolution of dout
  * (stride 1, square kernel, fewer than 256 output channels, not Winograd)
  * and dW from the same im2col: its GEMMs are then (Cout*KH*KW) x Cin x (H*W)

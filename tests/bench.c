@@ -85,10 +85,11 @@ static double forward_flops(const Model *m) {
  * kernels (W, U, and W^T or U^T backward), bf16_gemm_nt for dW (of a group
  * of images at once, conv_bf16_dw_group). */
 static double conv_gemm_seconds(const Model *m, int batch, int backward, double *executed) {
-    const int threads = omp_get_max_threads(), bf16 = m->w_bf16 != NULL;
+    const int threads = omp_get_max_threads();
     double total = 0;
     for (int i = 0; i < m->num_convs; i++) {
         const ConvShape *s = &m->convs[i]->shape;
+        const int bf16 = m->w_bf16 && conv_bf16_faster(s);
         const int M = s->out_channels, N = s->out_h * s->out_w, K = s->in_channels * s->kernel_h * s->kernel_w;
         const int kk = s->kernel_h * s->kernel_w, cin = s->in_channels, hw = s->in_h * s->in_w;
         const int grad_conv = i > 0 && conv_input_grad_is_conv(s);
