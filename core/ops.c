@@ -1190,8 +1190,8 @@ static void wino_backward(float *din, float *dw, const float *dout, const float 
         float *V = scratch + (size_t)tid * layout.per_thread, *D = V + layout.col, *dU = D + layout.dcol;
         float *work = dU + layout.dw;
         uint32_t *rows = (uint32_t *)(work + layout.padded);
-        memset(dU, 0, (size_t)t.mats * m * c * sizeof(float));
         const int b0 = (int)((long)s->batch * tid / used), b1 = (int)((long)s->batch * (tid + 1) / used);
+        if (bf16) memset(dU, 0, (size_t)t.mats * m * c * sizeof(float)); /* float: the first group's GEMMs set it */
         for (int b = b0; b < b1; b += group) {
             const int count = b1 - b < group ? b1 - b : group, n = count * t.tiles;
             if (t.m == 2) {
@@ -1209,7 +1209,7 @@ static void wino_backward(float *din, float *dw, const float *dout, const float 
                     if (din) bf16_gemm(V + x * sv, n, ut + x * su, D + x * sm, n, c, n, m, 0);
                     continue;
                 }
-                blas_sgemm(0, 1, m, c, n, D + x * sm, n, V + x * sv, n, 1.0f, dU + (size_t)x * m * c, c);
+                blas_sgemm(0, 1, m, c, n, D + x * sm, n, V + x * sv, n, b > b0 ? 1.0f : 0.0f, dU + (size_t)x * m * c, c);
                 if (din)
                     blas_sgemm(1, 0, c, n, m, U + (size_t)x * m * c, c, D + x * sm, n, 0.0f, V + x * sv, n);
             }
