@@ -409,6 +409,8 @@ static int make_front_views(Model *m) {
     }
     const Norm *end = &m->units[m->front_units].gn_a; /* the last parameters the front's backward sums */
     m->front_params = end->beta + end->channels;
+    const Unit *after = &m->units[m->front_units]; /* its first conv's U follows the front's */
+    m->front_du = after->has_proj ? after->proj.wino : after->conv_a.wino;
     if (!(m->front_views = calloc(m->threads, sizeof *m->front_views))) return 0;
     int ok = 1;
     for (int t = 0; t < m->threads; t++) {
@@ -418,10 +420,11 @@ static int make_front_views(Model *m) {
         v->dw_hat = calloc(m->front_params, sizeof(float));
         v->grads = calloc(m->front_params, sizeof(float));
         v->grad_acts = calloc(m->front_grad_acts, sizeof(float));
+        v->w_du = calloc(m->front_du ? m->front_du : 1, sizeof(float));
         v->grad_units = m->front_grad_units;
         v->grad_stem_conv = m->front_grad_stem_conv;
         v->grad_stem_out = m->front_grad_stem_out;
-        ok = ok && v->scratch && v->dw_hat && v->grads && v->grad_acts;
+        ok = ok && v->scratch && v->dw_hat && v->grads && v->grad_acts && v->w_du;
     }
     return ok;
 }
@@ -518,6 +521,7 @@ static void free_front_views(Model *m) {
         free(m->front_views[t].dw_hat);
         free(m->front_views[t].grads);
         free(m->front_views[t].grad_acts);
+        free(m->front_views[t].w_du);
     }
     free(m->front_views);
     m->front_views = NULL;
@@ -638,8 +642,12 @@ static void conv_forward(Model *m, const Conv *c, float *out, const float *in, i
 static void conv_backward(Model *m, const Conv *c, float *din, int accumulate, const float *dout, const float *in,
                           int batch) {
     ConvShape s = at_batch(c, batch);
-    conv2d_backward(din, m->dw_hat + c->weight, dout, in, m->w_hat + c->weight, wino_u(m, c), &s, accumulate,
-                    in_bf16(m, c), m->scratch);
+    if (m->w_du && conv_is_winograd(&s)) /* a front view: dU summed over its passes */
+        conv2d_backward_du(din, m->w_du + c->wino, dout, in, m->w_hat + c->weight, wino_u(m, c), &s, accumulate,
+                           in_bf16(m, c), m->scratch);
+    else
+        conv2d_backward(din, m->dw_hat + c->weight, dout, in, m->w_hat + c->weight, wino_u(m, c), &s, accumulate,
+                        in_bf16(m, c), m->scratch);
 }
 
 /* out = relu(gn(in)), fused; its statistics from image `first` */
@@ -788,7 +796,7 @@ static Model *front_view(Model *m, int t) {
     Model *v = &m->front_views[t], own = *v;
     *v = *m;
     v->scratch = own.scratch, v->scratch_size = own.scratch_size;
-    v->dw_hat = own.dw_hat, v->grads = own.grads;
+    v->dw_hat = own.dw_hat, v->grads = own.grads, v->w_du = own.w_du;
     v->grad_acts = own.grad_acts, v->grad_units = own.grad_units;
     v->grad_stem_conv = own.grad_stem_conv, v->grad_stem_out = own.grad_stem_out;
     v->threads = 1, v->front_views = NULL, v->lanes = NULL, v->num_lanes = 0;
@@ -999,11 +1007,17 @@ void model_backward(Model *m, const float *dlogits, int batch) {
             Model *v = front_view(m, t);
             memset(v->dw_hat, 0, n * sizeof(float));
             memset(v->grads, 0, n * sizeof(float));
+            memset(v->w_du, 0, m->front_du * sizeof(float));
             int lo, hi;
             if (t == 0) ran = omp_get_num_threads();
             share(batch, t, omp_get_num_threads(), &lo, &hi);
             for (int first = lo; first < hi; first += pass)
                 front_backward(v, d + m->grad_units[m->front_units].p, first, hi - first < pass ? hi - first : pass);
+            for (int i = 0; i < m->num_convs; i++) { /* the front's Winograd dU, into dw_hat */
+                const Conv *cv = m->convs[i];
+                if (conv_is_winograd(&cv->shape) && cv->wino < m->front_du)
+                    conv_winograd_dw(v->dw_hat + cv->weight, v->w_du + cv->wino, &cv->shape, in_bf16(v, cv));
+            }
         }
 #pragma omp parallel for schedule(static)
         for (size_t k = 0; k < n; k++) /* the threads' sums, in thread order */

@@ -85,7 +85,7 @@ typedef struct Model {
     float *ws_rstd;         /* (sum of Cout over standardized convs) */
     int w_hat_valid;        /* 0 after the weights change */
     uint32_t *w_bf16;       /* NULL, or (model_set_bf16) the standardized kernels packed for the bf16 GEMM */
-    float *w_wino;          /* the float Winograd convs' U (conv_winograd_u), with w_hat; NULL in bf16 or if none */
+    float *w_wino;          /* the Winograd convs' U (conv_winograd_u), with w_hat, for those run in float */
 
     Conv stem;
     int has_pool;
@@ -134,10 +134,14 @@ typedef struct Model {
      * activation gradients for a pass (laid out as front_grad_units and
      * front_grad_stem_*, front_grad_acts floats), and its own dw_hat and
      * grads for the parameters up to the front's end (the first
-     * front_params), added up after the backward pass in thread order. */
+     * front_params), added up after the backward pass in thread order. A
+     * view sums its Winograd convs' dU over its passes in w_du (laid out as
+     * the front's first front_du floats of w_wino: no dU is larger than its
+     * conv's float U) and transforms them into dw_hat after the last. */
     int front_units, front_pass;
     struct Model *front_views;
-    size_t front_params;
+    size_t front_params, front_du;
+    float *w_du;
     Unit *front_grad_units;
     size_t front_grad_acts, front_grad_stem_conv, front_grad_stem_out;
 } Model;

@@ -1164,11 +1164,21 @@ static void wino_forward(float *out, const float *in, const float *w, const floa
     }
 }
 
+/* dw += G^T dU G for the (o, i) pairs [lo, hi), dU summed over `parts` */
+static void wino_weight_grad(float *dw, const float *const *parts, int nparts, const ConvShape *s, int bf16,
+                             size_t lo, size_t hi) {
+    if (conv_winograd_tile(s, bf16) == 2)
+        wino2_weight_grad(dw, parts, nparts, s->out_channels, s->in_channels, lo, hi);
+    else
+        wino4_weight_grad(dw, parts, nparts, s->out_channels, s->in_channels, lo, hi);
+}
+
 /* As conv2d_backward: a contiguous chunk of images per thread, dU summed
- * privately, the partials added in thread order. F(4x4, 3x3) in float,
- * F(2x2, 3x3) in bf16. */
-static void wino_backward(float *din, float *dw, const float *dout, const float *in, const float *w, const float *u,
-                          const ConvShape *s, int accumulate, int bf16, float *scratch) {
+ * privately, the partials added in thread order, into dw or (du, not NULL)
+ * into du, on one thread directly (conv2d_backward_du). F(4x4, 3x3) in
+ * float, F(2x2, 3x3) in bf16. */
+static void wino_backward(float *din, float *dw, float *du, const float *dout, const float *in, const float *w,
+                          const float *u, const ConvShape *s, int accumulate, int bf16, float *scratch) {
     const int m = s->out_channels, c = s->in_channels, threads = omp_get_max_threads();
     const size_t in_size = (size_t)c * s->in_h * s->in_w, out_size = (size_t)m * s->out_h * s->out_w;
     const ConvScratch layout = conv_scratch_layout(s, threads, bf16);
@@ -1187,11 +1197,13 @@ static void wino_backward(float *din, float *dw, const float *dout, const float 
 #pragma omp parallel num_threads(used)
     {
         const int tid = omp_get_thread_num();
-        float *V = scratch + (size_t)tid * layout.per_thread, *D = V + layout.col, *dU = D + layout.dcol;
-        float *work = dU + layout.dw;
+        float *V = scratch + (size_t)tid * layout.per_thread, *D = V + layout.col, *own_du = D + layout.dcol;
+        float *work = own_du + layout.dw;
         uint32_t *rows = (uint32_t *)(work + layout.padded);
         const int b0 = (int)((long)s->batch * tid / used), b1 = (int)((long)s->batch * (tid + 1) / used);
-        if (bf16) memset(dU, 0, (size_t)t.mats * m * c * sizeof(float)); /* float: the first group's GEMMs set it */
+        const int into_du = du && used == 1; /* the GEMMs add to du itself */
+        float *dU = into_du ? du : own_du;
+        if (bf16 && !into_du) memset(dU, 0, (size_t)t.mats * m * c * sizeof(float)); /* float: the first GEMMs set it */
         for (int b = b0; b < b1; b += group) {
             const int count = b1 - b < group ? b1 - b : group, n = count * t.tiles;
             if (t.m == 2) {
@@ -1209,7 +1221,8 @@ static void wino_backward(float *din, float *dw, const float *dout, const float 
                     if (din) bf16_gemm(V + x * sv, n, ut + x * su, D + x * sm, n, c, n, m, 0);
                     continue;
                 }
-                blas_sgemm(0, 1, m, c, n, D + x * sm, n, V + x * sv, n, b > b0 ? 1.0f : 0.0f, dU + (size_t)x * m * c, c);
+                const float beta = into_du || b > b0 ? 1.0f : 0.0f;
+                blas_sgemm(0, 1, m, c, n, D + x * sm, n, V + x * sv, n, beta, dU + (size_t)x * m * c, c);
                 if (din)
                     blas_sgemm(1, 0, c, n, m, U + (size_t)x * m * c, c, D + x * sm, n, 0.0f, V + x * sv, n);
             }
@@ -1222,11 +1235,28 @@ static void wino_backward(float *din, float *dw, const float *dout, const float 
         const float *parts[used];
         for (int u = 0; u < used; u++) parts[u] = scratch + (size_t)u * layout.per_thread + layout.col + layout.dcol;
         const size_t pairs = (size_t)m * c, lo = pairs * tid / used, hi = pairs * (tid + 1) / used;
-        if (t.m == 2)
-            wino2_weight_grad(dw, parts, used, m, c, lo, hi);
-        else
-            wino4_weight_grad(dw, parts, used, m, c, lo, hi);
+        if (du && !into_du) /* the threads' dU added to du, in thread order */
+            for (int x = 0; x < t.mats; x++)
+                for (size_t k = x * pairs + lo; k < x * pairs + hi; k++)
+                    for (int p = 0; p < used; p++) du[k] += parts[p][k];
+        else if (!du)
+            wino_weight_grad(dw, parts, used, s, bf16, lo, hi);
     }
+}
+
+void conv2d_backward_du(float *din, float *du, const float *dout, const float *in, const float *w, const float *u,
+                        const ConvShape *s, int accumulate, int bf16, float *scratch) {
+    wino_backward(din, NULL, du, dout, in, w, u, s, accumulate, bf16, scratch);
+}
+
+size_t conv_winograd_du_size(const ConvShape *s, int bf16) {
+    const int tile = conv_winograd_tile(s, bf16);
+    return (size_t)(tile + 2) * (tile + 2) * s->out_channels * s->in_channels;
+}
+
+void conv_winograd_dw(float *dw, const float *du, const ConvShape *s, int bf16) {
+    const float *parts[1] = {du};
+    wino_weight_grad(dw, parts, 1, s, bf16, 0, (size_t)s->out_channels * s->in_channels);
 }
 
 /* to (rows, count*n) = `count` consecutive images (rows, n) side by side */
@@ -1368,7 +1398,7 @@ static void input_grad(float *din, const float *dout, int count, const float *w,
 void conv2d_backward(float *din, float *dw, const float *dout, const float *in, const float *w, const float *u,
                      const ConvShape *s, int accumulate, int bf16, float *scratch) {
     if (conv_is_winograd(s)) {
-        wino_backward(din, dw, dout, in, w, u, s, accumulate, bf16, scratch);
+        wino_backward(din, dw, NULL, dout, in, w, u, s, accumulate, bf16, scratch);
         return;
     }
     const int m = s->out_channels, n = s->out_h * s->out_w, cin = s->in_channels, hw = s->in_h * s->in_w;

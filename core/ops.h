@@ -98,6 +98,16 @@ void conv2d_backward(float *din,       /* (B, Cin, H, W) += (accumulate) or = ; 
                      const float *in, const float *w,
                      const float *u,   /* as conv2d_forward's; NULL with bf16 */
                      const ConvShape *s, int accumulate, int bf16, float *scratch);
+/* A Winograd conv's backward summed over several calls (a training model's
+ * front, a few images a call): conv2d_backward_du adds the call's weight
+ * gradient as the GEMMs give it, transformed - dU, the (tile+2)^2 matrices
+ * (Cout, Cin) of conv_winograd_tile(s, bf16), conv_winograd_du_size floats -
+ * to du, where conv2d_backward would transform it into dw on every call;
+ * conv_winograd_dw adds G^T dU G to dw once, after the last. */
+void conv2d_backward_du(float *din, float *du, const float *dout, const float *in, const float *w, const float *u,
+                        const ConvShape *s, int accumulate, int bf16, float *scratch);
+size_t conv_winograd_du_size(const ConvShape *s, int bf16);
+void conv_winograd_dw(float *dw /* (Cout, Cin, 3, 3) += */, const float *du, const ConvShape *s, int bf16);
 
 /* ---- weight standardization: per output channel over (Cin, KH, KW) ---- */
 #define WS_EPS 1e-10f

@@ -309,6 +309,36 @@ static double conv_objective(void *ctx) {
     return dot(p->out, p->r, p->out_count);
 }
 
+/* A Winograd conv's backward summed over calls (conv2d_backward_du): the
+ * batch in two calls, their dU then transformed once (conv_winograd_dw),
+ * gives conv2d_backward's din and dw (din_want, dw_want: accumulated onto
+ * GRAD_PREFILL) to float rounding: the same products, summed in another
+ * order. */
+static void check_du(const char *what, const ConvShape *s, const float *in, const float *w, const float *r,
+                     const float *din_want, const float *dw_want, int bf16, float *scratch) {
+    const size_t in_size = (size_t)s->in_channels * s->in_h * s->in_w, out_size = (size_t)s->out_channels * s->out_h * s->out_w;
+    const size_t n_in = s->batch * in_size, n_w = (size_t)s->out_channels * s->in_channels * 9;
+    float *du = new_floats(conv_winograd_du_size(s, bf16)), *din = new_floats(n_in), *dw = new_floats(n_w);
+    fill_constant(din, n_in, GRAD_PREFILL);
+    fill_constant(dw, n_w, GRAD_PREFILL);
+    for (int first = 0, half = s->batch / 2 > 0 ? s->batch / 2 : s->batch; first < s->batch; first += half) {
+        ConvShape part = *s;
+        part.batch = s->batch - first < half ? s->batch - first : half;
+        conv2d_backward_du(din + first * in_size, du, r + first * out_size, in + first * in_size, w, NULL, &part, 1,
+                           bf16, scratch);
+    }
+    conv_winograd_dw(dw, du, s, bf16);
+    const struct { const char *what; const float *got, *want; size_t n; } grads[] = {{"d/d input", din, din_want, n_in},
+                                                                                   {"d/d weight", dw, dw_want, n_w}};
+    for (int g = 0; g < 2; g++) {
+        double scale = 0.0, worst = 0.0;
+        for (size_t i = 0; i < grads[g].n; i++) scale = fmax(scale, fabs(grads[g].want[i] - GRAD_PREFILL));
+        for (size_t i = 0; i < grads[g].n; i++) worst = fmax(worst, fabs(grads[g].got[i] - grads[g].want[i]) / scale);
+        CHECK(worst < 1e-5, "%s, dU over two calls: %s off conv2d_backward's by %.3g of its scale", what,
+              grads[g].what, worst);
+    }
+}
+
 static void test_conv(const char *name, int batch, int in_channels, int in_h, int in_w, int out_channels,
                       int kernel_h, int kernel_w, int stride, int pad, int expect_h, int expect_w) {
     char full[160];
@@ -422,6 +452,7 @@ static void test_conv(const char *name, int batch, int in_channels, int in_h, in
         conv2d_backward(din_want, dw_only, r, in, w2, NULL, &s, 0, 0, scratch);
         conv2d_backward(din_got, dw_only, r, in, w, u2, &s, 0, 0, scratch);
         check_same("conv d/d input with a kept U", din_got, din_want, n_in);
+        check_du("conv", &s, in, w, r, din, dw, 0, scratch);
     }
 
     size_t overrun = 0;
@@ -616,6 +647,7 @@ static void test_conv_bf16(const char *name, int batch, int in_channels, int in_
     fill_constant(dw_set, n_w, GRAD_PREFILL);
     conv2d_backward(din_set, dw_set, r, in, w, NULL, &s, 0, 1, big);
     check_set("bf16 conv d/d input set", din_set, din, n_in);
+    if (conv_is_winograd(&s)) check_du("bf16 conv", &s, in, w, r, din, dw, 1, big);
     double *din_ref = new_doubles(n_in), *dw_ref = new_doubles(n_w);
     conv_reference_backward(din_ref, dw_ref, as_doubles(r, n_out), as_doubles(in, n_in), as_doubles(w, n_w), &s);
     const struct { const char *what; const float *got; const double *want; size_t n; } grads[] = {
