@@ -15,26 +15,26 @@ float schedule_multiplier(long step, long warmup_steps, long total_steps) {
     return (float)(0.5 * (1.0 + cos(M_PI * progress)));
 }
 
-/* the squares summed in blocks of NORM_BLOCK floats, the threads taking
+/* The squares summed in blocks of NORM_BLOCK floats, the threads taking
  * blocks, and the blocks' sums added in order: the same sum on any number
- * of threads */
+ * of threads (and, without memory for the blocks' sums, on one). */
 #define NORM_BLOCK 4096
+
+static double block_squares(const Model *m, size_t b) {
+    const size_t hi = (b + 1) * NORM_BLOCK < m->num_floats ? (b + 1) * NORM_BLOCK : m->num_floats;
+    double s = 0.0;
+    for (size_t i = b * NORM_BLOCK; i < hi; i++) s += (double)m->grads[i] * m->grads[i];
+    return s;
+}
 
 float grad_global_norm(const Model *m) {
     const size_t blocks = (m->num_floats + NORM_BLOCK - 1) / NORM_BLOCK;
     double *part = malloc(blocks * sizeof(double)), sum = 0.0;
-    if (!part) { /* one block after another */
-        for (size_t i = 0; i < m->num_floats; i++) sum += (double)m->grads[i] * m->grads[i];
-        return (float)sqrt(sum);
-    }
+    if (part) {
 #pragma omp parallel for schedule(static)
-    for (size_t b = 0; b < blocks; b++) {
-        const size_t hi = (b + 1) * NORM_BLOCK < m->num_floats ? (b + 1) * NORM_BLOCK : m->num_floats;
-        double s = 0.0;
-        for (size_t i = b * NORM_BLOCK; i < hi; i++) s += (double)m->grads[i] * m->grads[i];
-        part[b] = s;
+        for (size_t b = 0; b < blocks; b++) part[b] = block_squares(m, b);
     }
-    for (size_t b = 0; b < blocks; b++) sum += part[b];
+    for (size_t b = 0; b < blocks; b++) sum += part ? part[b] : block_squares(m, b);
     free(part);
     return (float)sqrt(sum);
 }

@@ -75,12 +75,13 @@ static double forward_flops(const Model *m) {
  * transpose, conv_dw_transposed) and W^T . dout, or, where the input
  * gradient is a convolution (conv_input_grad_is_conv), the two products on
  * the im2col of dout; the stem has no input gradient. A Winograd conv
- * (conv_winograd_tile) runs 36 GEMMs per group of images instead (bf16 or
- * images 4 pixels wide: 16): U . V forward, dM . V^T and U^T . dM backward,
+ * (conv_winograd_tile) runs 36 GEMMs per group of images instead (on images
+ * 4 pixels wide: 16): U . V forward, dM . V^T and U^T . dM backward,
  * with 4x4 (2x2) tiles as columns. Best of
  * 3; *executed gets the FLOPs of those GEMMs. Nothing else is timed: this is
  * the least time the step could take with the same GEMMs. A model that runs
- * in bfloat16 (model_set_bf16) is timed with the bf16 GEMMs instead, as
+ * in bfloat16 (model_set_bf16) is timed, for each conv it runs in bf16
+ * (conv_bf16_faster), with the bf16 GEMMs instead, as
  * conv2d_forward_bf16 and conv2d_backward run them: bf16_gemm with packed
  * kernels (W, U, and W^T or U^T backward), bf16_gemm_nt for dW (of a group
  * of images at once, conv_bf16_dw_group). */
