@@ -348,7 +348,7 @@ echo "          bf16 (train; the student of a distill) in mixed precision: bf16 
 echo "          optimizer. PyTorch ran it both so (torch.bfloat16; autocast) and in float (the row without bf16):"
 echo "          its faster run is the peer (layout says which)."
 echo "GFLOP/s: conv + head multiply-adds x2 (x3 for a training step, + teacher forward for distill), counted as"
-echo "  direct convolution: Winograd 3x3 convs do 1/4 of them (bf16, or 4 px wide: 4/9), so this is an effective rate."
+echo "  direct convolution: Winograd 3x3 convs do 1/4 of them (on images 4 px wide: 4/9), so this is an effective rate."
 echo "sgemm GFLOP/s: the FLOPs of the step's conv GEMMs over the time OpenBLAS alone takes for them at their own"
 echo "  shapes and threading (bench.c, best of 3); % of sgemm = that time over the step's: the share of the step"
 echo "  the GEMMs alone would take (100 = nothing but GEMMs). In bf16 rows the bfloat16 models' GEMMs are timed with"
