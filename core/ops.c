@@ -188,9 +188,9 @@ int conv_winograd_tile(const ConvShape *s, int bf16) {
 /* Float F(4x4, 3x3) against bf16 F(2x2, 3x3), one thread, µs per image
  * forward / backward (the models' 3x3 convs, 16 images a call): 16 channels
  * at 28x28 22.2 / 42.5 against 27.3 / 55.9; 32 at 32x32 82.8 / 178.1
- * against 94.4 / 225.4; 32 at 14x14, 64 at 7x7 and 8x8, 64 and 128 at 16x16
- * and 8x8 within 2-15 % either way. At 4x4 both are F(2x2, 3x3) and bf16's
- * forward is 1.6-2.2x faster. */
+ * against 94.4 / 225.4; 32 at 14x14 and 16x16, 64 at 7x7, 8x8 and 16x16,
+ * 128 at 8x8 within 2-15 % either way. At 4x4 both are F(2x2, 3x3) and
+ * bf16's forward is 1.6-2.2x faster (docs/PERFORMANCE.md). */
 int conv_bf16_faster(const ConvShape *s) {
     return conv_winograd_tile(s, 0) != 4;
 }
