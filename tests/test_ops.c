@@ -316,7 +316,8 @@ static double conv_objective(void *ctx) {
  * order. */
 static void check_du(const char *what, const ConvShape *s, const float *in, const float *w, const float *r,
                      const float *din_want, const float *dw_want, int bf16, float *scratch) {
-    const size_t in_size = (size_t)s->in_channels * s->in_h * s->in_w, out_size = (size_t)s->out_channels * s->out_h * s->out_w;
+    const size_t in_size = (size_t)s->in_channels * s->in_h * s->in_w;
+    const size_t out_size = (size_t)s->out_channels * s->out_h * s->out_w;
     const size_t n_in = s->batch * in_size, n_w = (size_t)s->out_channels * s->in_channels * 9;
     float *du = new_floats(conv_winograd_du_size(s, bf16)), *din = new_floats(n_in), *dw = new_floats(n_w);
     fill_constant(din, n_in, GRAD_PREFILL);
@@ -328,8 +329,8 @@ static void check_du(const char *what, const ConvShape *s, const float *in, cons
                            bf16, scratch);
     }
     conv_winograd_dw(dw, du, s, bf16);
-    const struct { const char *what; const float *got, *want; size_t n; } grads[] = {{"d/d input", din, din_want, n_in},
-                                                                                   {"d/d weight", dw, dw_want, n_w}};
+    const struct { const char *what; const float *got, *want; size_t n; } grads[] = {
+        {"d/d input", din, din_want, n_in}, {"d/d weight", dw, dw_want, n_w}};
     for (int g = 0; g < 2; g++) {
         double scale = 0.0, worst = 0.0;
         for (size_t i = 0; i < grads[g].n; i++) scale = fmax(scale, fabs(grads[g].want[i] - GRAD_PREFILL));
