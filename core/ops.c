@@ -1123,9 +1123,14 @@ static void wino_weights(float *U, const float *w, const ConvShape *s, int tile)
         wino2_weights(U, w, s->out_channels, s->in_channels);
 }
 
-size_t conv_winograd_u_size(const ConvShape *s) {
-    const int tile = conv_winograd_tile(s, 0);
+/* floats of a Winograd conv's (tile+2)^2 matrices (Cout, Cin): U, or dU */
+static size_t wino_matrices(const ConvShape *s, int bf16) {
+    const int tile = conv_winograd_tile(s, bf16);
     return tile ? (size_t)(tile + 2) * (tile + 2) * s->out_channels * s->in_channels : 0;
+}
+
+size_t conv_winograd_u_size(const ConvShape *s) {
+    return wino_matrices(s, 0);
 }
 
 void conv_winograd_u(float *u, const float *w, const ConvShape *s) {
@@ -1250,8 +1255,7 @@ void conv2d_backward_du(float *din, float *du, const float *dout, const float *i
 }
 
 size_t conv_winograd_du_size(const ConvShape *s, int bf16) {
-    const int tile = conv_winograd_tile(s, bf16);
-    return (size_t)(tile + 2) * (tile + 2) * s->out_channels * s->in_channels;
+    return wino_matrices(s, bf16);
 }
 
 void conv_winograd_dw(float *dw, const float *du, const ConvShape *s, int bf16) {

@@ -106,7 +106,7 @@ void conv2d_backward(float *din,       /* (B, Cin, H, W) += (accumulate) or = ; 
  * conv_winograd_dw adds G^T dU G to dw once, after the last. */
 void conv2d_backward_du(float *din, float *du, const float *dout, const float *in, const float *w, const float *u,
                         const ConvShape *s, int accumulate, int bf16, float *scratch);
-size_t conv_winograd_du_size(const ConvShape *s, int bf16);
+size_t conv_winograd_du_size(const ConvShape *s, int bf16); /* 0 when not Winograd */
 void conv_winograd_dw(float *dw /* (Cout, Cin, 3, 3) += */, const float *du, const ConvShape *s, int bf16);
 
 /* ---- weight standardization: per output channel over (Cin, KH, KW) ---- */
