@@ -80,8 +80,9 @@ int conv_bf16_faster(const ConvShape *s);
  * and dW from the same im2col: its GEMMs are then (Cout*KH*KW) x Cin x (H*W)
  * for dW and Cin x (H*W) x (Cout*KH*KW) for the input gradient. */
 int conv_input_grad_is_conv(const ConvShape *s);
-/* Images whose dW a bf16 conv2d_backward sums in one GEMM (not Winograd, not
- * an input gradient by convolution): enough for about 1,024 output pixels. */
+/* Images whose dW a bf16 conv2d_backward sums in one GEMM (not an input
+ * gradient by convolution): enough for about 1,024 output pixels, or for a
+ * Winograd conv about 256 tiles. */
 int conv_bf16_dw_group(const ConvShape *s);
 /* 1 when a float conv2d_backward sums dW transposed, as col . dout^T
  * ((Cin*KH*KW) x Cout x pixels): more columns of dW than rows, and not an

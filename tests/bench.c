@@ -77,7 +77,8 @@ static double forward_flops(const Model *m) {
  * the im2col of dout; the stem has no input gradient. A Winograd conv
  * (conv_winograd_tile) runs 36 GEMMs per group of images instead (on images
  * 4 pixels wide: 16): U . V forward, dM . V^T and U^T . dM backward,
- * with 4x4 (2x2) tiles as columns. Best of
+ * with 4x4 (2x2) tiles as columns, a backward's groups in bf16 as
+ * conv_bf16_dw_group. Best of
  * 3; *executed gets the FLOPs of those GEMMs. Nothing else is timed: this is
  * the least time the step could take with the same GEMMs. A model that runs
  * in bfloat16 (model_set_bf16) is timed, for each conv it runs in bf16
@@ -98,7 +99,7 @@ static double conv_gemm_seconds(const Model *m, int batch, int backward, double 
         const int tile = conv_winograd_tile(s, bf16), mats = (tile + 2) * (tile + 2);
         if (tile) {
             const int tiles = ((s->out_h + tile - 1) / tile) * ((s->out_w + tile - 1) / tile);
-            const int bgroup = conv_group(s, 1, bf16);
+            const int bgroup = bf16 ? conv_bf16_dw_group(s) : conv_group(s, 1, 0);
             const int bgroups = (batch + bgroup - 1) / bgroup, most = group > bgroup ? group : bgroup;
             const size_t mat = (size_t)(M > cin ? M : cin) * tiles * most, uw = (size_t)M * cin;
             float *u = xcalloc(mats * uw, sizeof(float)), *du = xcalloc((size_t)threads * mats * uw, sizeof(float));
