@@ -239,9 +239,11 @@ int conv_group(const ConvShape *s, int threads, int bf16) {
     return g < share ? g : share > 0 ? share : 1;
 }
 
-/* Floats between the matrices of `rows` channels: a multiple of 16 that is
- * not a multiple of 32, so that the streams of a transform do not land in
- * the same cache sets, and at least COPY_BLOCK of slack. */
+/* Floats between the matrices of `rows` channels, of the larger of a
+ * forward's and a backward's group of images (in bf16 the backward's is
+ * conv_bf16_dw_group): a multiple of 16 that is not a multiple of 32, so
+ * that the streams of a transform do not land in the same cache sets, and
+ * at least COPY_BLOCK of slack. */
 static size_t wino_stride(const ConvShape *s, int rows, int bf16) {
     const int forward = conv_group(s, 1, bf16), backward = bf16 ? conv_bf16_dw_group(s) : forward;
     size_t n = (size_t)rows * (forward > backward ? forward : backward) * wino_tiles(s, bf16).tiles + COPY_BLOCK;
