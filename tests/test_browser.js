@@ -74,10 +74,18 @@ function pageSnapshot() {
  * scheduled for the next frame, has happened. */
 const frames = page => page.evaluate(() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r))));
 
-/* page.waitForFunction, whose timeout names the condition and what the page showed. */
+/* page.waitForFunction, whose timeout names the condition and what the page showed. A condition
+ * that throws (an element the view has not rendered yet) is not met yet: waitForFunction alone
+ * would fail at once, and the page would log the exception as an uncaught error. */
 async function waitFor(page, fn, arg, opts) {
   try {
-    return await page.waitForFunction(fn, arg, opts);
+    return await page.waitForFunction(([source, a]) => {
+      try {
+        return (0, eval)('(' + source + ')')(a);
+      } catch (e) {
+        return false;
+      }
+    }, [fn.toString(), arg], opts);
   } catch (e) {
     const shown = await page.evaluate(pageSnapshot).catch(err => 'no snapshot: ' + err.message);
     throw new Error(e.message.split('\n')[0] + ' waiting for ' + fn.toString().replace(/\s+/g, ' ') + ' | the page: ' + shown);
